@@ -1,0 +1,330 @@
+"""The experiment file: pydantic models and `load_experiment`.
+
+Configuration flows one way: YAML -> these models (validated, defaults filled, unknown keys
+rejected) -> builder functions -> objects. Paths in the file are resolved relative to the file.
+
+Sections of stages that jmsnas does not implement yet (``exits``, ``partition``, ``export``) are
+validated here, so a typo fails now; whether the stage can run is decided by `jmsnas.pipeline`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+from jmsnas.errors import ConfigError, JmsnasError
+from jmsnas.topology import AnalyticSpec, Device, Link, Topology, build_topology
+from jmsnas.validation import load_yaml_mapping, validate_or_raise
+
+#: Where ``profile: NAME`` devices are looked up when the experiment names no ``profiles_dir``.
+DEFAULT_PROFILES_DIR = Path(__file__).resolve().parent.parent / "latency_profiles"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- dataset ---------------------------------------------------------------------------------
+
+
+class _DatasetBase(Strict):
+    batch_size: PositiveInt = 128
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of the training data held out for validation")
+    num_workers: int = Field(0, ge=0)
+
+
+class Mnist1dDataset(_DatasetBase):
+    """MNIST-1D generated offline (Greydanus 2020): 4000 train / 1000 test of length 40 by default."""
+
+    name: Literal["mnist1d"]
+    num_samples: PositiveInt = Field(5000, description="train + test; the published set has 5000")
+    train_split: float = Field(0.8, gt=0, lt=1)
+
+
+class DigitsDataset(_DatasetBase):
+    """scikit-learn's 8x8 digits (1797 images), optionally resized to ``image_size``."""
+
+    name: Literal["digits"]
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    image_size: PositiveInt = 8
+
+
+class CifarDataset(_DatasetBase):
+    name: Literal["cifar10", "cifar100"]
+    root: Path
+    download: bool = False
+
+
+class ImageFolderDataset(_DatasetBase):
+    """A folder of class subfolders; ``root/train`` and ``root/test`` when both exist, else one folder split by seed."""
+
+    name: Literal["imagefolder"]
+    root: Path
+    image_size: PositiveInt = 32
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class SyntheticDataset(_DatasetBase):
+    """Random tensors of a given shape with random labels: for throughput work, not accuracy."""
+
+    name: Literal["synthetic"]
+    shape: list[PositiveInt] = Field(min_length=2, max_length=3)
+    num_classes: int = Field(10, ge=2)
+    num_samples: PositiveInt = 512
+    test_samples: PositiveInt = 128
+
+
+DatasetConfig = Annotated[
+    Mnist1dDataset | DigitsDataset | CifarDataset | ImageFolderDataset | SyntheticDataset,
+    Field(discriminator="name"),
+]
+
+
+# --- topology --------------------------------------------------------------------------------
+
+
+class AnalyticDeviceConfig(Strict):
+    macs_per_s: PositiveFloat
+    memory_bytes: PositiveInt
+    memory_bandwidth_bytes_per_s: PositiveFloat | None = None
+    overhead_ms: float = Field(0.0, ge=0)
+
+
+class DeviceConfig(Strict):
+    name: str = Field(min_length=1)
+    profile: str | None = Field(None, description="name of a measured profile in profiles_dir (NAME.csv)")
+    analytic: AnalyticDeviceConfig | None = None
+    memory_bytes: PositiveInt | None = Field(None, description="memory limit of a profiled device")
+
+    @model_validator(mode="after")
+    def _one_description(self) -> DeviceConfig:
+        if (self.profile is None) == (self.analytic is None):
+            raise ValueError("give exactly one of 'profile' (a measured latency profile) or 'analytic'")
+        return self
+
+
+class LinkConfig(Strict):
+    src: str
+    dst: str
+    bandwidth_mbps: float
+    rtt_ms: float = 0.0
+
+
+class TopologyConfig(Strict):
+    kind: Literal["chain", "mesh"]
+    devices: list[DeviceConfig] = Field(min_length=1)
+    links: list[LinkConfig] = []
+
+
+# --- strategy --------------------------------------------------------------------------------
+
+
+class RetrainConfig(Strict):
+    """Stage 2 of paper 003 §V-B: train the derived network alone."""
+
+    epochs: PositiveInt = 30
+    init: Literal["inherit", "scratch"] = "inherit"
+    lr: PositiveFloat = 0.01
+
+
+class ProxylessConfig(Strict):
+    """Paper 003 §IV: binary-gate supernet, loss eq. (4)."""
+
+    name: Literal["proxyless"]
+    warmup_epochs: int = Field(5, ge=0)
+    epochs: PositiveInt = 20
+    weight_lr: PositiveFloat = 0.05
+    arch_lr: PositiveFloat = Field(0.002, description="Adam on alpha; paper 003 uses 0.002")
+    lambda1: float = Field(4e-5, ge=0, description="weight decay, the λ1‖θ‖² of eq. (4)")
+    lambda2: float = Field(1e-3, ge=0, description="latency penalty weight λ2 of eq. (4), per ms²")
+    t_const_ms: PositiveFloat
+    penalty: Literal["two_sided", "one_sided"] = "two_sided"
+    split: Literal["searched", "pinned"] = "searched"
+    max_layers_per_device: list[PositiveInt] | None = None
+    retrain: RetrainConfig = RetrainConfig()
+
+    @model_validator(mode="after")
+    def _pinned_needs_counts(self) -> ProxylessConfig:
+        if self.split == "pinned" and self.max_layers_per_device is None:
+            raise ValueError("split: pinned needs max_layers_per_device (one count per device, in chain order)")
+        return self
+
+
+class TeacherConfig(Strict):
+    model: str = Field("wide", description="'wide' (a wide search-space network) or a timm/torchvision name")
+    epochs: PositiveInt = 20
+    checkpoint: Path | None = None
+
+
+class MorphismConfig(Strict):
+    """Paper 000 §III-C: KD-guided network-morphism hill climbing."""
+
+    name: Literal["morphism"]
+    iterations: PositiveInt = 4
+    children: PositiveInt = 4
+    child_epochs: PositiveInt = 3
+    temperature: PositiveFloat = Field(20.0, description="paper 000 uses T = 20")
+    kd_weight: float = Field(0.9, ge=0, le=1, description="weight of the soft term; 1 - kd_weight on hard labels")
+    use_kd: bool = True
+    t_const_ms: PositiveFloat
+    teacher: TeacherConfig = TeacherConfig()
+    retrain: RetrainConfig = RetrainConfig()
+
+
+StrategyConfig = Annotated[ProxylessConfig | MorphismConfig, Field(discriminator="name")]
+
+
+# --- tune ------------------------------------------------------------------------------------
+
+
+class ResourcesConfig(Strict):
+    cpu: PositiveFloat = 1.0
+    gpu: float = Field(0.0, ge=0)
+
+
+class TuneConfig(Strict):
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="strategy fields (or 'seed') to grid over")
+    num_samples: PositiveInt = 1
+    scheduler: Literal["fifo", "asha"] = "fifo"
+    metric: str = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    max_concurrent_trials: PositiveInt | None = None
+    resources_per_trial: ResourcesConfig = ResourcesConfig()
+
+
+# --- later stages ----------------------------------------------------------------------------
+
+
+class ExitsConfig(Strict):
+    max_head_mac_fraction: float = Field(0.05, gt=0, le=1)
+    thresholds_per_exit: int = Field(13, ge=2)
+    objective: Literal["weighted", "accuracy_budget"] = "weighted"
+    efficiency_weight: float = Field(0.9, ge=0, le=1)
+    accuracy_weight: float = Field(0.1, ge=0, le=1)
+    accuracy_budget_pp: float = Field(0.5, ge=0)
+    joint_finetune: bool = False
+
+
+class CompressorConfig(Strict):
+    kind: Literal["none", "quantize", "autoencoder", "distilled_bottleneck"] = "none"
+    bits: int = Field(8, ge=2, le=16)
+    channel_fraction: float = Field(0.25, gt=0, le=1)
+
+
+class PartitionConfig(Strict):
+    compressors: list[CompressorConfig] = Field(default_factory=list, description="one per cut, in chain order")
+
+
+class ExportConfig(Strict):
+    formats: list[Literal["torchscript", "onnx"]] = ["torchscript", "onnx"]
+    verify: bool = True
+
+
+# --- the experiment --------------------------------------------------------------------------
+
+
+class ExperimentConfig(Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    dataset: DatasetConfig
+    topology: TopologyConfig
+    search_space: Path
+    strategy: StrategyConfig
+    tune: TuneConfig = TuneConfig()
+    exits: ExitsConfig | None = None
+    partition: PartitionConfig | None = None
+    export: ExportConfig | None = None
+    profiles_dir: Path | None = None
+    output_dir: Path | None = Field(None, description="runs are written to OUTPUT_DIR/<name>; default ./runs")
+
+
+class Experiment:
+    """A loaded, validated experiment: the config plus the objects built from it."""
+
+    def __init__(self, config: ExperimentConfig, path: Path, topology: Topology, search_space: Any) -> None:
+        self.config = config
+        self.path = path
+        self.topology = topology
+        self.search_space = search_space
+
+    @property
+    def run_dir(self) -> Path:
+        base = self.config.output_dir if self.config.output_dir is not None else Path.cwd() / "runs"
+        return base / self.config.name
+
+
+def _resolve(base: Path, p: Path | None) -> Path | None:
+    if p is None:
+        return None
+    p = p.expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _resolve_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
+    updates: dict[str, Any] = {"search_space": _resolve(base, config.search_space),
+                               "profiles_dir": _resolve(base, config.profiles_dir),
+                               "output_dir": _resolve(base, config.output_dir)}
+    dataset = config.dataset
+    if hasattr(dataset, "root"):
+        updates["dataset"] = dataset.model_copy(update={"root": _resolve(base, dataset.root)})
+    strategy = config.strategy
+    if isinstance(strategy, MorphismConfig) and strategy.teacher.checkpoint is not None:
+        teacher = strategy.teacher.model_copy(update={"checkpoint": _resolve(base, strategy.teacher.checkpoint)})
+        updates["strategy"] = strategy.model_copy(update={"teacher": teacher})
+    return config.model_copy(update=updates)
+
+
+def build_devices(config: TopologyConfig, profiles_dir: Path, file: Path) -> list[Device]:
+    devices = []
+    for i, d in enumerate(config.devices):
+        if d.profile is not None and not (profiles_dir / f"{d.profile}.csv").is_file():
+            have = sorted(p.stem for p in profiles_dir.glob("*.csv")) if profiles_dir.is_dir() else []
+            raise ConfigError(f"no latency profile {d.profile!r} in {profiles_dir} (available: {have or 'none'}); "
+                              "measure one with `python -m jmsnas.profile` or describe the device with 'analytic'",
+                              file=file, field=f"topology.devices[{i}].profile")
+        analytic = None if d.analytic is None else AnalyticSpec(**d.analytic.model_dump())
+        devices.append(Device(name=d.name, profile=d.profile, analytic=analytic, memory_bytes=d.memory_bytes))
+    return devices
+
+
+def _check_grid(config: ExperimentConfig, file: Path) -> None:
+    allowed = set(type(config.strategy).model_fields) - {"name", "retrain", "teacher"} | {"seed"}
+    for key, values in config.tune.grid.items():
+        if key not in allowed:
+            raise ConfigError(f"cannot grid over {key!r}; valid keys for strategy {config.strategy.name!r}: "
+                              f"{', '.join(sorted(allowed))}", file=file, field=f"tune.grid.{key}")
+        if not values:
+            raise ConfigError("a grid needs at least one value", file=file, field=f"tune.grid.{key}")
+
+
+def load_experiment(path: str | Path, check_data: bool = True) -> Experiment:
+    """Load, validate and resolve an experiment file.
+
+    Args:
+        path: the experiment YAML file.
+        check_data: also check that a dataset root holds what the dataset needs (cheap, no loading).
+
+    Raises:
+        JmsnasError: naming the file, the field path and what would be valid.
+    """
+    from jmsnas.data import check_dataset
+    from jmsnas.space.spec import load_search_space
+
+    path = Path(path).resolve()
+    data = load_yaml_mapping(path)
+    config = _resolve_paths(validate_or_raise(ExperimentConfig, data, file=path), path.parent)
+    try:
+        devices = build_devices(config.topology, config.profiles_dir or DEFAULT_PROFILES_DIR, path)
+        links = [Link(**link.model_dump()) for link in config.topology.links]
+        topology = build_topology(config.topology.kind, devices, links)
+    except JmsnasError as exc:
+        raise type(exc)(exc.message, file=path, field=exc.field) from None
+    _check_grid(config, path)
+    if not config.search_space.is_file():
+        raise ConfigError(f"search space file {config.search_space} not found", file=path, field="search_space")
+    space = load_search_space(config.search_space)
+    if check_data:
+        check_dataset(config.dataset, file=path)
+    return Experiment(config=config, path=path, topology=topology, search_space=space)

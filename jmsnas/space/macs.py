@@ -1,0 +1,203 @@
+"""Multiply-accumulate (MAC) and parameter counts, and op descriptors for latency models.
+
+MACs count only convolutions and linear layers, per sample: a convolution producing
+``C_out x spatial`` outputs costs ``C_out * spatial * (C_in / groups) * prod(kernel)`` and a linear
+layer ``in_features * out_features``. BatchNorm, activations, pooling and residual adds are
+ignored (they are memory-bound and small next to the convolutions; the latency regressor sees
+tensor sizes through ``input_numel`` / ``output_numel`` instead). Parameter counts include
+BatchNorm's weight and bias (not its running statistics) and the classifier bias.
+
+``op_macs`` and friends compute counts analytically from shapes; ``count_macs`` measures them with
+forward hooks on a real module and is the reference the analytic formulas are tested against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from jmsnas.space.arch import ArchSpec
+from jmsnas.space.ops import CANDIDATES, Dims, allowed, conv_output_size
+
+DescriptorKind = Literal["mbconv", "identity", "stem", "head"]
+
+
+def _conv(cin: int, cout: int, kernel: int, groups: int, out_size: tuple[int, ...]) -> tuple[int, int]:
+    """(MACs, params) of a bias-free conv followed by BatchNorm; the kernel spans every axis of out_size."""
+    taps = kernel ** len(out_size)
+    macs = cout * math.prod(out_size) * (cin // groups) * taps
+    return macs, cout * (cin // groups) * taps + 2 * cout
+
+
+def _op_counts(name: str, cin: int, cout: int, stride: int, in_size: tuple[int, ...]) -> tuple[int, int]:
+    op = CANDIDATES[name]
+    if op.kind == "identity":
+        return 0, 0
+    assert op.kernel_size is not None and op.expansion is not None
+    mid = cin * op.expansion
+    out_size = conv_output_size(in_size, op.kernel_size, stride)
+    parts = [
+        _conv(cin, mid, 1, 1, in_size),  # conv_pw
+        _conv(mid, mid, op.kernel_size, mid, out_size),  # conv_dw
+        _conv(mid, cout, 1, 1, out_size),  # conv_pwl
+    ]
+    return sum(m for m, _ in parts), sum(p for _, p in parts)
+
+
+def op_macs(name: str, in_channels: int, out_channels: int, stride: int, in_size: tuple[int, ...]) -> int:
+    """MACs of candidate ``name`` on one sample.
+
+    Args:
+        name: a key of ``CANDIDATES``.
+        in_channels: input channels.
+        out_channels: output channels.
+        stride: the layer's stride.
+        in_size: input spatial size, ``(L,)`` or ``(H, W)``.
+    """
+    return _op_counts(name, in_channels, out_channels, stride, tuple(in_size))[0]
+
+
+def stem_macs(in_channels: int, out_channels: int, kernel_size: int, stride: int, in_size: tuple[int, ...]) -> int:
+    """MACs of the stem convolution on one sample."""
+    return _conv(in_channels, out_channels, kernel_size, 1, conv_output_size(tuple(in_size), kernel_size, stride))[0]
+
+
+def head_macs(in_channels: int, channels: int, num_classes: int, in_size: tuple[int, ...]) -> int:
+    """MACs of the head (1x1 conv and classifier) on one sample."""
+    return _conv(in_channels, channels, 1, 1, tuple(in_size))[0] + channels * num_classes
+
+
+def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Measure MACs of Conv1d/Conv2d/Linear layers with forward hooks on one forward pass.
+
+    Args:
+        module: any module.
+        input_shape: input shape without batch; the pass runs on a zero batch of one in eval mode.
+
+    Returns:
+        MACs per sample (the reference for the analytic counts).
+    """
+    total = 0
+
+    def hook(mod: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+            total += out.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+        else:
+            total += out.numel() * mod.in_features
+
+    handles = [
+        m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
+    ]
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(1, *input_shape))
+    finally:
+        module.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
+
+
+@dataclass(frozen=True)
+class OpDescriptor:
+    """Everything a latency profiler or regressor needs to know about one layer.
+
+    ``kernel_size`` and ``expansion`` are 0 where they do not apply (identity; head expansion).
+    Counts are per sample.
+    """
+
+    op: str
+    kind: DescriptorKind
+    dims: int
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    expansion: int
+    shortcut: bool
+    stride: int
+    in_size: tuple[int, ...]
+    out_size: tuple[int, ...]
+    macs: int
+    params: int
+    input_numel: int
+    output_numel: int
+
+    def as_features(self) -> dict[str, float]:
+        """The numeric fields (plus a one-hot of ``kind``) as floats, for a regressor."""
+        feats = {k: float(v) for k, v in asdict(self).items() if isinstance(v, (int, bool))}
+        for kind in ("mbconv", "identity", "stem", "head"):
+            feats[f"kind_{kind}"] = float(self.kind == kind)
+        return feats
+
+
+def describe_op(
+    name: str, in_channels: int, out_channels: int, stride: int, in_size: tuple[int, ...], dims: Dims
+) -> OpDescriptor:
+    """Descriptor of candidate ``name`` on a layer of this shape (see ``op_macs`` for the arguments)."""
+    in_size = tuple(in_size)
+    if len(in_size) != dims:
+        raise ValueError(f"in_size {in_size} does not have {dims} entries")
+    if name not in CANDIDATES or not allowed(name, in_channels, out_channels, stride):
+        raise ValueError(f"{name!r} is not a candidate allowed on {in_channels} -> {out_channels}, stride {stride}")
+    op = CANDIDATES[name]
+    macs, params = _op_counts(name, in_channels, out_channels, stride, in_size)
+    out_size = conv_output_size(in_size, op.kernel_size or 1, stride)
+    return OpDescriptor(
+        op=name, kind=op.kind, dims=dims, in_channels=in_channels, out_channels=out_channels,
+        kernel_size=op.kernel_size or 0, expansion=op.expansion or 0, shortcut=op.shortcut, stride=stride,
+        in_size=in_size, out_size=out_size, macs=macs, params=params,
+        input_numel=in_channels * math.prod(in_size), output_numel=out_channels * math.prod(out_size),
+    )  # fmt: skip
+
+
+def describe_stem(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int, in_size: tuple[int, ...], dims: Dims
+) -> OpDescriptor:
+    """Descriptor of the stem (op name ``"stem"``)."""
+    in_size = tuple(in_size)
+    out_size = conv_output_size(in_size, kernel_size, stride)
+    macs, params = _conv(in_channels, out_channels, kernel_size, 1, out_size)
+    return OpDescriptor(
+        op="stem", kind="stem", dims=dims, in_channels=in_channels, out_channels=out_channels,
+        kernel_size=kernel_size, expansion=0, shortcut=False, stride=stride, in_size=in_size, out_size=out_size,
+        macs=macs, params=params,
+        input_numel=in_channels * math.prod(in_size), output_numel=out_channels * math.prod(out_size),
+    )  # fmt: skip
+
+
+def describe_head(
+    in_channels: int, channels: int, num_classes: int, in_size: tuple[int, ...], dims: Dims
+) -> OpDescriptor:
+    """Descriptor of the head (op name ``"head"``; ``out_channels`` is ``num_classes``, ``out_size`` is ``()``)."""
+    in_size = tuple(in_size)
+    conv_macs, conv_params = _conv(in_channels, channels, 1, 1, in_size)
+    return OpDescriptor(
+        op="head", kind="head", dims=dims, in_channels=in_channels, out_channels=num_classes,
+        kernel_size=1, expansion=0, shortcut=False, stride=1, in_size=in_size, out_size=(),
+        macs=conv_macs + channels * num_classes, params=conv_params + channels * num_classes + num_classes,
+        input_numel=in_channels * math.prod(in_size), output_numel=num_classes,
+    )  # fmt: skip
+
+
+def arch_descriptors(spec: ArchSpec) -> list[OpDescriptor]:
+    """Descriptors of ``[stem, *blocks, head]`` of ``spec``, in order, with their real shapes."""
+    size = tuple(spec.input_shape[1:])
+    out = [
+        describe_stem(spec.input_shape[0], spec.stem.channels, spec.stem.kernel_size, spec.stem.stride, size, spec.dims)
+    ]
+    for b in spec.blocks:
+        out.append(describe_op(b.op, b.in_channels, b.out_channels, b.stride, out[-1].out_size, spec.dims))
+    out.append(describe_head(out[-1].out_channels, spec.head.channels, spec.num_classes, out[-1].out_size, spec.dims))
+    return out
+
+
+def arch_macs(spec: ArchSpec) -> list[int]:
+    """MACs per sample of ``[stem, *blocks, head]`` of ``spec``."""
+    return [d.macs for d in arch_descriptors(spec)]

@@ -1,0 +1,255 @@
+"""Candidate operations of the JMSNAS search space (paper 003, Sec. III-A, "Search Space").
+
+Every searchable layer picks one of 13 candidates: a MobileNetV2 inverted residual (MBConv) with
+kernel 3, 5 or 7 and expansion ratio 3 or 6, each with or without a shortcut connection, or the
+identity (which lets the search shorten the network).
+
+Candidate name grammar (the only place it is written down)::
+
+    mb_k{K}_e{E}[_sc]   MBConv, depthwise kernel K (3, 5, 7), expansion ratio E (3, 6);
+                        the ``_sc`` suffix adds the residual shortcut ``y = x + f(x)``
+    identity            ``y = x``
+
+``identity`` and the ``_sc`` variants need an unchanged tensor shape, so they are only
+``allowed`` on layers with ``in_channels == out_channels`` and ``stride == 1``.
+
+All modules work on 1-D signals (``dims=1``: Conv1d / BatchNorm1d, tensors ``[N, C, L]``) and
+2-D images (``dims=2``: Conv2d / BatchNorm2d, tensors ``[N, C, H, W]``). Convolutions use
+``padding = kernel_size // 2`` and no bias (a BatchNorm follows each one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+Dims = Literal[1, 2]
+OpKind = Literal["mbconv", "identity"]
+
+KERNEL_SIZES: tuple[int, ...] = (3, 5, 7)
+EXPANSIONS: tuple[int, ...] = (3, 6)
+
+
+def conv_output_size(in_size: tuple[int, ...], kernel_size: int, stride: int) -> tuple[int, ...]:
+    """Spatial size after a convolution with ``padding = kernel_size // 2``.
+
+    Args:
+        in_size: input spatial size, ``(L,)`` or ``(H, W)``.
+        kernel_size: kernel size (the same along every axis).
+        stride: stride (the same along every axis).
+    """
+    pad = kernel_size // 2
+    return tuple((s + 2 * pad - kernel_size) // stride + 1 for s in in_size)
+
+
+def conv_cls(dims: Dims) -> type[nn.Conv1d] | type[nn.Conv2d]:
+    """The convolution class for ``dims`` (1 -> Conv1d, 2 -> Conv2d)."""
+    if dims == 1:
+        return nn.Conv1d
+    if dims == 2:
+        return nn.Conv2d
+    raise ValueError(f"dims must be 1 or 2, got {dims!r}")
+
+
+def bn_cls(dims: Dims) -> type[nn.BatchNorm1d] | type[nn.BatchNorm2d]:
+    """The batch-norm class for ``dims`` (1 -> BatchNorm1d, 2 -> BatchNorm2d)."""
+    if dims == 1:
+        return nn.BatchNorm1d
+    if dims == 2:
+        return nn.BatchNorm2d
+    raise ValueError(f"dims must be 1 or 2, got {dims!r}")
+
+
+@dataclass(frozen=True)
+class CandidateOp:
+    """One entry of the candidate registry.
+
+    Args:
+        name: the candidate name (see the module docstring for the grammar).
+        kind: ``"mbconv"`` or ``"identity"``.
+        kernel_size: depthwise kernel size; ``None`` for the identity.
+        expansion: expansion ratio; ``None`` for the identity.
+        shortcut: whether the op adds its input to its output.
+    """
+
+    name: str
+    kind: OpKind
+    kernel_size: int | None = None
+    expansion: int | None = None
+    shortcut: bool = False
+
+    @property
+    def needs_same_shape(self) -> bool:
+        """True when the op only works where input and output shapes are equal."""
+        return self.kind == "identity" or self.shortcut
+
+
+def _make_candidates() -> dict[str, CandidateOp]:
+    ops: dict[str, CandidateOp] = {}
+    for k in KERNEL_SIZES:
+        for e in EXPANSIONS:
+            for sc in (False, True):
+                name = f"mb_k{k}_e{e}" + ("_sc" if sc else "")
+                ops[name] = CandidateOp(name, "mbconv", kernel_size=k, expansion=e, shortcut=sc)
+    ops["identity"] = CandidateOp("identity", "identity")
+    return ops
+
+
+CANDIDATES: dict[str, CandidateOp] = _make_candidates()
+"""All 13 candidates of paper 003, in a fixed order (kernel, expansion, shortcut, then identity)."""
+
+
+def allowed(name: str, in_channels: int, out_channels: int, stride: int) -> bool:
+    """Whether candidate ``name`` can be placed on a layer of this shape.
+
+    Args:
+        name: a key of ``CANDIDATES``.
+        in_channels: channels entering the layer.
+        out_channels: channels leaving the layer.
+        stride: the layer's stride.
+
+    Returns:
+        False for ``identity`` and ``_sc`` candidates on layers that change the shape, else True.
+
+    Raises:
+        KeyError: ``name`` is not a candidate.
+    """
+    op = CANDIDATES[name]
+    return not op.needs_same_shape or (in_channels == out_channels and stride == 1)
+
+
+class MBConv(nn.Module):
+    """MobileNetV2 inverted residual: 1x1 expand, kxk depthwise, 1x1 linear projection.
+
+    Layer names follow timm's ``InvertedResidual``: ``conv_pw``/``bn1``, ``conv_dw``/``bn2``,
+    ``conv_pwl``/``bn3``; ReLU6 after the first two, none after the projection.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: odd depthwise kernel size.
+        expansion: expansion ratio; the hidden width is ``in_channels * expansion``.
+        stride: stride of the depthwise convolution.
+        shortcut: add the input to the output (needs ``stride == 1`` and equal channels).
+        dims: 1 for signals, 2 for images.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        expansion: int,
+        stride: int,
+        shortcut: bool,
+        dims: Dims,
+    ) -> None:
+        super().__init__()
+        if shortcut and (stride != 1 or in_channels != out_channels):
+            raise ValueError(
+                f"shortcut needs stride 1 and in_channels == out_channels, "
+                f"got stride {stride}, channels {in_channels} -> {out_channels}"
+            )
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        conv, bn = conv_cls(dims), bn_cls(dims)
+        mid = in_channels * expansion
+        self.shortcut = shortcut
+        self.conv_pw = conv(in_channels, mid, 1, bias=False)
+        self.bn1 = bn(mid)
+        self.act1 = nn.ReLU6()
+        self.conv_dw = conv(mid, mid, kernel_size, stride, padding=kernel_size // 2, groups=mid, bias=False)
+        self.bn2 = bn(mid)
+        self.act2 = nn.ReLU6()
+        self.conv_pwl = conv(mid, out_channels, 1, bias=False)
+        self.bn3 = bn(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act1(self.bn1(self.conv_pw(x)))
+        y = self.act2(self.bn2(self.conv_dw(y)))
+        y = self.bn3(self.conv_pwl(y))
+        return x + y if self.shortcut else y
+
+
+class Identity(nn.Module):
+    """The ``identity`` candidate: returns its input (skips the layer)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def build_op(name: str, in_channels: int, out_channels: int, stride: int, dims: Dims) -> nn.Module:
+    """Build candidate ``name`` for one layer.
+
+    Args:
+        name: a key of ``CANDIDATES``.
+        in_channels: input channels.
+        out_channels: output channels.
+        stride: the layer's stride.
+        dims: 1 for signals, 2 for images.
+
+    Raises:
+        ValueError: unknown name, or the candidate is not ``allowed`` on this layer.
+    """
+    if name not in CANDIDATES:
+        raise ValueError(f"unknown candidate {name!r}; valid: {', '.join(CANDIDATES)}")
+    if not allowed(name, in_channels, out_channels, stride):
+        raise ValueError(
+            f"candidate {name!r} needs in_channels == out_channels and stride 1, "
+            f"got {in_channels} -> {out_channels}, stride {stride}"
+        )
+    op = CANDIDATES[name]
+    if op.kind == "identity":
+        return Identity()
+    assert op.kernel_size is not None and op.expansion is not None
+    return MBConv(in_channels, out_channels, op.kernel_size, op.expansion, stride, op.shortcut, dims)
+
+
+class Stem(nn.Module):
+    """First, fixed layer: ``conv`` (k, stride, padding k//2) -> ``bn`` -> ReLU6.
+
+    Args:
+        in_channels: input channels (e.g. 1 for MNIST-1D, 3 for RGB).
+        out_channels: stem width.
+        kernel_size: odd kernel size.
+        stride: stride.
+        dims: 1 for signals, 2 for images.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, dims: Dims) -> None:
+        super().__init__()
+        self.conv = conv_cls(dims)(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
+        self.bn = bn_cls(dims)(out_channels)
+        self.act = nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class Head(nn.Module):
+    """Last, fixed layer: 1x1 ``conv`` -> ``bn`` -> ReLU6 -> global average pool -> dropout -> ``classifier``.
+
+    Args:
+        in_channels: channels from the last block.
+        channels: width of the 1x1 convolution.
+        num_classes: classifier outputs.
+        dropout: dropout probability before the classifier (0 disables it).
+        dims: 1 for signals, 2 for images.
+    """
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float, dims: Dims) -> None:
+        super().__init__()
+        self.conv = conv_cls(dims)(in_channels, channels, 1, bias=False)
+        self.bn = bn_cls(dims)(channels)
+        self.act = nn.ReLU6()
+        self.pool = nn.AdaptiveAvgPool1d(1) if dims == 1 else nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.act(self.bn(self.conv(x))))
+        return self.classifier(self.dropout(self.flatten(x)))
