@@ -7,9 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+# One thread: the suite runs on 2 shared cores, and tiny tensors gain nothing from more.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 

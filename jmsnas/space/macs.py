@@ -110,6 +110,8 @@ class OpDescriptor:
     """Everything a latency profiler or regressor needs to know about one layer.
 
     ``kernel_size`` and ``expansion`` are 0 where they do not apply (identity; head expansion).
+    ``hidden_channels`` is the widest internal width: ``in_channels * expansion`` for an MBConv,
+    the 1x1 conv width for the head, ``out_channels`` for the stem, ``in_channels`` for identity.
     Counts are per sample.
     """
 
@@ -118,6 +120,7 @@ class OpDescriptor:
     dims: int
     in_channels: int
     out_channels: int
+    hidden_channels: int
     kernel_size: int
     expansion: int
     shortcut: bool
@@ -151,7 +154,8 @@ def describe_op(
     out_size = conv_output_size(in_size, op.kernel_size or 1, stride)
     return OpDescriptor(
         op=name, kind=op.kind, dims=dims, in_channels=in_channels, out_channels=out_channels,
-        kernel_size=op.kernel_size or 0, expansion=op.expansion or 0, shortcut=op.shortcut, stride=stride,
+        hidden_channels=in_channels * (op.expansion or 1), kernel_size=op.kernel_size or 0,
+        expansion=op.expansion or 0, shortcut=op.shortcut, stride=stride,
         in_size=in_size, out_size=out_size, macs=macs, params=params,
         input_numel=in_channels * math.prod(in_size), output_numel=out_channels * math.prod(out_size),
     )  # fmt: skip
@@ -166,6 +170,7 @@ def describe_stem(
     macs, params = _conv(in_channels, out_channels, kernel_size, 1, out_size)
     return OpDescriptor(
         op="stem", kind="stem", dims=dims, in_channels=in_channels, out_channels=out_channels,
+        hidden_channels=out_channels,
         kernel_size=kernel_size, expansion=0, shortcut=False, stride=stride, in_size=in_size, out_size=out_size,
         macs=macs, params=params,
         input_numel=in_channels * math.prod(in_size), output_numel=out_channels * math.prod(out_size),
@@ -179,7 +184,7 @@ def describe_head(
     in_size = tuple(in_size)
     conv_macs, conv_params = _conv(in_channels, channels, 1, 1, in_size)
     return OpDescriptor(
-        op="head", kind="head", dims=dims, in_channels=in_channels, out_channels=num_classes,
+        op="head", kind="head", dims=dims, in_channels=in_channels, out_channels=num_classes, hidden_channels=channels,
         kernel_size=1, expansion=0, shortcut=False, stride=1, in_size=in_size, out_size=(),
         macs=conv_macs + channels * num_classes, params=conv_params + channels * num_classes + num_classes,
         input_numel=in_channels * math.prod(in_size), output_numel=num_classes,

@@ -1,0 +1,190 @@
+"""Per-device latency models: ``predict(ops) -> ms`` for measured and analytic devices.
+
+A *measured* device has a profile CSV (`jmsnas.latency.profiler`). Its model is a scikit-learn
+gradient-boosting regressor on log latency, refitted from the CSV when loaded (and cached for the
+process): a fitted model is never stored, so a profile stays readable across scikit-learn versions
+(nn-Meter's pickled predictors broke exactly this way). Where the exact op and shape were measured,
+the measured value is used instead of the regressor's estimate (``use_measured``).
+
+Additivity: ops timed alone do not add up to the network they form. On this project's 2-core
+CPUs a whole network took 15-20 % longer than the sum of its ops timed in isolation (an op timed
+alone runs with its weights, activations and allocator state hot; in a network the ops evict
+each other, and the forward adds its own calls). The profile therefore also times random whole
+networks together with their own layers (``NAME.networks.csv``; together, so that the machine's
+drift over minutes cancels), and the model fits ``network ≈ scale · Σ layer + overhead · #layers``
+to them by non-negative least squares; every op prediction is then ``scale · op + overhead``, so
+per-layer latencies stay additive (as the split planner and the search need) and their sum
+matches whole networks. ``calibrated=False`` gives the raw per-op figures.
+
+An *analytic* device is described by throughput (paper 001 §4's hardware description: MAC/s,
+memory size and speed). An op then costs a fixed overhead plus the larger of its compute time
+(MACs / MAC/s) and its memory time (bytes of input, output and weights / memory bandwidth): a
+roofline. Paper 001 uses MACs / MAC/s alone; the memory term matters for depthwise convolutions,
+which move many bytes per MAC.
+
+The predictor knows nothing of losses: the search turns predictions into a penalty elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from jmsnas.errors import ConfigError
+from jmsnas.latency.ops import descriptor_key, log_features
+from jmsnas.space.macs import OpDescriptor
+from jmsnas.topology import AnalyticSpec, Device
+
+#: Bytes per tensor element moved by an analytic device (float32 inference).
+DEFAULT_BYTES_PER_ELEMENT = 4
+
+
+class LatencyModel(Protocol):
+    """What the search and the planner need from a device."""
+
+    name: str
+    kind: Literal["measured", "analytic"]
+
+    def predict(self, ops: Sequence[OpDescriptor], batch_size: int = 1) -> np.ndarray:
+        """Latency in ms of each op at ``batch_size``."""
+        ...
+
+
+class AnalyticLatencyModel:
+    """Roofline latency from MAC/s and memory bandwidth, plus a per-op overhead (marked "analytic")."""
+
+    kind: Literal["analytic"] = "analytic"
+
+    def __init__(self, name: str, spec: AnalyticSpec, bytes_per_element: int = DEFAULT_BYTES_PER_ELEMENT) -> None:
+        self.name = name
+        self.spec = spec
+        self.bytes_per_element = bytes_per_element
+
+    def predict(self, ops: Sequence[OpDescriptor], batch_size: int = 1) -> np.ndarray:
+        macs = np.array([o.macs for o in ops], dtype=float) * batch_size
+        compute_s = macs / self.spec.macs_per_s
+        if self.spec.memory_bandwidth_bytes_per_s:
+            elements = np.array([(o.input_numel + o.output_numel) * batch_size + o.params for o in ops], dtype=float)
+            memory_s = elements * self.bytes_per_element / self.spec.memory_bandwidth_bytes_per_s
+            compute_s = np.maximum(compute_s, memory_s)
+        return self.spec.overhead_ms + 1e3 * compute_s
+
+
+def _feature_matrix(feats: Sequence[dict[str, float]], names: Sequence[str]) -> np.ndarray:
+    return np.array([[f.get(n, 0.0) for n in names] for f in feats], dtype=float)
+
+
+class ProfiledLatencyModel:
+    """A regressor fitted to one device's measured profile.
+
+    Args:
+        name: the device profile's name.
+        rows: rows of the profile CSV (strings, as `csv.DictReader` gives them).
+        meta: the profile's JSON metadata (how it was measured).
+        seed: seed of the regressor's subsampling, for repeatable fits.
+        networks: per calibration network ``(sum of its layers' ms, number of layers, whole network ms)``.
+    """
+
+    kind: Literal["measured"] = "measured"
+
+    def __init__(self, name: str, rows: Sequence[dict[str, str]], meta: dict | None = None, seed: int = 0,
+                 networks: Sequence[tuple[float, int, float]] | None = None) -> None:
+        from sklearn.ensemble import GradientBoostingRegressor
+
+        if len(rows) < 5:
+            raise ConfigError(f"profile {name!r} has {len(rows)} rows; at least 5 are needed to fit a latency model")
+        self.name = name
+        self.meta = meta or {}
+        self.measured = {r["key"]: float(r["latency_ms"]) for r in rows}
+        feats = [row_features(r) for r in rows]
+        self.feature_names = sorted(feats[0])
+        y = np.log(np.array([float(r["latency_ms"]) for r in rows]))
+        # Shallow trees with shrinkage: ~1e3 rows, a smooth target in log space. Tried a random forest
+        # first: it cannot extrapolate between grid points as well (piecewise-constant, no shrinkage).
+        self.regressor = GradientBoostingRegressor(n_estimators=400, max_depth=4, learning_rate=0.05,
+                                                   subsample=0.8, random_state=seed)
+        self.regressor.fit(_feature_matrix(feats, self.feature_names), y)
+        self.scale, self.overhead_ms = self._calibrate(networks or [])
+
+    @staticmethod
+    def _calibrate(networks: Sequence[tuple[float, int, float]]) -> tuple[float, float]:
+        """Non-negative least squares ``(scale, overhead)`` of ``whole ≈ scale · Σ layers + overhead · #layers``.
+
+        Args:
+            networks: per network ``(sum of its layers' ms, number of layers, whole network ms)``.
+        """
+        if len(networks) < 3:
+            return 1.0, 0.0
+        from scipy.optimize import nnls
+
+        a = np.array([[parts, n] for parts, n, _ in networks], dtype=float)
+        (scale, overhead), _ = nnls(a, np.array([whole for _, _, whole in networks], dtype=float))
+        return (float(scale), float(overhead)) if scale > 0 else (1.0, 0.0)
+
+    def predict(self, ops: Sequence[OpDescriptor], batch_size: int = 1, use_measured: bool = True,
+                calibrated: bool = True) -> np.ndarray:
+        """Latency (ms) of each op at ``batch_size``.
+
+        Args:
+            ops: the ops.
+            batch_size: the batch size.
+            use_measured: return the measured value for an op and shape the profile holds.
+            calibrated: apply the whole-network calibration (see the module docstring).
+        """
+        if not ops:
+            return np.zeros(0)
+        est = np.exp(self.regressor.predict(_feature_matrix([log_features(o, batch_size) for o in ops],
+                                                            self.feature_names)))
+        if use_measured:
+            for i, op in enumerate(ops):
+                est[i] = self.measured.get(descriptor_key(op, batch_size), est[i])
+        return self.scale * est + self.overhead_ms if calibrated else est
+
+    @classmethod
+    def from_csv(cls, csv_path: str | Path) -> ProfiledLatencyModel:
+        """Fit from a profile CSV (cached per file and modification time)."""
+        path = Path(csv_path).resolve()
+        if not path.is_file():
+            raise ConfigError("latency profile not found", file=path)
+        return _load_cached(path, path.stat().st_mtime_ns)
+
+
+def row_features(row: dict[str, str]) -> dict[str, float]:
+    """Regressor features of one CSV row (the same as `log_features` of its descriptor)."""
+    return log_features(row_descriptor(row), int(row["batch_size"]))
+
+
+def row_descriptor(row: dict[str, str]) -> OpDescriptor:
+    """Rebuild the `OpDescriptor` a CSV row was measured for."""
+
+    def size(text: str) -> tuple[int, ...]:
+        return tuple(int(v) for v in text.split("x")) if text else ()
+
+    ints = ("dims", "in_channels", "out_channels", "hidden_channels", "kernel_size", "expansion", "stride", "macs",
+            "params", "input_numel", "output_numel")
+    return OpDescriptor(op=row["op"], kind=row["kind"], shortcut=bool(int(row["shortcut"])),
+                        in_size=size(row["in_size"]), out_size=size(row["out_size"]),
+                        **{k: int(row[k]) for k in ints})
+
+
+@functools.lru_cache(maxsize=16)
+def _load_cached(path: Path, mtime_ns: int) -> ProfiledLatencyModel:
+    from jmsnas.latency.profiler import NETWORK_COLUMNS, networks_path, read_rows
+
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    networks = [(float(r["layers_ms"]), len(json.loads(r["arch"])["blocks"]) + 2, float(r["latency_ms"]))
+                for r in read_rows(networks_path(path), NETWORK_COLUMNS)]
+    return ProfiledLatencyModel(path.stem, read_rows(path), meta, networks=networks)
+
+
+def latency_model_for(device: Device, profiles_dir: str | Path) -> LatencyModel:
+    """The latency model of a topology device: its measured profile, or its analytic description."""
+    if device.analytic is not None:
+        return AnalyticLatencyModel(device.name, device.analytic)
+    return ProfiledLatencyModel.from_csv(Path(profiles_dir) / f"{device.profile}.csv")

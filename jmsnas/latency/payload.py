@@ -1,0 +1,21 @@
+"""Size of what crosses a cut, and its link latency (paper 004 eq. (11): bytes / r_comm)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from jmsnas.topology import Link
+
+
+def payload_bytes(shape_or_numel: int | Sequence[int], bits: int = 32) -> int:
+    """Bytes of a tensor of ``shape_or_numel`` elements at ``bits`` per element (numel × bits / 8, rounded up)."""
+    numel = shape_or_numel if isinstance(shape_or_numel, int) else math.prod(shape_or_numel)
+    if numel < 0 or bits <= 0:
+        raise ValueError(f"numel must be >= 0 and bits > 0, got {numel}, {bits}")
+    return math.ceil(numel * bits / 8)
+
+
+def transfer_ms(link: Link, shape_or_numel: int | Sequence[int], bits: int = 32) -> float:
+    """Latency of sending such a tensor over ``link`` (half its round trip plus serialisation)."""
+    return link.latency_ms(payload_bytes(shape_or_numel, bits))

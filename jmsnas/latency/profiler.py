@@ -1,0 +1,266 @@
+"""Measure a device: time every op of a search space and write ``NAME.csv`` + ``NAME.json``.
+
+The CSV has one row per op and input shape (features, ``latency_ms``, ``spread_ms``, ``repeats``);
+ops are timed round-robin in chunks with `jmsnas.latency.timing.time_interleaved` (the median of
+block minima, robust to the bursts of interference of shared machines). ``NAME.networks.csv`` holds
+random whole networks of each space, each timed together with its own layers (``latency_ms`` and
+``layers_ms``, the sum of its layers' times): the latency model uses them to calibrate how per-op
+times add up to a network's (see `jmsnas.latency.model`). The JSON says how it was measured (torch
+version, threads, processor or GPU, date, search spaces). Rows are appended and flushed chunk by
+chunk, so an interrupted run resumes where it stopped: rows already in the CSV are not measured
+again. A run that would mix measurement conditions (other threads, device, torch) into an existing
+profile is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import random
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from jmsnas.errors import JmsnasError
+from jmsnas.latency.ops import (
+    PROFILE_NUM_CLASSES,
+    build_module,
+    descriptor_key,
+    example_input,
+    grid_descriptors,
+    space_descriptors,
+)
+from jmsnas.latency.timing import time_interleaved
+from jmsnas.space.arch import ArchSpec, build_model
+from jmsnas.space.macs import OpDescriptor
+from jmsnas.space.spec import SearchSpace
+
+CSV_COLUMNS = (
+    "key", "op", "kind", "dims", "in_channels", "out_channels", "hidden_channels", "kernel_size", "expansion",
+    "shortcut", "stride", "in_size", "out_size", "macs", "params", "input_numel", "output_numel", "batch_size",
+    "exact", "latency_ms", "spread_ms", "repeats",
+)
+NETWORK_COLUMNS = ("key", "space", "arch", "latency_ms", "layers_ms", "repeats")
+#: Calibration networks timed together (each with its layers).
+NETWORK_CHUNK = 4
+#: Ops timed together round-robin: their blocks interleave over a few seconds.
+CHUNK = 16
+#: Seed of the calibration networks (benchmarks sample theirs with other seeds).
+CALIBRATION_SEED = 12345
+#: Conditions that must match for rows to share one profile.
+_CONDITION_KEYS = ("device", "threads", "torch", "processor", "gpu")
+
+
+def processor_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measurement_conditions(threads: int, device: str) -> dict[str, object]:
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
+    return {"device": device, "threads": threads, "torch": torch.__version__, "processor": processor_name(),
+            "gpu": gpu, "cpu_count": os.cpu_count(), "python": platform.python_version()}
+
+
+def _row(desc: OpDescriptor, batch_size: int, exact: bool, median: float, spread: float, repeats: int) -> dict:
+    d = asdict(desc)
+    d["in_size"] = "x".join(map(str, desc.in_size))
+    d["out_size"] = "x".join(map(str, desc.out_size))
+    d["shortcut"] = int(desc.shortcut)
+    return {"key": descriptor_key(desc, batch_size), **d, "batch_size": batch_size, "exact": int(exact),
+            "latency_ms": f"{median:.6g}", "spread_ms": f"{spread:.6g}", "repeats": repeats}
+
+
+def read_rows(csv_path: Path, columns: Sequence[str] = CSV_COLUMNS) -> list[dict[str, str]]:
+    """Complete rows of a profile CSV (a line cut off by an interruption is dropped)."""
+    if not csv_path.is_file():
+        return []
+    with csv_path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    needed = ("key", "latency_ms", "repeats")
+    return [r for r in rows if None not in r and all(r.get(c) not in (None, "") for c in needed)]
+
+
+def _open_profile(csv_path: Path, json_path: Path, conditions: dict, space_names: list[str]) -> list[dict]:
+    """Check an existing profile can be resumed under these conditions; rewrite its CSV without a torn line."""
+    rows = read_rows(csv_path)
+    if json_path.is_file():
+        meta = json.loads(json_path.read_text())
+        clash = {k: (meta.get(k), conditions[k]) for k in _CONDITION_KEYS if meta.get(k) != conditions[k]}
+        if rows and clash:
+            detail = ", ".join(f"{k}: profile has {a!r}, this run {b!r}" for k, (a, b) in clash.items())
+            raise JmsnasError(f"cannot add rows measured under other conditions ({detail}); use another "
+                              "--device-name or --overwrite", file=json_path)
+        space_names = sorted(set(meta.get("search_spaces", [])) | set(space_names))
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    _write_json(json_path, {**conditions, "search_spaces": space_names, "complete": False, "rows": len(rows)})
+    return rows
+
+
+def _write_json(path: Path, meta: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**meta, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}, indent=2))
+    tmp.replace(path)
+
+
+def profile_search_spaces(
+    spaces: Sequence[SearchSpace],
+    device_name: str,
+    out_dir: Path,
+    *,
+    threads: int = 1,
+    device: str = "cpu",
+    batch_sizes: Sequence[int] = (1,),
+    warmup: int = 5,
+    blocks: int = 10,
+    block_size: int = 10,
+    calibration_nets: int = 20,
+    grid: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Time every op of ``spaces`` (exact shapes, plus the grid) and write ``out_dir/device_name.csv``.
+
+    Args:
+        spaces: search spaces whose ops to measure (at each space's ``input_shape``).
+        device_name: the profile's name (``NAME.csv``), as experiments refer to it.
+        out_dir: folder of the profile files (``latency_profiles/``).
+        threads: torch CPU threads while timing (fixed for the whole profile).
+        device: ``cpu`` or ``cuda`` (timed with CUDA synchronisation).
+        batch_sizes: batch sizes to time each op at.
+        warmup: untimed runs before timing each op.
+        blocks: timing blocks per op; the median of the block minima is stored, with their IQR.
+        block_size: timed runs per block.
+        calibration_nets: random whole networks per space timed for the additivity calibration.
+        grid: also time scaled variants around each exact shape.
+        overwrite: start the profile afresh instead of resuming it.
+        progress: show a progress bar.
+
+    Returns:
+        The CSV path.
+    """
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise JmsnasError("--device cuda was asked for but torch sees no CUDA device", field="--device")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out_dir / f"{device_name}.csv", out_dir / f"{device_name}.json"
+    if overwrite:
+        for path in (csv_path, json_path, networks_path(csv_path)):
+            path.unlink(missing_ok=True)
+    conditions = measurement_conditions(threads, device)
+    done = {r["key"] for r in _open_profile(csv_path, json_path, conditions, [s.config.name for s in spaces])}
+    todo: list[tuple[OpDescriptor, int, bool]] = []
+    for space in spaces:
+        exact = space_descriptors(space)
+        exact_keys = {descriptor_key(d) for d in exact}
+        descs = grid_descriptors(exact) if grid else exact
+        todo += [(d, bs, descriptor_key(d) in exact_keys) for d in descs for bs in batch_sizes]
+    todo = list({descriptor_key(d, bs): (d, bs, e) for d, bs, e in todo if descriptor_key(d, bs) not in done}.values())
+    timing = {"device": device, "threads": threads, "warmup": warmup, "blocks": blocks, "block_size": block_size}
+    _measure(todo, csv_path, timing, progress, skipped=len(done))
+    if calibration_nets:
+        measure_networks(spaces, calibration_nets, networks_path(csv_path), timing, progress)
+    meta = json.loads(json_path.read_text())
+    _write_json(json_path, {**meta, **timing, "complete": True, "rows": len(read_rows(csv_path)),
+                            "batch_sizes": list(batch_sizes), "calibration_nets_per_space": calibration_nets})
+    return csv_path
+
+
+def _progress(progress: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    return Progress(*columns, disable=not progress)
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _time(modules: list, inputs: list, timing: dict) -> list[tuple[float, float]]:
+    return time_interleaved(modules, inputs, blocks=timing["blocks"], block_size=timing["block_size"],
+                            warmup=timing["warmup"], threads=timing["threads"])
+
+
+def _measure(todo: list[tuple[OpDescriptor, int, bool]], csv_path: Path, timing: dict, progress: bool,
+             skipped: int) -> None:
+    repeats = timing["blocks"] * timing["block_size"]
+    with csv_path.open("a", newline="") as fh, _progress(progress) as bar:
+        task = bar.add_task(f"profiling ops ({csv_path.stem})", total=len(todo) + skipped, completed=skipped)
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        for chunk in _chunks(todo, CHUNK):
+            modules = [build_module(d).to(timing["device"]) for d, _, _ in chunk]
+            inputs = [example_input(d, bs, timing["device"]) for d, bs, _ in chunk]
+            for (desc, bs, exact), (median, spread) in zip(chunk, _time(modules, inputs, timing), strict=True):
+                writer.writerow(_row(desc, bs, exact, median, spread, repeats))
+            fh.flush()
+            bar.advance(task, len(chunk))
+
+
+def networks_path(csv_path: Path) -> Path:
+    return csv_path.with_name(f"{csv_path.stem}.networks.csv")
+
+
+def calibration_specs(space: SearchSpace, n: int, seed: int = CALIBRATION_SEED) -> list[ArchSpec]:
+    """Random networks of a space (seeded apart from any benchmark's) for the additivity calibration."""
+    rng = random.Random(f"{space.config.name}-{seed}")
+    return [ArchSpec.from_choices(space, [rng.choice(s.candidates) for s in space.layers()], PROFILE_NUM_CLASSES)
+            for _ in range(n)]
+
+
+def time_network_and_parts(specs: Sequence[ArchSpec], timing: dict) -> list[tuple[float, float]]:
+    """Per network: its whole-forward time and the sum of its layers' times, all timed together.
+
+    The layers (the network's own modules, on their real inputs) and the networks run round-robin
+    in one `time_interleaved` call, so the ratio of the two is free of the machine's drift.
+    """
+    nets = [build_model(spec).to(timing["device"]).eval() for spec in specs]
+    modules, inputs, owners = [], [], []
+    for i, (net, spec) in enumerate(zip(nets, specs, strict=True)):
+        x = torch.randn(1, *spec.input_shape, device=timing["device"])
+        modules.append(net)
+        inputs.append(x)
+        owners.append(-1)
+        with torch.inference_mode():
+            for layer in net.layers():
+                modules.append(layer)
+                inputs.append(x)
+                owners.append(i)
+                x = layer(x)
+    times = [t for t, _ in _time(modules, inputs, timing)]
+    whole = [t for t, o in zip(times, owners, strict=True) if o == -1]
+    parts = [sum(t for t, o in zip(times, owners, strict=True) if o == i) for i in range(len(specs))]
+    return list(zip(whole, parts, strict=True))
+
+
+def measure_networks(spaces: Sequence[SearchSpace], n: int, path: Path, timing: dict, progress: bool) -> None:
+    """Time ``n`` random whole networks per space, and their layers with them, into ``path`` (resumable)."""
+    done = {r["key"] for r in read_rows(path, NETWORK_COLUMNS)}
+    specs = [(s.config.name, spec) for s in spaces for spec in calibration_specs(s, n)]
+    todo = [(name, spec) for name, spec in specs if f"{name}|{spec.compact()}" not in done]
+    new = not path.is_file()
+    with path.open("a", newline="") as fh, _progress(progress) as bar:
+        writer = csv.DictWriter(fh, fieldnames=NETWORK_COLUMNS)
+        if new:
+            writer.writeheader()
+        task = bar.add_task(f"profiling networks ({path.stem})", total=len(specs), completed=len(specs) - len(todo))
+        for chunk in _chunks(todo, NETWORK_CHUNK):
+            for (name, spec), (whole, parts) in zip(chunk, time_network_and_parts([s for _, s in chunk], timing),
+                                                    strict=True):
+                writer.writerow({"key": f"{name}|{spec.compact()}", "space": name, "arch": json.dumps(spec.to_dict()),
+                                 "latency_ms": f"{whole:.6g}", "layers_ms": f"{parts:.6g}",
+                                 "repeats": timing["blocks"] * timing["block_size"]})
+            fh.flush()
+            bar.advance(task, len(chunk))

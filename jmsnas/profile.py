@@ -1,0 +1,70 @@
+"""``python -m jmsnas.profile``: measure this machine as a device for jmsnas.
+
+Example (a phone-class CPU at one thread)::
+
+    python -m jmsnas.profile --search-space search_spaces/mbconv13_1d.yaml \\
+        --search-space search_spaces/mbconv13.yaml --device-name cpu-1t --threads 1
+
+writes ``latency_profiles/cpu-1t.csv`` and ``cpu-1t.json``; an experiment then names the device
+``profile: cpu-1t``. Run the same command on a Raspberry Pi or a Jetson (``--device cuda``) and
+copy the two files into ``latency_profiles/``. An interrupted run resumes when run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from jmsnas.config import DEFAULT_PROFILES_DIR
+from jmsnas.errors import JmsnasError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jmsnas.profile",
+                                     description="Time every candidate op of search spaces on this machine.")
+    parser.add_argument("--search-space", action="append", required=True, type=Path,
+                        help="a search-space YAML file; repeat for several")
+    parser.add_argument("--device-name", required=True, help="name of the profile (NAME.csv), e.g. cpu-1t or rpi4")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads while timing (default 1)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where ops run (default cpu)")
+    parser.add_argument("--batch-size", type=int, action="append", help="batch size(s) to time; default 1")
+    parser.add_argument("--blocks", type=int, default=10,
+                        help="timing blocks per op, interleaved with other ops; the median of block minima is kept")
+    parser.add_argument("--block-size", type=int, default=10, help="timed runs per block")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed runs before timing each op")
+    parser.add_argument("--calibration-nets", type=int, default=20,
+                        help="random whole networks per space timed to calibrate how op times add up (0: none)")
+    parser.add_argument("--no-grid", action="store_true", help="time only the exact shapes of the spaces")
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_PROFILES_DIR, help="where profiles are written")
+    parser.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    try:
+        if args.threads < 1 or args.blocks < 1 or args.block_size < 1 or args.warmup < 0 or args.calibration_nets < 0:
+            raise JmsnasError("--threads, --blocks and --block-size must be >= 1; --warmup and --calibration-nets >= 0")
+        if not args.device_name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise JmsnasError(f"--device-name {args.device_name!r} may hold only letters, digits, '-', '_' and '.'")
+        from jmsnas.latency.profiler import profile_search_spaces
+        from jmsnas.space.spec import load_search_space
+
+        spaces = [load_search_space(p) for p in args.search_space]
+        csv_path = profile_search_spaces(spaces, args.device_name, args.out_dir, threads=args.threads,
+                                         device=args.device, batch_sizes=args.batch_size or [1], warmup=args.warmup,
+                                         blocks=args.blocks, block_size=args.block_size,
+                                         calibration_nets=args.calibration_nets, grid=not args.no_grid,
+                                         overwrite=args.overwrite, progress=True)
+    except JmsnasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"wrote {csv_path} and {csv_path.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""One search run of the supernet strategy: stage 1 (search), derivation, stage 2 (retrain), test.
+
+`run_proxyless` is what a Tune trial (or a benchmark) calls: everything is built from the
+experiment and the strategy config, and everything it writes goes under ``run_dir``:
+``search/`` (Lightning logs and the last checkpoint), ``arch.json``, ``retrain/`` and
+``model.pt`` (the retrained weights, a plain state dict).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from jmsnas.config import DEFAULT_PROFILES_DIR, Experiment, ProxylessConfig
+from jmsnas.data import JmsnasDataModule
+from jmsnas.latency.model import latency_model_for
+from jmsnas.space.arch import build_model
+from jmsnas.space.supernet import Supernet
+from jmsnas.strategies.latency import ExpectedLatency, LatencyPenalty
+from jmsnas.strategies.proxyless import SupernetSearch
+from jmsnas.strategies.retrain import Classifier
+
+
+@dataclass
+class SearchOutcome:
+    """What one search run found and how well it does."""
+
+    arch: dict
+    compact: str
+    t_const_ms: float
+    predicted_latency_ms: float
+    feasible: bool
+    split: dict
+    search_val_acc: float
+    val_acc: float
+    test_acc: float
+    search_wall_s: float
+    retrain_wall_s: float
+    seed: int
+
+
+def expected_latency(exp: Experiment, num_classes: int, input_shape: tuple[int, ...],
+                     strategy: ProxylessConfig) -> ExpectedLatency:
+    """The E[T] predictor for an experiment's topology, devices and search space."""
+    profiles = exp.config.profiles_dir or DEFAULT_PROFILES_DIR
+    models = {d.name: latency_model_for(d, profiles) for d in exp.topology.devices}
+    cap = strategy.max_layers_per_device if strategy.split == "pinned" else None
+    return ExpectedLatency(exp.search_space, exp.topology, models, num_classes, input_shape, cap)
+
+
+def _trainer(run_dir: Path, name: str, epochs: int, progress: bool, **kwargs) -> pl.Trainer:
+    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, default_root_dir=run_dir / name,
+                      logger=pl.loggers.CSVLogger(run_dir, name=name, version=""), enable_progress_bar=progress,
+                      enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+
+
+def run_proxyless(exp: Experiment, strategy: ProxylessConfig, seed: int, run_dir: Path, *,
+                  datamodule: JmsnasDataModule | None = None, progress: bool = True) -> SearchOutcome:
+    """Search, derive, retrain and test one network; write its artifacts under ``run_dir``.
+
+    Args:
+        exp: the loaded experiment.
+        strategy: the supernet strategy's parameters (a trial may override the experiment's).
+        seed: seed of weights, sampling and data order.
+        run_dir: where this run writes.
+        datamodule: the data (built from the experiment when omitted).
+        progress: show Lightning's progress bars.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    dm = datamodule or JmsnasDataModule(exp.config.dataset, seed=exp.config.seed)
+    info = dm.info()
+    supernet = Supernet(exp.search_space, info.num_classes, info.input_shape)
+    predictor = expected_latency(exp, info.num_classes, info.input_shape, strategy)
+    penalty = LatencyPenalty(strategy.lambda2, strategy.t_const_ms, one_sided=strategy.penalty == "one_sided")
+    system = SupernetSearch(supernet, predictor, penalty, weight_lr=strategy.weight_lr, arch_lr=strategy.arch_lr,
+                            weight_decay=strategy.lambda1, warmup_epochs=strategy.warmup_epochs,
+                            epochs=strategy.epochs, seed=seed)
+    start = time.perf_counter()
+    _trainer(run_dir, "search", strategy.epochs, progress).fit(system, datamodule=dm)
+    search_wall = time.perf_counter() - start
+    search_val_acc = float(system.trainer.callback_metrics.get("val_acc", torch.tensor(float("nan"))))
+
+    spec = supernet.to_arch_spec()
+    spec.save_json(run_dir / "arch.json")
+    estimate = predictor.for_choices([layer.argmax() for layer in supernet.layers])
+    net = supernet.export_subnet() if strategy.retrain.init == "inherit" else build_model(spec)
+    start = time.perf_counter()
+    val_acc, test_acc = retrain(net, dm, strategy, run_dir, progress)
+    retrain_wall = time.perf_counter() - start
+    torch.save(net.state_dict(), run_dir / "model.pt")
+    outcome = SearchOutcome(
+        arch=spec.to_dict(), compact=spec.compact(), t_const_ms=strategy.t_const_ms,
+        predicted_latency_ms=float(estimate.total_ms), feasible=float(estimate.total_ms) <= strategy.t_const_ms,
+        split={"path": list(estimate.path), "boundaries": list(estimate.boundaries), "device_ms": estimate.device_ms,
+               "link_ms": estimate.link_ms},
+        search_val_acc=search_val_acc, val_acc=val_acc, test_acc=test_acc, search_wall_s=search_wall,
+        retrain_wall_s=retrain_wall, seed=seed)
+    (run_dir / "outcome.json").write_text(json.dumps(asdict(outcome), indent=2))
+    return outcome
+
+
+def retrain(net: torch.nn.Module, dm: JmsnasDataModule, strategy: ProxylessConfig, run_dir: Path,
+            progress: bool = True) -> tuple[float, float]:
+    """Stage 2: train ``net`` alone; return (validation accuracy, test accuracy)."""
+    cfg = strategy.retrain
+    system = Classifier(net, lr=cfg.lr, weight_decay=strategy.lambda1, epochs=cfg.epochs)
+    trainer = _trainer(run_dir, "retrain", cfg.epochs, progress, enable_checkpointing=False)
+    trainer.fit(system, datamodule=dm)
+    val_acc = float(trainer.callback_metrics["val_acc"])
+    test_acc = float(trainer.test(system, datamodule=dm, verbose=False)[0]["test_acc"])
+    return val_acc, test_acc
