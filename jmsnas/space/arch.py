@@ -186,8 +186,8 @@ class ArchSpec(_Frozen):
         return validate_or_raise(cls, data, file=file)
 
     def save_json(self, path: str | Path) -> None:
-        """Write the spec as indented JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the spec as indented JSON, with its compact block string under ``compact`` for people and logs."""
+        Path(path).write_text(json.dumps({**self.to_dict(), "compact": self.compact()}, indent=2) + "\n")
 
     @classmethod
     def load_json(cls, path: str | Path) -> ArchSpec:
@@ -202,6 +202,8 @@ class ArchSpec(_Frozen):
             raise ConfigError(f"cannot read file ({exc.strerror or exc})", file=path) from exc
         except json.JSONDecodeError as exc:
             raise ConfigError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=path) from exc
+        if isinstance(data, dict):
+            data.pop("compact", None)  # informational; the fields are the spec
         return cls.from_dict(data, file=path)
 
 
