@@ -1,0 +1,161 @@
+"""Load, run and verify a bundle written by ``export.export_bundle``.
+
+Every file's sha256 is checked against ``manifest.json`` before anything is loaded; the parts
+are opened with ``torch.jit.load`` or onnxruntime only, so no jmsnas class and no pickle of
+ours is involved. ``verify_bundle`` compares a bundle with the unsplit model it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from jmsnas.errors import JmsnasError
+
+Backend = Literal["torchscript", "onnx"]
+MANIFEST = "manifest.json"
+FORMAT = "jmsnas-bundle"
+Runner = Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]
+
+
+class BundleError(JmsnasError):
+    """A bundle that is incomplete, tampered with, or not a jmsnas bundle."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: its manifest and one runner per device, in order."""
+
+    manifest: dict[str, Any]
+    runners: tuple[Runner, ...]
+
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Run every device in order on network input ``x``; returns the last device's outputs."""
+        values: tuple[torch.Tensor, ...] = (x,)
+        for runner in self.runners:
+            values = runner(values)
+        return values
+
+
+@dataclass(frozen=True)
+class BundleCheck:
+    """How a bundle's outputs compare with the unsplit model's on the same inputs."""
+
+    max_abs_diff: float
+    top1_agreement: float
+    samples: int
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_bundle(bundle_dir: str | Path, backend: Backend = "torchscript") -> Bundle:
+    """Check every file's hash, then load each device's part for ``backend``.
+
+    Raises:
+        BundleError: missing or invalid manifest, a missing file, or a hash that does not match.
+    """
+    root = Path(bundle_dir)
+    manifest = read_manifest(root)
+    for part in manifest["parts"]:
+        for entry in part["files"].values():
+            _verify_file(root, entry)
+    load = _load_torchscript if backend == "torchscript" else _load_onnx
+    return Bundle(manifest, tuple(load(root / part["files"][backend]["path"]) for part in manifest["parts"]))
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The parsed ``manifest.json`` of a bundle folder.
+
+    Raises:
+        BundleError: missing file, invalid JSON, or not a jmsnas bundle.
+    """
+    path = root / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except OSError as exc:
+        raise BundleError(f"cannot read the manifest ({exc.strerror or exc})", file=path) from exc
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"invalid JSON at line {exc.lineno}: {exc.msg}", file=path) from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"not a {FORMAT} manifest (field 'format' must be {FORMAT!r})", file=path)
+    return manifest
+
+
+def _verify_file(root: Path, entry: dict[str, str]) -> None:
+    name = entry["path"]
+    if Path(name).name != name:
+        raise BundleError(f"file {name!r} must be a plain name inside the bundle", file=root / MANIFEST)
+    path = root / name
+    if not path.is_file():
+        raise BundleError("file listed in the manifest is missing", file=path)
+    if sha256_file(path) != entry["sha256"]:
+        raise BundleError(
+            "sha256 does not match the manifest: the file was changed after export; do not load it", file=path
+        )
+
+
+def _load_torchscript(path: Path) -> Runner:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated")  # still the format we ship
+        module = torch.jit.load(str(path), map_location="cpu")
+
+    def run(values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            out = module(*values)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    return run
+
+
+def _load_onnx(path: Path) -> Runner:
+    import onnxruntime as ort  # noqa: PLC0415  (only needed for this backend)
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        feeds = {n: v.detach().cpu().numpy() for n, v in zip(names, values, strict=True)}
+        return tuple(torch.from_numpy(o) for o in session.run(None, feeds))
+
+    return run
+
+
+def run_bundle(bundle_dir: str | Path, x: torch.Tensor, backend: Backend = "torchscript") -> tuple[torch.Tensor, ...]:
+    """Load the bundle (hashes checked) and run its parts in order on ``x``; returns the final outputs."""
+    return load_bundle(bundle_dir, backend).run(x)
+
+
+def verify_bundle(
+    bundle_dir: str | Path, reference_model: nn.Module, inputs: Sequence[torch.Tensor], backend: Backend = "torchscript"
+) -> BundleCheck:
+    """Compare the bundle's logits with ``reference_model``'s on each batch of ``inputs``.
+
+    Without lossy compressors ``max_abs_diff`` should be at most ~1e-5 (TorchScript) or ~1e-4
+    (ONNX); with them, ``top1_agreement`` is the figure that matters.
+    """
+    bundle = load_bundle(bundle_dir, backend)
+    worst, agree, total = 0.0, 0, 0
+    reference_model.eval()
+    for x in inputs:
+        with torch.no_grad():
+            expected = reference_model(x)
+        got = bundle.run(x)[0]
+        worst = max(worst, float((got - expected).abs().max()))
+        agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
+        total += int(expected.shape[0])
+    return BundleCheck(worst, agree / max(total, 1), total)

@@ -1,0 +1,298 @@
+"""Deployment planning: which device runs which layers, what crosses each cut (paper 003 eq. (1), (2)).
+
+Two planners, both exact:
+
+- ``plan_sequential``: a sequential network on a chain (the dynamic programme of ``chain.py``, eq. (1)),
+  or on a mesh, where every source-to-sink path is a chain and the best path wins. Devices off
+  that path stay idle.
+- ``plan_branched``: a network whose middle part has parallel branches, one per branch device of a
+  mesh (eq. (2)). The root always finishes the pre-branch layers and broadcasts their output, so
+  its hop to branch b depends on nothing the planner chooses; eq. (2) then falls apart into
+  a chain over ``chain_before + root`` (pre-branch layers), a constant tree term
+  ``max_b(eps_root->b + tau_b + eps_b->join)`` and a chain over ``join + chain_after`` (post-join
+  layers). Each chain is solved exactly by ``best_chain_split``, so the sum is the exact optimum.
+
+Compressors change what a cut costs on the wire: a plan is made with the payload each compressor
+sends (``compress.compressed_bytes``), per sending device.
+
+The result is a ``DeploymentPlan``, written as ``plan.json`` (``to_json`` / ``from_json``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from jmsnas.partition.chain import ChainSplit, best_chain_split, sent_bytes
+from jmsnas.partition.compress import compressed_bytes
+from jmsnas.topology import Link, Topology
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor crossing a cut (or entering / leaving a device)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class DeviceSegment:
+    """The layers one device runs: ``layers[start:stop]`` of network part ``part``.
+
+    ``part`` is ``"main"`` for a sequential network, else ``"pre"``, ``"branch<i>"`` or ``"post"``.
+    """
+
+    device: str
+    part: str
+    start: int
+    stop: int
+    compute_ms: float
+
+
+@dataclass(frozen=True)
+class CutPlan:
+    """What one device sends to the next over the link ``src -> dst``.
+
+    ``tensors`` are what the sending segment produces, before its encoder (the manifest of a bundle
+    lists what goes on the wire); empty means "not known yet" (the planner knew only bytes), and
+    ``split.cut_tensors`` gives them for ``with_cut_tensors``.
+    ``compressor_params`` is filled in by calibration (``compress.calibrate``), empty until then.
+    """
+
+    src: str
+    dst: str
+    payload_bytes: float
+    link_ms: float
+    compressor: str = "none"
+    compressor_params: dict[str, Any] = field(default_factory=dict)
+    tensors: tuple[TensorSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """A network cut across devices, with the predicted latency (eq. (1) or eq. (2)).
+
+    Args:
+        topology_kind: ``"chain"`` or ``"mesh"``.
+        segments: per device, in execution order (for a mesh: before, root, branches, join, after).
+        cuts: one per used link, in execution order.
+        total_latency_ms: predicted completion latency.
+    """
+
+    topology_kind: str
+    segments: tuple[DeviceSegment, ...]
+    cuts: tuple[CutPlan, ...]
+    total_latency_ms: float
+
+    @property
+    def devices(self) -> list[str]:
+        """The devices in execution order."""
+        return [s.device for s in self.segments]
+
+    def boundaries(self, part: str = "main") -> list[int]:
+        """``[start of first, stop of each]`` over the segments of ``part`` (the chain split form)."""
+        segs = [s for s in self.segments if s.part == part]
+        return [segs[0].start, *(s.stop for s in segs)] if segs else []
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain JSON-ready dict; ``from_dict`` reverses it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DeploymentPlan:
+        segs = tuple(DeviceSegment(**s) for s in data["segments"])
+        cuts = tuple(CutPlan(**{**c, "tensors": tuple(_tensor_spec(t) for t in c["tensors"])}) for c in data["cuts"])
+        return cls(str(data["topology_kind"]), segs, cuts, float(data["total_latency_ms"]))
+
+    def to_json(self, path: str | Path) -> None:
+        """Write the plan as indented JSON (``plan.json``)."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> DeploymentPlan:
+        """Read a file written by ``to_json``."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def with_cut_tensors(self, tensors: Sequence[Sequence[TensorSpec]]) -> DeploymentPlan:
+        """The same plan with the tensors of every cut (one sequence per cut, in order)."""
+        if len(tensors) != len(self.cuts):
+            raise ValueError(f"need tensors for {len(self.cuts)} cuts, got {len(tensors)}")
+        cuts = tuple(replace(c, tensors=tuple(t)) for c, t in zip(self.cuts, tensors, strict=True))
+        return replace(self, cuts=cuts)
+
+    def with_compressor_params(self, params: Sequence[Mapping[str, Any]]) -> DeploymentPlan:
+        """The same plan with calibrated compressor parameters (one mapping per cut, in order)."""
+        if len(params) != len(self.cuts):
+            raise ValueError(f"need parameters for {len(self.cuts)} cuts, got {len(params)}")
+        cuts = tuple(replace(c, compressor_params=dict(p)) for c, p in zip(self.cuts, params, strict=True))
+        return replace(self, cuts=cuts)
+
+
+def _tensor_spec(data: Mapping[str, Any]) -> TensorSpec:
+    return TensorSpec(str(data["name"]), tuple(int(v) for v in data["shape"]), str(data["dtype"]))
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A sequential run of layers to split over a chain of devices."""
+
+    name: str
+    latency_ms: Mapping[str, Sequence[float]]
+    output_bytes: Sequence[float]
+    input_bytes: float
+    memory_bytes: Sequence[float] | None
+
+
+def plan_sequential(
+    layer_latency_ms: Mapping[str, Sequence[float]],
+    layer_output_bytes: Sequence[float],
+    input_bytes: float,
+    topology: Topology,
+    memory_bytes_per_layer: Sequence[float] | None = None,
+    compressors: Mapping[str, str] | None = None,
+) -> DeploymentPlan:
+    """The best contiguous placement of a sequential network (eq. (1); on a mesh, the best path).
+
+    Args:
+        layer_latency_ms: per device name, ``tau_n`` of every layer n (same length N everywhere).
+        layer_output_bytes: ``[N]`` uncompressed (float32) size of what crosses a cut after layer n.
+        input_bytes: size of the network input, held by the source.
+        topology: the devices and links; device memory limits come from ``Device.memory_limit_bytes``.
+        memory_bytes_per_layer: ``[N]`` memory each layer needs; None: no memory limit is checked.
+        compressors: per sending device, a compressor name (``compress.COMPRESSORS``); others send raw.
+
+    Returns:
+        The plan; on ties between mesh paths, the first path of ``topology.paths()``.
+
+    Raises:
+        ValueError: no placement fits the memory limits, or inconsistent lengths.
+    """
+    part = _Part("main", layer_latency_ms, layer_output_bytes, input_bytes, memory_bytes_per_layer)
+    comp = dict(compressors or {})
+    best: tuple[ChainSplit, tuple[str, ...]] | None = None
+    error: ValueError | None = None
+    for path in topology.paths():
+        try:
+            split = _split_part(part, path, topology, comp)
+        except ValueError as exc:
+            error = exc
+            continue
+        if best is None or split.latency_ms < best[0].latency_ms:
+            best = (split, path)
+    if best is None:
+        raise ValueError(f"no path of the {topology.kind} fits: {error}")
+    split, path = best
+    segments, cuts = _describe(part, path, split, topology, comp)
+    return DeploymentPlan(topology.kind, tuple(segments), tuple(cuts), split.latency_ms)
+
+
+def plan_branched(
+    pre: tuple[Mapping[str, Sequence[float]], Sequence[float]],
+    branches: Sequence[tuple[Sequence[float], Sequence[float]]],
+    post: tuple[Mapping[str, Sequence[float]], Sequence[float]],
+    input_bytes: float,
+    join_input_bytes: float,
+    topology: Topology,
+    compressors: Mapping[str, str] | None = None,
+) -> DeploymentPlan:
+    """The best placement of a network with parallel branches on a mesh (eq. (2)), exactly.
+
+    Branch i runs entirely on ``topology.branches[i]``; the pre-branch layers are split over
+    ``chain_before + (root,)``, the post-join layers over ``chain_after`` (join first).
+
+    Args:
+        pre: ``(latency per device name, output bytes)`` of the pre-branch layers.
+        branches: per branch, ``(latency on its branch device, output bytes)`` of its layers.
+        post: ``(latency per device name, output bytes)`` of the post-join layers.
+        input_bytes: size of the network input.
+        join_input_bytes: size of the merged branch outputs, which the join relays if it runs no layer.
+        topology: a mesh.
+        compressors: per sending device, a compressor name; others send raw.
+
+    Memory limits are not checked here (``plan_sequential`` checks them).
+
+    Raises:
+        ValueError: not a mesh, or the number of branches differs from the branch devices.
+    """
+    if topology.kind != "mesh" or len(branches) != len(topology.branches):
+        raise ValueError(
+            f"need a mesh with one branch device per branch ({len(branches)}), got {topology.kind} "
+            f"with branches {list(topology.branches)}"
+        )
+    comp = dict(compressors or {})
+    root = str(topology.root)
+    pre_part = _Part("pre", pre[0], pre[1], input_bytes, None)
+    post_part = _Part("post", post[0], post[1], join_input_bytes, None)
+    pre_path, post_path = (*topology.chain_before, root), topology.chain_after
+    pre_split = _split_part(pre_part, pre_path, topology, comp)
+    post_split = _split_part(post_part, post_path, topology, comp)
+    segments, cuts = _describe(pre_part, pre_path, pre_split, topology, comp)
+    root_bytes = _wire_bytes(comp, root, sent_bytes(len(pre[1]), pre[1], input_bytes))
+    tree, join, joins = 0.0, post_path[0], []
+    for i, (name, (lat, out)) in enumerate(zip(topology.branches, branches, strict=True)):
+        if len(lat) != len(out):
+            raise ValueError(f"branch {i}: {len(lat)} latencies but {len(out)} output sizes")
+        b_raw = float(out[-1]) if len(out) else sent_bytes(len(pre[1]), pre[1], input_bytes)  # relay
+        b_bytes = _wire_bytes(comp, name, b_raw)
+        hop_in = topology.link(root, name).latency_ms(root_bytes)
+        hop_out = topology.link(name, join).latency_ms(b_bytes)
+        segments.append(DeviceSegment(name, f"branch{i}", 0, len(lat), float(sum(lat))))
+        cuts.append(CutPlan(root, name, root_bytes, hop_in, comp.get(root, "none")))
+        joins.append(CutPlan(name, join, b_bytes, hop_out, comp.get(name, "none")))
+        tree = max(tree, hop_in + float(sum(lat)) + hop_out)
+    post_segments, post_cuts = _describe(post_part, post_path, post_split, topology, comp)
+    total = pre_split.latency_ms + tree + post_split.latency_ms
+    return DeploymentPlan("mesh", tuple(segments + post_segments), tuple(cuts + joins + post_cuts), total)
+
+
+def _split_part(part: _Part, path: Sequence[str], topology: Topology, comp: Mapping[str, str]) -> ChainSplit:
+    tau = [[float(v) for v in part.latency_ms[name]] for name in path]
+    n_layers = len(part.output_bytes)
+    if any(len(t) != n_layers for t in tau):
+        raise ValueError(f"every device needs {n_layers} layer latencies for part {part.name!r}")
+    links = [_CompressedLink(topology.link(a, b), comp.get(a, "none")) for a, b in zip(path, path[1:], strict=False)]
+    matrix = [[tau[m][n] for m in range(len(path))] for n in range(n_layers)]
+    caps = [topology.device(name).memory_limit_bytes for name in path] if part.memory_bytes is not None else None
+    if n_layers == 0:
+        return _empty_split(part, links, len(path))
+    return best_chain_split(matrix, part.output_bytes, part.input_bytes, links, part.memory_bytes, caps)  # type: ignore[arg-type]
+
+
+def _empty_split(part: _Part, links: Sequence[_CompressedLink], n_dev: int) -> ChainSplit:
+    """No layers: every device relays the part's input."""
+    return ChainSplit((0,) * (n_dev + 1), sum(link.latency_ms(part.input_bytes) for link in links))
+
+
+def _describe(
+    part: _Part, path: Sequence[str], split: ChainSplit, topology: Topology, comp: Mapping[str, str]
+) -> tuple[list[DeviceSegment], list[CutPlan]]:
+    segments, cuts = [], []
+    b = split.boundaries
+    for m, name in enumerate(path):
+        lo, hi = b[m], b[m + 1]
+        segments.append(DeviceSegment(name, part.name, lo, hi, float(sum(part.latency_ms[name][lo:hi]))))
+        if m + 1 < len(path):
+            wire = _wire_bytes(comp, name, sent_bytes(hi, part.output_bytes, part.input_bytes))
+            link = topology.link(name, path[m + 1])
+            cuts.append(CutPlan(name, path[m + 1], wire, link.latency_ms(wire), comp.get(name, "none")))
+    return segments, cuts
+
+
+def _wire_bytes(comp: Mapping[str, str], sender: str, raw_bytes: float) -> float:
+    return compressed_bytes(comp.get(sender, "none"), raw_bytes)
+
+
+@dataclass(frozen=True)
+class _CompressedLink:
+    """A link whose payload is first shrunk by a compressor (duck-types ``Link.latency_ms``)."""
+
+    link: Link
+    compressor: str
+
+    def latency_ms(self, payload_bytes: float) -> float:
+        return self.link.latency_ms(compressed_bytes(self.compressor, payload_bytes))

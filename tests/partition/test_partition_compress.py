@@ -1,0 +1,48 @@
+"""Compressors: 8-bit affine quantisation error bound, payload size, pass-through."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jmsnas.partition.compress import build_codec, calibrate, compressed_bytes
+
+
+def test_quantize_error_is_at_most_half_a_step_and_payload_is_numel() -> None:
+    torch.manual_seed(0)
+    calib = [(torch.randn(4, 8, 5) * 3 + 1, torch.rand(4, 16) * 7) for _ in range(3)]
+    params = calibrate("quantize", calib)
+    encoder, decoder = build_codec("quantize", params)
+    lo0 = min(float(c[0].min()) for c in calib)
+    hi0 = max(float(c[0].max()) for c in calib)
+    x = (torch.rand(2, 8, 5) * (hi0 - lo0) + lo0, torch.rand(2, 16) * 7)
+    wire = encoder(x)
+    assert [q.dtype for q in wire] == [torch.uint8, torch.uint8]
+    assert sum(q.numel() * q.element_size() for q in wire) == sum(t.numel() for t in x)
+    back = decoder(wire)
+    for j, (orig, rec) in enumerate(zip(x, back, strict=True)):
+        scale = params["scales"][j]
+        assert (orig - rec).abs().max() <= scale / 2 * (1 + 1e-5) + 1e-6
+        assert scale == pytest.approx(
+            (max(0.0, max(float(c[j].max()) for c in calib)) - min(0.0, min(float(c[j].min()) for c in calib))) / 255
+        )
+    assert compressed_bytes("quantize", 4.0 * 80) == 80
+    assert compressed_bytes("none", 320.0) == 320.0
+
+
+def test_zero_is_exact_and_values_outside_the_range_saturate() -> None:
+    params = calibrate("quantize", [(torch.tensor([-1.0, 3.0]),)])
+    encoder, decoder = build_codec("quantize", params)
+    (rec,) = decoder(encoder((torch.tensor([0.0, 100.0, -100.0]),)))
+    assert rec[0] == 0.0
+    assert rec[1] == pytest.approx(3.0, abs=params["scales"][0] / 2) and rec[2] == pytest.approx(-1.0, abs=0.01)
+
+
+def test_none_passes_tensors_through_and_errors_are_clear() -> None:
+    encoder, decoder = build_codec("none", calibrate("none", []))
+    xs = (torch.randn(3), torch.randn(2, 2))
+    assert all(a is b for a, b in zip(decoder(encoder(xs)), xs, strict=True))
+    with pytest.raises(ValueError, match="unknown compressor 'zip'"):
+        compressed_bytes("zip", 1.0)
+    with pytest.raises(ValueError, match="calibrate first"):
+        build_codec("quantize", {})
