@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 quickstart: $(STAMP)
-	$(VENV)/bin/python -m jmsnas.search --check experiments/quickstart.yaml
+	$(VENV)/bin/python -m jmsnas.search experiments/quickstart.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

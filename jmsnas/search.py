@@ -1,8 +1,9 @@
-"""``python -m jmsnas.search [--check] EXPERIMENT.yaml``: the command users run.
+"""``python -m jmsnas.search EXPERIMENT.yaml [--check] [--resume] [--address RAY] [--smoke]``: the command users run.
 
-For now the search stage itself is not built: ``--check`` validates an experiment and prints a
-summary, and running without ``--check`` says so and exits 2. Stages an experiment enables but
-jmsnas does not implement yet are rejected at ``--check`` time, never faked.
+``--check`` validates an experiment and prints a summary. Without it the search runs through Ray
+Tune (`jmsnas.tune`): one trial per grid point, each searching, retraining and testing a network,
+then the choice per T_const and the report under ``runs/<name>/``. Stages an experiment enables
+but jmsnas does not implement yet are rejected at ``--check`` time, never faked.
 """
 
 from __future__ import annotations
@@ -15,12 +16,26 @@ from jmsnas.config import Experiment, load_experiment
 from jmsnas.errors import JmsnasError, StageNotBuiltError
 
 #: Pipeline stages that exist in this version, by the experiment section that enables them.
-BUILT_STAGES: dict[str, bool] = {"strategy": False, "exits": False, "partition": False, "export": False}
+BUILT_STAGES: dict[str, bool] = {"strategy": True, "exits": False, "partition": False, "export": False}
+#: Search strategies that exist in this version (``strategy.name``).
+BUILT_STRATEGIES: tuple[str, ...] = ("proxyless",)
 
 
 def unbuilt_sections(exp: Experiment) -> list[str]:
     """Optional sections the experiment declares whose stage is not built yet."""
     return [s for s in ("exits", "partition", "export") if getattr(exp.config, s) is not None and not BUILT_STAGES[s]]
+
+
+def check_stages(exp: Experiment) -> None:
+    """Reject a strategy or a stage that this version does not implement, naming the field."""
+    missing = unbuilt_sections(exp)
+    if missing:
+        raise StageNotBuiltError(f"the experiment enables stage(s) {missing} that this version of jmsnas does "
+                                 "not implement yet; remove the section(s)", file=exp.path, field=missing[0])
+    name = exp.config.strategy.name
+    if name not in BUILT_STRATEGIES:
+        raise StageNotBuiltError(f"strategy {name!r} is not built in this version of jmsnas; use one of "
+                                 f"{', '.join(BUILT_STRATEGIES)}", file=exp.path, field="strategy.name")
 
 
 def _bytes_text(n: float) -> str:
@@ -43,6 +58,7 @@ def _device_text(exp: Experiment, name: str) -> str:
 def summary(exp: Experiment) -> str:
     """A readable summary of a validated experiment (what ``--check`` prints)."""
     from jmsnas.data import JmsnasDataModule
+    from jmsnas.tune import expected_trials
 
     cfg = exp.config
     info = JmsnasDataModule(cfg.dataset, seed=cfg.seed).info()
@@ -65,7 +81,7 @@ def summary(exp: Experiment) -> str:
     lines += [f"  link      {lk.src} -> {lk.dst}: {lk.bandwidth_mbps:g} Mbit/s, rtt {lk.rtt_ms:g} ms"
               for lk in topo.links]
     lines.append(f"output      {exp.run_dir}")
-    stages = ["search" + ("" if BUILT_STAGES["strategy"] else " (not built yet: only --check runs)")]
+    stages = [f"search ({cfg.strategy.name}, {expected_trials(cfg)} trial(s), scheduler {cfg.tune.scheduler})"]
     lines.append(f"stages      {', '.join(stages)}")
     return "\n".join(lines)
 
@@ -75,21 +91,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="Search a network and its split across devices for an experiment.")
     parser.add_argument("experiment", help="path to an experiment YAML file (see experiments/)")
     parser.add_argument("--check", action="store_true", help="validate the experiment, print a summary, and stop")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted search in runs/<name>/ (finished trials are not rerun)")
+    parser.add_argument("--address", metavar="RAY_ADDRESS",
+                        help="connect to this Ray cluster instead of starting Ray on this machine")
+    parser.add_argument("--smoke", action="store_true",
+                        help="check the set-up in about a minute: one epoch, first grid point, into runs/<name>-smoke")
     args = parser.parse_args(argv)
     try:
         exp = load_experiment(args.experiment)
-        missing = unbuilt_sections(exp)
-        if missing:
-            raise StageNotBuiltError(f"the experiment enables stage(s) {missing} that this version of jmsnas does "
-                                     "not implement yet; remove the section(s)", file=exp.path, field=missing[0])
+        check_stages(exp)
+        from jmsnas import tune  # imports Ray: only once the experiment is known to be valid
+
+        tune.check_search(exp)
         print(summary(exp))
         if args.check:
             print("check       OK")
             return 0
-        if not BUILT_STAGES["strategy"]:
-            raise StageNotBuiltError("the search stage is not built in this version of jmsnas; "
-                                     "run with --check to validate the experiment", file=exp.path, field="strategy")
-        return 0
+        return tune.run_search(exp, resume=args.resume, address=args.address, smoke=args.smoke)
     except JmsnasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

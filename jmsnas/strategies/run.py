@@ -60,7 +60,8 @@ def _trainer(run_dir: Path, name: str, epochs: int, progress: bool, **kwargs) ->
 
 
 def run_proxyless(exp: Experiment, strategy: ProxylessConfig, seed: int, run_dir: Path, *,
-                  datamodule: JmsnasDataModule | None = None, progress: bool = True) -> SearchOutcome:
+                  datamodule: JmsnasDataModule | None = None, progress: bool = True,
+                  callbacks: list | None = None, ckpt_path: str | None = None) -> SearchOutcome:
     """Search, derive, retrain and test one network; write its artifacts under ``run_dir``.
 
     Args:
@@ -70,6 +71,8 @@ def run_proxyless(exp: Experiment, strategy: ProxylessConfig, seed: int, run_dir
         run_dir: where this run writes.
         datamodule: the data (built from the experiment when omitted).
         progress: show Lightning's progress bars.
+        callbacks: extra Lightning callbacks of the search Trainer (a Tune trial reports through one).
+        ckpt_path: a search checkpoint to continue from (an interrupted trial).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -82,7 +85,8 @@ def run_proxyless(exp: Experiment, strategy: ProxylessConfig, seed: int, run_dir
                             weight_decay=strategy.lambda1, warmup_epochs=strategy.warmup_epochs,
                             epochs=strategy.epochs, seed=seed)
     start = time.perf_counter()
-    _trainer(run_dir, "search", strategy.epochs, progress).fit(system, datamodule=dm)
+    _trainer(run_dir, "search", strategy.epochs, progress, callbacks=callbacks).fit(system, datamodule=dm,
+                                                                                   ckpt_path=ckpt_path)
     search_wall = time.perf_counter() - start
     search_val_acc = float(system.trainer.callback_metrics.get("val_acc", torch.tensor(float("nan"))))
 
