@@ -1,0 +1,74 @@
+"""The README's quickstart on a fresh clone: set-up and run timed separately, with the run's results.
+
+Clones this repository (its committed HEAD) into a temporary folder, runs ``make setup`` (creates
+``.venv`` and installs jmsnas) and then ``make quickstart`` (the search of
+``experiments/quickstart.yaml`` through Ray Tune), and reads the run's ``summary.json``: test
+accuracy and predicted latency of the network chosen for each T_const. Writes
+``benchmarks/results/quickstart.{md,json}``.
+
+Usage::
+
+    python benchmarks/quickstart.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def timed(cmd: list[str], cwd: Path, log: Path) -> float:
+    start = time.perf_counter()
+    with log.open("w") as fh:
+        subprocess.run(cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, check=True)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        clone = Path(tmp) / "jmsnas"
+        subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        setup_s = timed(["make", "setup"], clone, Path(tmp) / "setup.log")
+        run_s = timed(["make", "quickstart"], clone, Path(tmp) / "run.log")
+        summary = json.loads((clone / "runs" / "quickstart" / "summary.json").read_text())
+        tail = (Path(tmp) / "run.log").read_text().splitlines()[-40:]
+    choices = summary["selections"]
+    result = {
+        "commit": commit, "setup_wall_s": setup_s, "run_wall_s": run_s,
+        "t_const_ms": [c["t_const_ms"] for c in choices],
+        "predicted_latency_ms": [c.get("predicted_latency_ms", c.get("lowest_latency_ms")) for c in choices],
+        "test_acc": [c.get("test_acc") for c in choices],
+        "feasible": [c.get("feasible") for c in choices],
+        "selections": choices, "overall": summary.get("overall"),
+        "hardware": f"{os.cpu_count()} cores, x86_64 VM", "command": "python benchmarks/quickstart.py",
+        "run_log_tail": tail,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "quickstart.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["# Quickstart from a fresh clone", "", f"Command: `{result['command']}` (commit {commit[:10]}); "
+             f"{result['hardware']}.", "", f"- set-up (`make setup`: venv + install): {setup_s:.0f} s",
+             f"- run (`make quickstart`: Ray Tune, {len(choices)} T_const levels): {run_s:.0f} s", "",
+             "| T_const (ms) | chosen network's predicted latency (ms) | feasible | test accuracy |",
+             "| --- | --- | --- | --- |"]
+    for c in choices:
+        pred = c.get("predicted_latency_ms", c.get("lowest_latency_ms"))
+        acc = c.get("test_acc")
+        lines.append(f"| {c['t_const_ms']:g} | {'-' if pred is None else f'{pred:.2f}'} | {c.get('feasible')} | "
+                     f"{'-' if acc is None else f'{acc:.2%}'} |")
+    (RESULTS / "quickstart.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
