@@ -152,3 +152,39 @@ class LatencyPenalty:
             gap = torch.clamp(gap, min=0.0)
         loss = self.lambda2 * gap**2
         return loss, {"latency_penalty": float(loss.detach()), "expected_latency_ms": float(expected_ms.detach())}
+
+
+def derive_within(probs: Sequence[torch.Tensor], predictor: ExpectedLatency, t_const_ms: float) -> list[int]:
+    """The most likely op per layer, repaired greedily when that network breaks ``t_const_ms``.
+
+    The two-sided penalty of eq. (4) centres E[T] on T_const, so the most likely network lands on
+    either side of the constraint about equally often. "Constraints are checked after search, not
+    only penalised": while the network is too slow, swap the one op whose replacement loses the
+    least log-probability per millisecond saved; stop when it fits or nothing is faster (the
+    constraint is then reported as infeasible by the caller).
+
+    Args:
+        probs: per layer the probabilities p = softmax(α).
+        predictor: the E[T] predictor.
+        t_const_ms: the latency constraint.
+
+    Returns:
+        One candidate index per layer.
+    """
+    logp = [torch.log(p.detach().double().cpu()) for p in probs]
+    choice = [int(lp.argmax()) for lp in logp]
+    total = float(predictor.for_choices(choice).total_ms)
+    while total > t_const_ms:
+        best: tuple[float, list[int], float] | None = None
+        for n, lp in enumerate(logp):
+            for i in range(len(lp)):
+                cand = [*choice[:n], i, *choice[n + 1:]]
+                t = float(predictor.for_choices(cand).total_ms)
+                if i != choice[n] and t < total:
+                    score = float(lp[choice[n]] - lp[i]) / (total - t)
+                    if best is None or score < best[0]:
+                        best = (score, cand, t)
+        if best is None:
+            break
+        _, choice, total = best
+    return choice

@@ -21,7 +21,7 @@ from jmsnas.data import JmsnasDataModule
 from jmsnas.latency.model import latency_model_for
 from jmsnas.space.arch import build_model
 from jmsnas.space.supernet import Supernet
-from jmsnas.strategies.latency import ExpectedLatency, LatencyPenalty
+from jmsnas.strategies.latency import ExpectedLatency, LatencyPenalty, derive_within
 from jmsnas.strategies.proxyless import SupernetSearch
 from jmsnas.strategies.retrain import Classifier
 
@@ -90,10 +90,11 @@ def run_proxyless(exp: Experiment, strategy: ProxylessConfig, seed: int, run_dir
     search_wall = time.perf_counter() - start
     search_val_acc = float(system.trainer.callback_metrics.get("val_acc", torch.tensor(float("nan"))))
 
-    spec = supernet.to_arch_spec()
+    paths = derive_within(supernet.probs(), predictor, strategy.t_const_ms)
+    spec = supernet.to_arch_spec(paths=paths)
     spec.save_json(run_dir / "arch.json")
-    estimate = predictor.for_choices([layer.argmax() for layer in supernet.layers])
-    net = supernet.export_subnet() if strategy.retrain.init == "inherit" else build_model(spec)
+    estimate = predictor.for_choices(paths)
+    net = supernet.export_subnet(paths) if strategy.retrain.init == "inherit" else build_model(spec)
     start = time.perf_counter()
     val_acc, test_acc = retrain(net, dm, strategy, run_dir, progress)
     retrain_wall = time.perf_counter() - start

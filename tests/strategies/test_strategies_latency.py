@@ -98,3 +98,25 @@ def test_penalty_by_hand() -> None:
     assert float(one(torch.tensor(13.0))[0]) == pytest.approx(0.5 * 9)
     loss, info = two(torch.tensor(12.0, requires_grad=True))
     assert info == {"latency_penalty": 2.0, "expected_latency_ms": 12.0}
+
+
+def test_derive_within_repairs_an_infeasible_argmax() -> None:
+    from jmsnas.strategies.latency import derive_within
+
+    devices = _devices({"a": 3e6, "b": 4e7})
+    topology = build_topology("chain", devices, [Link("a", "b", 0.5, 2.0)])
+    predictor = ExpectedLatency(SPACE, topology, _models(devices), num_classes=10)
+    net = Supernet(SPACE, 10)
+    slowest = [int(t.sum(1).argmax()) for t in predictor.tables]
+    with torch.no_grad():
+        for alpha, i in zip(net.arch_parameters(), slowest, strict=True):
+            alpha[i] = 3.0  # the most likely network is the slowest one
+    top = float(predictor.for_choices(slowest).total_ms)
+    fastest = float(predictor.for_choices([int(t.sum(1).argmin()) for t in predictor.tables]).total_ms)
+    assert derive_within(net.probs(), predictor, top + 1.0) == slowest  # already feasible: untouched
+    budget = (top + fastest) / 2
+    repaired = derive_within(net.probs(), predictor, budget)
+    assert float(predictor.for_choices(repaired).total_ms) <= budget < top
+    # nothing is fast enough: the fastest reachable network is returned, still over the budget
+    assert float(predictor.for_choices(derive_within(net.probs(), predictor, 0.0)).total_ms) == pytest.approx(
+        fastest)
