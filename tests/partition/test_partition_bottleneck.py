@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from partition_specs import tiny_arch_spec
 
 from jmsnas.partition.bottleneck import bottleneck_codec, fit_bottleneck, make_bottleneck
 from jmsnas.partition.bundle import verify_bundle
@@ -14,20 +15,9 @@ from jmsnas.partition.compress import build_codec, calibrate
 from jmsnas.partition.export import calibrate_plan, export_bundle
 from jmsnas.partition.plan import plan_sequential
 from jmsnas.partition.split import run_segments, split_archnet
-from jmsnas.space.arch import ArchSpec, BlockSpec, HeadSpec, StemSpec, build_model
+from jmsnas.space.arch import build_model
 from jmsnas.space.macs import arch_descriptors
 from jmsnas.topology import Device, Link, build_topology
-
-
-def tiny_arch_spec() -> ArchSpec:
-    return ArchSpec(
-        dims=2,
-        input_shape=(3, 16, 16),
-        num_classes=5,
-        stem=StemSpec(channels=4, kernel_size=3, stride=1),
-        blocks=(BlockSpec.of("mb_k3_e3", 4, 8, 2), BlockSpec.of("mb_k3_e3_sc", 8, 8, 1)),
-        head=HeadSpec(channels=8),
-    )
 
 
 @pytest.mark.parametrize("shape", [(8, 16, 16), (8, 15, 9), (6, 11)])

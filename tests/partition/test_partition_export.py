@@ -10,13 +10,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from partition_specs import tiny_arch_spec
 from torch import nn
 
 from jmsnas.partition.bundle import BundleError, load_bundle, run_bundle, verify_bundle
 from jmsnas.partition.export import calibrate_plan, export_bundle
 from jmsnas.partition.plan import DeploymentPlan, plan_sequential
 from jmsnas.partition.split import cut_tensors, split_archnet, split_graph, trace_units, unit_output_bytes, units
-from jmsnas.space.arch import ArchSpec, BlockSpec, HeadSpec, StemSpec, build_model
+from jmsnas.space.arch import build_model
 from jmsnas.space.macs import arch_descriptors
 from jmsnas.topology import Device, Link, build_topology
 
@@ -48,14 +49,7 @@ def archnet_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module,
     """A tiny ArchNet exported over three devices (built once: ONNX export takes seconds)."""
     tmp_path = tmp_path_factory.mktemp("archnet")
     torch.manual_seed(0)
-    spec = ArchSpec(
-        dims=2,
-        input_shape=(3, 16, 16),
-        num_classes=5,
-        stem=StemSpec(channels=4, kernel_size=3, stride=1),
-        blocks=(BlockSpec.of("mb_k3_e3", 4, 8, 2), BlockSpec.of("mb_k3_e3_sc", 8, 8, 1)),
-        head=HeadSpec(channels=8),
-    )
+    spec = tiny_arch_spec()
     model = build_model(spec).eval()
     out_bytes = [4.0 * d.output_numel for d in arch_descriptors(spec)]
     fast = {"d0": [1.0, 1.0, 90.0, 90.0], "d1": [90.0, 90.0, 1.0, 90.0], "d2": [90.0, 90.0, 90.0, 1.0]}

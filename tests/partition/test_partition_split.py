@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from partition_specs import tiny_arch_spec
 
 from jmsnas.partition.plan import TensorSpec
 from jmsnas.partition.split import (
@@ -17,18 +18,7 @@ from jmsnas.partition.split import (
     unit_output_bytes,
     units,
 )
-from jmsnas.space.arch import ArchSpec, BlockSpec, HeadSpec, StemSpec, build_model
-
-
-def tiny_arch_spec() -> ArchSpec:
-    return ArchSpec(
-        dims=2,
-        input_shape=(3, 16, 16),
-        num_classes=5,
-        stem=StemSpec(channels=4, kernel_size=3, stride=1),
-        blocks=(BlockSpec.of("mb_k3_e3", 4, 8, 2), BlockSpec.of("mb_k3_e3_sc", 8, 8, 1)),
-        head=HeadSpec(channels=8),
-    )
+from jmsnas.space.arch import build_model
 
 
 @pytest.fixture(scope="module")
