@@ -105,14 +105,18 @@ class PassThrough(nn.Module):
         return tuple(xs)
 
 
-class QuantizeEncoder(nn.Module):
-    """float32 tensors -> uint8 tensors, one (scale, zero point) per tensor."""
+class _QuantizeParams(nn.Module):
+    """Holds one (scale, zero point) per tensor of a cut, as buffers shipped inside the exported graph."""
 
     def __init__(self, scales: torch.Tensor, zero_points: torch.Tensor) -> None:
         super().__init__()
         self.count = len(scales)  # a plain int: the trace must not read a tensor's length
         self.register_buffer("scales", scales)
         self.register_buffer("zero_points", zero_points)
+
+
+class QuantizeEncoder(_QuantizeParams):
+    """float32 tensors -> uint8 tensors, one (scale, zero point) per tensor."""
 
     def forward(self, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         _check_count(len(xs), self.count)
@@ -122,14 +126,8 @@ class QuantizeEncoder(nn.Module):
         )
 
 
-class QuantizeDecoder(nn.Module):
+class QuantizeDecoder(_QuantizeParams):
     """uint8 tensors -> float32 tensors: ``(q - zero_point) * scale``."""
-
-    def __init__(self, scales: torch.Tensor, zero_points: torch.Tensor) -> None:
-        super().__init__()
-        self.count = len(scales)  # a plain int: the trace must not read a tensor's length
-        self.register_buffer("scales", scales)
-        self.register_buffer("zero_points", zero_points)
 
     def forward(self, qs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         _check_count(len(qs), self.count)

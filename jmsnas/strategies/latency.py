@@ -91,7 +91,6 @@ class ExpectedLatency:
         self.input_bytes = payload_bytes(stem.input_numel)
         self.output_bytes = [payload_bytes(stem.output_numel)] + [payload_bytes(ops[0].output_numel)
                                                                   for ops in layer_ops] + [payload_bytes(num_classes)]
-        self.kinds = {d: models[d].kind for d in self.devices}
 
     def layer_latency(self, probs: Sequence[torch.Tensor]) -> torch.Tensor:
         """``[N + 2, D]``: E[τ] of stem, each searchable layer and head on each device."""
