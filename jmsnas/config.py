@@ -209,8 +209,9 @@ class ExitsConfig(Strict):
 
 class CompressorConfig(Strict):
     kind: Literal["none", "quantize", "autoencoder", "distilled_bottleneck"] = "none"
-    bits: int = Field(8, ge=2, le=16)
-    channel_fraction: float = Field(0.25, gt=0, le=1)
+    bits: Literal[2, 4, 8] = Field(8, description="bits per value on the wire (lossy kinds)")
+    channel_fraction: float = Field(0.25, gt=0, le=1, description="learned kinds: share of the cut's channels "
+                                    "the code keeps")
 
 
 class PartitionConfig(Strict):

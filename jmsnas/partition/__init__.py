@@ -6,18 +6,20 @@
   (parallel branches on a mesh, eq. (2)), both exact, giving a ``DeploymentPlan`` (``plan.json``).
 - ``split``: one module per device for an ``ArchNet`` or any ``torch.fx``-traceable model; a cut
   across a skip connection carries every live tensor.
-- ``compress``: compressors at a cut (``none``, 8-bit ``quantize``); ``bottleneck``: a learned
-  autoencoder plus 8 bits (paper 004), trained by distillation from the unsplit model.
+- ``compress``: compressors at a cut (``none``, ``quantize`` to 8/4/2 bits); ``bottleneck``: the
+  ``autoencoder`` compressor (paper 004's two training steps); ``distilled``: the
+  ``distilled_bottleneck`` compressor, a student head with a bottleneck (paper 002).
 - ``export`` / ``bundle``: ``bundle/`` with one TorchScript and one ONNX file per device and a
   hashed ``manifest.json``; loading, running and verifying it without jmsnas classes.
 """
 
 from __future__ import annotations
 
-from jmsnas.partition.bottleneck import bottleneck_codec, fit_bottleneck, make_bottleneck
+from jmsnas.partition.bottleneck import AutoencoderFit, fit_autoencoder, make_autoencoder
 from jmsnas.partition.bundle import Bundle, BundleCheck, BundleError, load_bundle, run_bundle, verify_bundle
 from jmsnas.partition.chain import ChainSplit, best_chain_split, chain_latency, sent_bytes
-from jmsnas.partition.compress import COMPRESSORS, build_codec, calibrate, compressed_bytes
+from jmsnas.partition.compress import COMPRESSORS, Compressor, build_codec, calibrate, compressed_bytes
+from jmsnas.partition.distilled import DistilledFit, fit_student_head, make_student_head
 from jmsnas.partition.export import calibrate_plan, device_parts, export_bundle
 from jmsnas.partition.plan import CutPlan, DeploymentPlan, DeviceSegment, TensorSpec, plan_branched, plan_sequential
 from jmsnas.partition.split import (
@@ -32,16 +34,18 @@ from jmsnas.partition.split import (
 
 __all__ = [
     "COMPRESSORS",
+    "AutoencoderFit",
     "Bundle",
     "BundleCheck",
     "BundleError",
     "ChainSplit",
+    "Compressor",
     "CutPlan",
     "DeploymentPlan",
     "DeviceSegment",
+    "DistilledFit",
     "TensorSpec",
     "best_chain_split",
-    "bottleneck_codec",
     "build_codec",
     "calibrate",
     "calibrate_plan",
@@ -50,9 +54,11 @@ __all__ = [
     "cut_tensors",
     "device_parts",
     "export_bundle",
-    "fit_bottleneck",
+    "fit_autoencoder",
+    "fit_student_head",
     "load_bundle",
-    "make_bottleneck",
+    "make_autoencoder",
+    "make_student_head",
     "plan_branched",
     "plan_sequential",
     "run_bundle",

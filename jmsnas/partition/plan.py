@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from jmsnas.partition.chain import ChainSplit, best_chain_split, sent_bytes
-from jmsnas.partition.compress import compressed_bytes
+from jmsnas.partition.compress import Compressor, as_compressor
 from jmsnas.topology import Link, Topology
+
+_Compressors = Mapping[str, "str | Compressor"]
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def plan_sequential(
     input_bytes: float,
     topology: Topology,
     memory_bytes_per_layer: Sequence[float] | None = None,
-    compressors: Mapping[str, str] | None = None,
+    compressors: _Compressors | None = None,
 ) -> DeploymentPlan:
     """The best contiguous placement of a sequential network (eq. (1); on a mesh, the best path).
 
@@ -164,7 +166,8 @@ def plan_sequential(
         input_bytes: size of the network input, held by the source.
         topology: the devices and links; device memory limits come from ``Device.memory_limit_bytes``.
         memory_bytes_per_layer: ``[N]`` memory each layer needs; None: no memory limit is checked.
-        compressors: per sending device, a compressor name (``compress.COMPRESSORS``); others send raw.
+        compressors: per sending device, a compressor kind (``compress.COMPRESSORS``) or ``Compressor``;
+            others send raw.
 
     Returns:
         The plan; on ties between mesh paths, the first path of ``topology.paths()``.
@@ -198,7 +201,7 @@ def plan_branched(
     input_bytes: float,
     join_input_bytes: float,
     topology: Topology,
-    compressors: Mapping[str, str] | None = None,
+    compressors: _Compressors | None = None,
 ) -> DeploymentPlan:
     """The best placement of a network with parallel branches on a mesh (eq. (2)), exactly.
 
@@ -242,15 +245,17 @@ def plan_branched(
         hop_in = topology.link(root, name).latency_ms(root_bytes)
         hop_out = topology.link(name, join).latency_ms(b_bytes)
         segments.append(DeviceSegment(name, f"branch{i}", 0, len(lat), float(sum(lat))))
-        cuts.append(CutPlan(root, name, root_bytes, hop_in, comp.get(root, "none")))
-        joins.append(CutPlan(name, join, b_bytes, hop_out, comp.get(name, "none")))
+        cuts.append(CutPlan(root, name, root_bytes, hop_in, _kind(comp, root)))
+        joins.append(CutPlan(name, join, b_bytes, hop_out, _kind(comp, name)))
         tree = max(tree, hop_in + float(sum(lat)) + hop_out)
     post_segments, post_cuts = _describe(post_part, post_path, post_split, topology, comp)
     total = pre_split.latency_ms + tree + post_split.latency_ms
     return DeploymentPlan("mesh", tuple(segments + post_segments), tuple(cuts + joins + post_cuts), total)
 
 
-def _split_part(part: _Part, path: Sequence[str], topology: Topology, comp: Mapping[str, str]) -> ChainSplit:
+def _split_part(
+    part: _Part, path: Sequence[str], topology: Topology, comp: _Compressors
+) -> ChainSplit:
     tau = [[float(v) for v in part.latency_ms[name]] for name in path]
     n_layers = len(part.output_bytes)
     if any(len(t) != n_layers for t in tau):
@@ -269,7 +274,7 @@ def _empty_split(part: _Part, links: Sequence[_CompressedLink], n_dev: int) -> C
 
 
 def _describe(
-    part: _Part, path: Sequence[str], split: ChainSplit, topology: Topology, comp: Mapping[str, str]
+    part: _Part, path: Sequence[str], split: ChainSplit, topology: Topology, comp: _Compressors
 ) -> tuple[list[DeviceSegment], list[CutPlan]]:
     segments, cuts = [], []
     b = split.boundaries
@@ -279,12 +284,16 @@ def _describe(
         if m + 1 < len(path):
             wire = _wire_bytes(comp, name, sent_bytes(hi, part.output_bytes, part.input_bytes))
             link = topology.link(name, path[m + 1])
-            cuts.append(CutPlan(name, path[m + 1], wire, link.latency_ms(wire), comp.get(name, "none")))
+            cuts.append(CutPlan(name, path[m + 1], wire, link.latency_ms(wire), _kind(comp, name)))
     return segments, cuts
 
 
-def _wire_bytes(comp: Mapping[str, str], sender: str, raw_bytes: float) -> float:
-    return compressed_bytes(comp.get(sender, "none"), raw_bytes)
+def _wire_bytes(comp: _Compressors, sender: str, raw_bytes: float) -> float:
+    return as_compressor(comp.get(sender, "none")).wire_bytes(raw_bytes)
+
+
+def _kind(comp: _Compressors, sender: str) -> str:
+    return as_compressor(comp.get(sender, "none")).kind
 
 
 @dataclass(frozen=True)
@@ -292,7 +301,7 @@ class _CompressedLink:
     """A link whose payload is first shrunk by a compressor (duck-types ``Link.latency_ms``)."""
 
     link: Link
-    compressor: str
+    compressor: str | Compressor
 
     def latency_ms(self, payload_bytes: float) -> float:
-        return self.link.latency_ms(compressed_bytes(self.compressor, payload_bytes))
+        return self.link.latency_ms(as_compressor(self.compressor).wire_bytes(payload_bytes))

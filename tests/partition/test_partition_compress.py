@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jmsnas.partition.compress import build_codec, calibrate, compressed_bytes
+from jmsnas.partition.compress import Compressor, build_codec, calibrate, compressed_bytes
 
 
 def test_quantize_error_is_at_most_half_a_step_and_payload_is_numel() -> None:
@@ -46,3 +46,32 @@ def test_none_passes_tensors_through_and_errors_are_clear() -> None:
         compressed_bytes("zip", 1.0)
     with pytest.raises(ValueError, match="calibrate first"):
         build_codec("quantize", {})
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("shape", [(3, 5), (7,), (2, 3, 3)])
+def test_packed_codes_round_trip_and_cost_numel_times_bits(bits: int, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(bits)
+    calib = [(torch.rand(4, *shape) * 6 - 2,) for _ in range(2)]
+    params = calibrate("quantize", calib, bits=bits)
+    encoder, decoder = build_codec("quantize", params)
+    x = calib[0][0]
+    (wire,) = encoder((x,))
+    numel = torch.tensor(shape).prod().item()
+    assert wire.dtype == torch.uint8 and wire.shape == (4, -(-numel * bits // 8))
+    (rec,) = decoder((wire,))
+    # slow reference: quantise each element on its own, no packing
+    scale, zp, levels = params["scales"][0], params["zero_points"][0], 2**bits - 1
+    expected = torch.tensor([(min(levels, max(0, round(v / scale) + zp)) - zp) * scale for v in x.flatten().tolist()])
+    assert torch.allclose(rec.flatten(), expected, atol=1e-6)
+    assert (rec - x).abs().max() <= scale / 2 * (1 + 1e-5) + 1e-6
+    assert compressed_bytes(Compressor("quantize", bits=bits), 4.0 * 80) == 80 * bits / 8
+
+
+def test_learned_kinds_estimate_their_payload_from_their_settings() -> None:
+    ae = Compressor("autoencoder", bits=8, channel_fraction=0.25, positions_fraction=0.25)
+    assert ae.wire_bytes(4.0 * 64 * 16 * 16) == 64 * 16 * 16 / 16
+    db = Compressor("distilled_bottleneck", bits=4, channel_fraction=0.125, positions_fraction=0.5)
+    assert db.wire_bytes(4.0 * 32 * 40) == 32 * 40 * 0.125 * 0.5 / 2
+    with pytest.raises(ValueError, match="bits must be one of"):
+        Compressor("quantize", bits=3)
