@@ -7,6 +7,9 @@ from collections.abc import Sequence
 
 from jmsnas.topology import Link
 
+#: bytes of one float32 weight (memory of a layer = weights + output activation)
+BYTES_PER_PARAM = 4
+
 
 def payload_bytes(shape_or_numel: int | Sequence[int], bits: int = 32) -> int:
     """Bytes of a tensor of ``shape_or_numel`` elements at ``bits`` per element (numel × bits / 8, rounded up)."""

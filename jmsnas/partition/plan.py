@@ -194,6 +194,39 @@ def plan_sequential(
     return DeploymentPlan(topology.kind, tuple(segments), tuple(cuts), split.latency_ms)
 
 
+def plan_fixed(
+    layer_latency_ms: Mapping[str, Sequence[float]],
+    layer_output_bytes: Sequence[float],
+    input_bytes: float,
+    topology: Topology,
+    path: Sequence[str],
+    boundaries: Sequence[int],
+    compressors: _Compressors | None = None,
+) -> DeploymentPlan:
+    """The plan of a placement chosen by hand: ``layers[boundaries[m]:boundaries[m + 1]]`` on ``path[m]``.
+
+    Its latency is eq. (1) for those boundaries (baselines such as device-only, cloud-only and a single
+    split are placements of this kind). Memory limits are not checked.
+
+    Raises:
+        ValueError: boundaries that are not ``len(path) + 1`` non-decreasing ints from 0 to N.
+    """
+    part = _Part("main", layer_latency_ms, layer_output_bytes, input_bytes, None)
+    comp = dict(compressors or {})
+    b = [int(v) for v in boundaries]
+    n = len(layer_output_bytes)
+    if len(b) != len(path) + 1 or b[0] != 0 or b[-1] != n or any(x > y for x, y in zip(b, b[1:], strict=False)):
+        raise ValueError(f"boundaries must be {len(path) + 1} non-decreasing ints from 0 to {n}, got {b}")
+    links = [_CompressedLink(topology.link(a, c), comp.get(a, "none")) for a, c in zip(path, path[1:], strict=False)]
+    total = 0.0
+    for m, name in enumerate(path):
+        total += float(sum(layer_latency_ms[name][b[m]:b[m + 1]]))
+        if m < len(links):
+            total += links[m].latency_ms(sent_bytes(b[m + 1], layer_output_bytes, input_bytes))
+    segments, cuts = _describe(part, tuple(path), ChainSplit(tuple(b), total), topology, comp)
+    return DeploymentPlan(topology.kind, tuple(segments), tuple(cuts), total)
+
+
 def plan_branched(
     pre: tuple[Mapping[str, Sequence[float]], Sequence[float]],
     branches: Sequence[tuple[Sequence[float], Sequence[float]]],

@@ -25,13 +25,11 @@ import numpy as np
 import torch
 
 from jmsnas.latency.model import LatencyModel
-from jmsnas.latency.payload import payload_bytes
+from jmsnas.latency.payload import BYTES_PER_PARAM, payload_bytes
 from jmsnas.partition.chain import best_chain_split, chain_latency, sent_bytes
 from jmsnas.space.macs import describe_head, describe_op, describe_stem
 from jmsnas.space.spec import SearchSpace
 from jmsnas.topology import Topology
-
-BYTES_PER_PARAM = 4
 
 
 @dataclass

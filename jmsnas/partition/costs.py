@@ -1,0 +1,60 @@
+"""What planning needs to know about a discrete network: per-unit latency on every device, sizes, memory.
+
+``arch_costs`` describes the units ``[stem, *blocks, head]`` of an ``ArchSpec`` with the same latency
+models the search uses, so a plan, a baseline and the search agree on what a layer costs.
+``plan_arch`` then places the network with ``plan.plan_sequential``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from jmsnas.latency.model import LatencyModel, latency_model_for
+from jmsnas.latency.payload import BYTES_PER_PARAM, payload_bytes
+from jmsnas.partition.compress import Compressor
+from jmsnas.partition.plan import DeploymentPlan, plan_sequential
+from jmsnas.space.arch import ArchSpec
+from jmsnas.space.macs import arch_descriptors
+from jmsnas.topology import Topology
+
+
+@dataclass(frozen=True)
+class LayerCosts:
+    """Per unit of a network: latency on each device (ms), output size, memory need, MACs."""
+
+    latency_ms: dict[str, list[float]]
+    output_bytes: list[float]
+    input_bytes: float
+    memory_bytes: list[float]
+    macs: list[int]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.output_bytes)
+
+
+def latency_models(topology: Topology, profiles_dir: str | Path) -> dict[str, LatencyModel]:
+    """The latency model of every device of ``topology`` (measured profile or analytic)."""
+    return {d.name: latency_model_for(d, profiles_dir) for d in topology.devices}
+
+
+def arch_costs(spec: ArchSpec, models: Mapping[str, LatencyModel]) -> LayerCosts:
+    """``LayerCosts`` of ``spec``'s units with ``models`` (one per device name).
+
+    Memory of a unit is its float32 weights plus its output activation (as in the search).
+    """
+    ops = arch_descriptors(spec)
+    latency = {name: [float(v) for v in model.predict(ops)] for name, model in models.items()}
+    out = [float(payload_bytes(op.output_numel)) for op in ops]
+    memory = [op.params * BYTES_PER_PARAM + o for op, o in zip(ops, out, strict=True)]
+    return LayerCosts(latency, out, float(payload_bytes(ops[0].input_numel)), memory, [op.macs for op in ops])
+
+
+def plan_arch(
+    costs: LayerCosts, topology: Topology, compressors: Mapping[str, str | Compressor] | None = None
+) -> DeploymentPlan:
+    """The best sequential plan of a network with ``costs`` (chain DP; on a mesh, the best path)."""
+    return plan_sequential(costs.latency_ms, costs.output_bytes, costs.input_bytes, topology, costs.memory_bytes,
+                           compressors)
