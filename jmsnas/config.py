@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, m
 
 from jmsnas.errors import ConfigError, JmsnasError
 from jmsnas.topology import AnalyticSpec, Device, Link, Topology, build_topology
-from jmsnas.validation import load_yaml_mapping, validate_or_raise
+from jmsnas.validation import FieldValueError, load_yaml_mapping, validate_or_raise
 
 #: Where ``profile: NAME`` devices are looked up when the experiment names no ``profiles_dir``.
 DEFAULT_PROFILES_DIR = Path(__file__).resolve().parent.parent / "latency_profiles"
@@ -153,9 +153,14 @@ class ProxylessConfig(Strict):
 
 
 class TeacherConfig(Strict):
+    """The network whose softened outputs guide the morphism search (paper 000 §III-C)."""
+
     model: str = Field("wide", description="'wide' (a wide search-space network) or a timm/torchvision name")
     epochs: PositiveInt = 20
-    checkpoint: Path | None = None
+    checkpoint: Path | None = Field(None, description="a state dict of the teacher (torch.load weights_only); "
+                                    "given: not trained")
+    width: PositiveFloat = Field(2.0, description="'wide': multiplier of the search space's channel widths")
+    lr: PositiveFloat = 0.05
 
 
 class MorphismConfig(Strict):
@@ -167,10 +172,29 @@ class MorphismConfig(Strict):
     child_epochs: PositiveInt = 3
     temperature: PositiveFloat = Field(20.0, description="paper 000 uses T = 20")
     kd_weight: float = Field(0.9, ge=0, le=1, description="weight of the soft term; 1 - kd_weight on hard labels")
-    use_kd: bool = True
+    use_kd: bool = Field(True, description="false: the plain search (hard labels, hard validation loss)")
     t_const_ms: PositiveFloat
     teacher: TeacherConfig = TeacherConfig()
-    retrain: RetrainConfig = RetrainConfig()
+    morphs_per_child: PositiveInt = Field(2, description="random morphisms applied to the parent per child")
+    child_lr: PositiveFloat = Field(0.05, description="initial SGD learning rate of a child (cosine to 0)")
+    lambda1: float = Field(4e-5, ge=0, description="weight decay of children, teacher and retraining")
+    start_width: PositiveFloat = Field(0.5, description="start network: this share of each stage's width")
+    start_op: str = Field("mb_k3_e3", description="start network: the op of its one layer per stage")
+    parallel_children: PositiveInt = Field(2, description="under Ray Tune: children trained at once, one "
+                                           "Ray task (resources_per_trial) each")
+    # Paper 000 retrains the found architecture from scratch on hard labels.
+    retrain: RetrainConfig = RetrainConfig(init="scratch")
+
+    @model_validator(mode="after")
+    def _start_op_is_plain_mbconv(self) -> MorphismConfig:
+        from jmsnas.space.ops import CANDIDATES
+
+        op = CANDIDATES.get(self.start_op)
+        if op is None or op.kind != "mbconv" or op.shortcut:
+            plain = [n for n, c in CANDIDATES.items() if c.kind == "mbconv" and not c.shortcut]
+            raise FieldValueError(f"{self.start_op!r} is not an MBConv without shortcut; valid: {', '.join(plain)}",
+                                  "start_op")
+        return self
 
 
 StrategyConfig = Annotated[ProxylessConfig | MorphismConfig, Field(discriminator="name")]
@@ -198,13 +222,35 @@ class TuneConfig(Strict):
 
 
 class ExitsConfig(Strict):
-    max_head_mac_fraction: float = Field(0.05, gt=0, le=1)
+    """Early-exit augmentation of a trained network (paper 001's flow; ``jmsnas/exits/``)."""
+
+    max_head_mac_fraction: float = Field(0.05, gt=0, le=1, description="cap on one head's MACs, share of the backbone")
     thresholds_per_exit: int = Field(13, ge=2)
     objective: Literal["weighted", "accuracy_budget"] = "weighted"
     efficiency_weight: float = Field(0.9, ge=0, le=1)
     accuracy_weight: float = Field(0.1, ge=0, le=1)
     accuracy_budget_pp: float = Field(0.5, ge=0)
+    accuracy_z: float = Field(1.0, ge=0, description="accuracy_budget: the loss plus this many standard errors of "
+                              "the paired accuracy difference must meet the budget (0: the loss alone)")
     joint_finetune: bool = False
+    efficiency: Literal["macs", "latency"] = Field("macs", description="what the efficiency gain measures")
+    final_thresholds_per_exit: int = Field(49, ge=2, description="finer grid of the second search on the chosen EENN")
+    head_epochs: PositiveInt = 15
+    head_lr: PositiveFloat = 3e-3
+    feature_cache_bytes: int = Field(1 << 30, ge=0, description="cache backbone features when they fit (0: never)")
+    min_head_accuracy_gain: float = Field(
+        0.1, ge=0, lt=1, description="drop a head whose accuracy after one epoch is below majority rate + this")
+    calibration: Literal["val", "train"] = Field("val", description="split the thresholds are searched on")
+    # Paper 001 scales thresholds found on training data by 1, 2/3 or 1/2. On MNIST-1D
+    # (benchmarks/results/early_exit.md) 2/3 and 1/2 cost 2.7 and 4.2 pp more accuracy than 1 for
+    # 13-16 pp more MAC reduction, as in paper 001's CIFAR-10 rows: 1 (no scaling) is the default.
+    correction_factor: float = Field(1.0, gt=0, le=1, description="thresholds found on 'train' are scaled by it")
+    loss_weights: list[PositiveFloat] | None = Field(
+        None, description="joint fine-tuning: one weight per exit, final last (default: paper 004's 0.2/0.3/0.5 rule)")
+    joint_epochs: PositiveInt = 1
+    joint_lr: PositiveFloat = 0.005
+    result_at: Literal["exit", "sink"] = Field(
+        "exit", description="where an exited sample's answer is needed: on the exiting device, or at the last one")
 
 
 class CompressorConfig(Strict):
@@ -215,12 +261,18 @@ class CompressorConfig(Strict):
 
 
 class PartitionConfig(Strict):
-    compressors: list[CompressorConfig] = Field(default_factory=list, description="one per cut, in chain order")
+    """Partition of each chosen network and compressors at its cuts (jmsnas.pipeline)."""
+
+    compressors: list[CompressorConfig] = Field(default_factory=list, description="one per cut, in chain order; "
+                                                "cuts without one send float32")
+    train_epochs: PositiveInt = Field(20, description="learned compressors: epochs of their first training step")
+    finetune_epochs: int = Field(5, ge=0, description="learned compressors: epochs with the quantiser in place")
 
 
 class ExportConfig(Strict):
-    formats: list[Literal["torchscript", "onnx"]] = ["torchscript", "onnx"]
-    verify: bool = True
+    """Export of each chosen network as bundle/: a TorchScript and an ONNX file per device, manifest.json."""
+
+    verify: bool = Field(True, description="run the exported parts against the unsplit model and record the figures")
 
 
 # --- the experiment --------------------------------------------------------------------------

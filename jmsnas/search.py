@@ -18,7 +18,7 @@ from jmsnas.errors import JmsnasError, StageNotBuiltError
 #: Pipeline stages that exist in this version, by the experiment section that enables them.
 BUILT_STAGES: dict[str, bool] = {"strategy": True, "exits": False, "partition": False, "export": False}
 #: Search strategies that exist in this version (``strategy.name``).
-BUILT_STRATEGIES: tuple[str, ...] = ("proxyless",)
+BUILT_STRATEGIES: tuple[str, ...] = ("proxyless", "morphism")
 
 
 def unbuilt_sections(exp: Experiment) -> list[str]:
@@ -55,6 +55,15 @@ def _device_text(exp: Experiment, name: str) -> str:
     return f"profile: {d.profile}{mem}"
 
 
+def _strategy_text(strategy) -> str:
+    if strategy.name != "morphism":
+        return strategy.name
+    guide = (f"KD at T={strategy.temperature:g} from teacher {strategy.teacher.model!r}" if strategy.use_kd
+             else "plain, hard labels")
+    return (f"morphism ({guide}; {strategy.iterations} iterations x {strategy.children} children, "
+            f"{strategy.parallel_children} at once)")
+
+
 def summary(exp: Experiment) -> str:
     """A readable summary of a validated experiment (what ``--check`` prints)."""
     from jmsnas.data import JmsnasDataModule
@@ -70,7 +79,7 @@ def summary(exp: Experiment) -> str:
         f"train {info.train_size} / val {info.val_size} / test {info.test_size}",
         f"space       {exp.search_space.config.name} ({exp.search_space.config.dims}-D, "
         f"{exp.search_space.num_layers} searchable layers) from {cfg.search_space}",
-        f"strategy    {cfg.strategy.name}, T_const {cfg.strategy.t_const_ms:g} ms",
+        f"strategy    {_strategy_text(cfg.strategy)}, T_const {cfg.strategy.t_const_ms:g} ms",
         f"topology    {topo.kind}, {len(topo.devices)} devices, {len(topo.links)} links; source {topo.source}, "
         f"sink {topo.sink}",
     ]

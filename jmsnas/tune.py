@@ -9,6 +9,13 @@ The trial runs `run_proxyless` with `TuneReport`, which reports to Tune after ev
 with a Lightning checkpoint, so an interrupted trial continues from its last epoch. After the
 search the trial derives, retrains and tests, and reports once more with the final figures.
 
+A ``morphism`` trial runs `run_morphism` instead: it reports after the start network and after
+every hill-climbing iteration (the same metrics, for the current parent), trains each iteration's
+children in parallel as Ray tasks inside the trial's placement group (one bundle of
+``resources_per_trial`` per ``parallel_children``; the trial's own bundle is empty, since it waits
+while they train), and resumes from the climb state it saves in its trial directory. Its teacher is
+trained once per run, in ``runs/<name>/teacher/``, and shared by all trials.
+
 Repeats: sample ``i`` of ``num_samples`` runs with seed + ``i``, so repeats differ. A trial whose
 ``outcome.json`` is already complete reports it again instead of rerunning: Tune saves its own
 state at most every ~10 s, so a run killed just after a trial finished may ask to resume it.
@@ -43,7 +50,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from jmsnas import report
-from jmsnas.config import Experiment, ExperimentConfig, ProxylessConfig, load_experiment
+from jmsnas.config import Experiment, ExperimentConfig, MorphismConfig, ResourcesConfig, load_experiment
 from jmsnas.errors import ConfigError, JmsnasError
 
 TUNE_DIR = "tune"
@@ -58,7 +65,10 @@ _EXTRA_METRICS = ("val_loss", "gate_entropy")
 
 
 def check_search(exp: Experiment) -> None:
-    """Fail now, naming the field, on a tune section the search cannot run: metric, grid values."""
+    """Fail now, naming the field, on a tune section the search cannot run (metric, grid values), or a bad teacher."""
+    from jmsnas.strategies.teacher import check_teacher
+
+    check_teacher(exp)
     cfg = exp.config
     if cfg.tune.metric not in EPOCH_METRICS:
         raise ConfigError(f"cannot schedule on {cfg.tune.metric!r}; a trial reports {', '.join(EPOCH_METRICS)}",
@@ -73,10 +83,10 @@ def check_search(exp: Experiment) -> None:
                                   field=f"tune.grid.{key}") from None
 
 
-def trial_strategy(config: ExperimentConfig, overrides: dict[str, Any]) -> tuple[ProxylessConfig, int]:
+def trial_strategy(config: ExperimentConfig, overrides: dict[str, Any]) -> tuple[Any, int]:
     """The strategy and seed of one trial: the experiment's, with the trial's grid values applied."""
     fields = {k: v for k, v in overrides.items() if k not in ("seed", "sample")}
-    strategy = ProxylessConfig.model_validate({**config.strategy.model_dump(), **fields})
+    strategy = type(config.strategy).model_validate({**config.strategy.model_dump(), **fields})
     seed = overrides.get("seed", config.seed)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError("a seed is an integer")
@@ -86,10 +96,17 @@ def trial_strategy(config: ExperimentConfig, overrides: dict[str, Any]) -> tuple
 def smoke_config(config: ExperimentConfig) -> ExperimentConfig:
     """``--smoke``: one epoch of search without warm-up, one of retraining, the first grid value of each key.
 
+    A morphism search: one iteration of at most two one-epoch children, a one-epoch teacher.
     The run goes to ``<name>-smoke`` so that it never blocks the real run.
     """
-    strategy = config.strategy.model_copy(update={
-        "epochs": 1, "warmup_epochs": 0, "retrain": config.strategy.retrain.model_copy(update={"epochs": 1})})
+    s = config.strategy
+    short = {"retrain": s.retrain.model_copy(update={"epochs": 1})}
+    if isinstance(s, MorphismConfig):
+        short.update(iterations=1, children=min(s.children, 2), child_epochs=1,
+                     teacher=s.teacher.model_copy(update={"epochs": 1}))
+    else:
+        short.update(epochs=1, warmup_epochs=0)
+    strategy = s.model_copy(update=short)
     tune_cfg = config.tune.model_copy(update={"grid": {k: v[:1] for k, v in config.tune.grid.items()},
                                               "num_samples": 1})
     return config.model_copy(update={"name": f"{config.name}-smoke", "strategy": strategy, "tune": tune_cfg})
@@ -161,10 +178,38 @@ def final_metrics(outcome: dict, art: Path) -> dict:
             "retrained": 1}
 
 
-def train_fn(config: dict, setup: TrialSetup) -> None:
-    """One Tune trial: search with the trial's overrides, derive, retrain, test (see the module docstring)."""
+def ray_runner(resources: ResourcesConfig):
+    """A morphism ``runner``: one Ray task per child, each with ``resources`` (inside the trial's placement group)."""
+
+    def run(fn, shared, items):
+        if not items:
+            return []
+        task = ray.remote(fn).options(num_cpus=resources.cpu, num_gpus=resources.gpu)
+        ref = ray.put(shared)  # the data and the teacher's logits go to the object store once per iteration
+        return ray.get([task.remote(ref, item) for item in items])
+
+    return run
+
+
+def _run_trial(exp: Experiment, strategy: Any, seed: int, art: Path, setup: TrialSetup, checkpoint):
+    """Run one trial's search; returns its ``SearchOutcome``."""
+    if isinstance(strategy, MorphismConfig):
+        from jmsnas.strategies.morphism import run_morphism
+
+        return run_morphism(exp, strategy, seed, art, progress=False, teacher_dir=setup.run_dir / "teacher",
+                            runner=ray_runner(exp.config.tune.resources_per_trial), report=tune.report)
     from jmsnas.strategies.run import run_proxyless  # here: `--check` need not import the latency models
 
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt_path = None
+        if checkpoint is not None:
+            ckpt_path = str(Path(checkpoint.to_directory(tmp)) / CKPT_FILE)
+        return run_proxyless(exp, strategy, seed, art, callbacks=[TuneReport()], ckpt_path=ckpt_path,
+                             progress=False)
+
+
+def train_fn(config: dict, setup: TrialSetup) -> None:
+    """One Tune trial: search with the trial's overrides, derive, retrain, test (see the module docstring)."""
     exp = load_experiment(setup.experiment_file)
     overrides = dict(config)
     strategy, seed = trial_strategy(exp.config, overrides)
@@ -175,13 +220,7 @@ def train_fn(config: dict, setup: TrialSetup) -> None:
     checkpoint = tune.get_checkpoint()
     _record_start(art, trial_id, overrides, seed, checkpoint and checkpoint.path, reused=done is not None)
     if done is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt_path = None
-            if checkpoint is not None:
-                ckpt_path = str(Path(checkpoint.to_directory(tmp)) / CKPT_FILE)
-            outcome = run_proxyless(exp, strategy, seed, art, callbacks=[TuneReport()], ckpt_path=ckpt_path,
-                                    progress=False)
-        done = asdict(outcome)
+        done = asdict(_run_trial(exp, strategy, seed, art, setup, checkpoint))
     tune.report(final_metrics(done, art))
 
 
@@ -276,10 +315,40 @@ def start_ray(address: str | None) -> list[str]:
     return [f"ray         started on this machine, {os.cpu_count()} CPUs", *_dashboard_lines(ctx.dashboard_url, note)]
 
 
+def trial_bundles(config: ExperimentConfig) -> list[dict[str, float]]:
+    """The placement-group bundles of one trial: its own, then one per child a morphism trial trains at once."""
+    res = config.tune.resources_per_trial
+    bundle = {k: v for k, v in (("CPU", res.cpu), ("GPU", res.gpu)) if v > 0}
+    if isinstance(config.strategy, MorphismConfig):
+        workers = max([config.strategy.parallel_children, *config.tune.grid.get("parallel_children", [])])
+        return [{}] + [dict(bundle) for _ in range(workers)]
+    return [bundle]
+
+
+def _check_fits_cluster(config: ExperimentConfig, file: Path) -> None:
+    """A trial that needs more CPUs than Ray has would wait forever: say so instead."""
+    need = sum(b.get("CPU", 0.0) for b in trial_bundles(config))
+    have = ray.cluster_resources().get("CPU", 0.0)
+    if need > have:
+        field = ("strategy.parallel_children" if isinstance(config.strategy, MorphismConfig)
+                 else "tune.resources_per_trial.cpu")
+        raise ConfigError(f"one trial needs {need:g} CPUs, Ray has {have:g}; lower it", file=file, field=field)
+
+
 def _trainable(config: ExperimentConfig, run_dir: Path):
     setup = TrialSetup(experiment_file=run_dir / "experiment.yaml", run_dir=run_dir)
     res = config.tune.resources_per_trial
-    return tune.with_resources(tune.with_parameters(train_fn, setup=setup), {"cpu": res.cpu, "gpu": res.gpu})
+    resources = (tune.PlacementGroupFactory(trial_bundles(config)) if isinstance(config.strategy, MorphismConfig)
+                 else {"cpu": res.cpu, "gpu": res.gpu})
+    return tune.with_resources(tune.with_parameters(train_fn, setup=setup), resources)
+
+
+def _max_reports(config: ExperimentConfig) -> int:
+    """Reports of the longest trial: one per epoch (proxyless) or per iteration and start (morphism), and the last."""
+    s, grid = config.strategy, config.tune.grid
+    if isinstance(s, MorphismConfig):
+        return max([s.iterations, *grid.get("iterations", [])]) + 2
+    return max([s.epochs, *grid.get("epochs", [])]) + 1
 
 
 def build_tuner(config: ExperimentConfig, run_dir: Path, *, resume: bool) -> tune.Tuner:
@@ -289,9 +358,8 @@ def build_tuner(config: ExperimentConfig, run_dir: Path, *, resume: bool) -> tun
         return tune.Tuner.restore(str(run_dir / TUNE_DIR / TUNE_NAME), trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
     t = config.tune
-    max_epochs = max([config.strategy.epochs, *t.grid.get("epochs", [])])
     # grace_period=1: a trial survives at least one epoch; max_t leaves room for the final report.
-    scheduler = ASHAScheduler(grace_period=1, max_t=max_epochs + 1) if t.scheduler == "asha" else FIFOScheduler()
+    scheduler = ASHAScheduler(grace_period=1, max_t=_max_reports(config)) if t.scheduler == "asha" else FIFOScheduler()
     # reuse_actors: a trial's process imports torch and Lightning once, not once per trial (seconds each).
     return tune.Tuner(
         trainable, param_space=param_space(config),
@@ -385,6 +453,7 @@ def run_search(exp: Experiment, *, resume: bool = False, address: str | None = N
     handler = signal.getsignal(signal.SIGINT)
     try:
         print("\n".join(start_ray(address)), flush=True)
+        _check_fits_cluster(config, exp.path)
         grid = build_tuner(config, run_dir, resume=resume).fit()
         trials = collect_trials(grid, config, run_dir)
         unfinished = expected_trials(config) - sum(t["status"] != "incomplete" for t in trials)

@@ -120,11 +120,15 @@ def test_resume_without_a_run_is_an_error(two_trials: dict, write_experiment, ca
     assert "nothing to resume" in capsys.readouterr().err
 
 
-def test_morphism_rejected_at_check(tiny_experiment: dict, write_experiment, capsys) -> None:
+def test_morphism_passes_check(tiny_experiment: dict, write_experiment, capsys) -> None:
     tiny_experiment["strategy"] = {"name": "morphism", "t_const_ms": 3.0}
+    tiny_experiment["tune"] = {"grid": {"iterations": [1, 2], "kd_weight": [0.5]}}
+    assert main([str(write_experiment(tiny_experiment)), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "morphism (KD at T=20 from teacher 'wide'; 4 iterations x 4 children, 2 at once), T_const 3 ms" in out
+    tiny_experiment["tune"] = {"grid": {"children": [2, 0]}}  # a grid value the strategy rejects
     assert main([str(write_experiment(tiny_experiment)), "--check"]) == 2
-    err = capsys.readouterr().err
-    assert "strategy.name" in err and "not built" in err
+    assert "tune.grid.children" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("tune_section", "field"), [
@@ -147,6 +151,13 @@ def test_trial_strategy_applies_overrides(tiny_experiment: dict, write_experimen
     strategy, seed = trial_strategy(config, {"t_const_ms": 2.0, "lambda2": 0.5})
     assert (strategy.t_const_ms, strategy.lambda2, seed) == (2.0, 0.5, 7)
     assert trial_strategy(config, {"seed": 1, "sample": 2})[1] == 3  # repeats differ by seed
+
+
+def test_smoke_config_morphism(tiny_experiment: dict, write_experiment) -> None:
+    tiny_experiment["strategy"] = {"name": "morphism", "t_const_ms": 3.0, "children": 5}
+    smoke = smoke_config(load_experiment(write_experiment(tiny_experiment)).config)
+    s = smoke.strategy
+    assert (s.iterations, s.children, s.child_epochs, s.teacher.epochs, s.retrain.epochs) == (1, 2, 1, 1, 1)
 
 
 def test_smoke_config(tiny_experiment: dict, write_experiment) -> None:

@@ -4,6 +4,7 @@
 - ``spec``: search-space YAML files (``load_search_space``) and their searchable layers.
 - ``arch``: ``ArchSpec`` (one candidate per layer, JSON round trip) and ``build_model``.
 - ``macs``: analytic MAC / parameter counts and ``OpDescriptor`` features for latency models.
+- ``morph``: function-preserving network morphisms on an ``ArchSpec`` and its weights (paper 000).
 """
 
 from __future__ import annotations
@@ -14,12 +15,24 @@ from jmsnas.space.macs import (
     arch_descriptors,
     arch_macs,
     count_macs,
+    describe_block,
     describe_head,
     describe_op,
     describe_stem,
     op_macs,
 )
-from jmsnas.space.ops import CANDIDATES, CandidateOp, Head, Identity, MBConv, Stem, allowed, build_op
+from jmsnas.space.ops import (
+    CANDIDATES,
+    CandidateOp,
+    Head,
+    Identity,
+    MBConv,
+    MergeBlock,
+    SkipProjection,
+    Stem,
+    allowed,
+    build_op,
+)
 from jmsnas.space.spec import LayerSlot, SearchSpace, SearchSpaceConfig, load_search_space
 
 __all__ = [
@@ -33,9 +46,11 @@ __all__ = [
     "Identity",
     "LayerSlot",
     "MBConv",
+    "MergeBlock",
     "OpDescriptor",
     "SearchSpace",
     "SearchSpaceConfig",
+    "SkipProjection",
     "Stem",
     "StemSpec",
     "allowed",
@@ -44,6 +59,7 @@ __all__ = [
     "build_model",
     "build_op",
     "count_macs",
+    "describe_block",
     "describe_head",
     "describe_op",
     "describe_stem",

@@ -9,18 +9,23 @@ BatchNorm's weight and bias (not its running statistics) and the classifier bias
 
 ``op_macs`` and friends compute counts analytically from shapes; ``count_macs`` measures them with
 forward hooks on a real module and is the reference the analytic formulas are tested against.
+
+A block grown by network morphisms (`jmsnas.space.morph`) may have a hidden width other than
+``in_channels * expansion`` and a skip connection; ``describe_block`` folds the skip's 1x1
+projection into the block's counts and names the descriptor ``<op>+add`` / ``<op>+concat``, so a
+profile's measurement of the plain op is never taken for it (the regressor estimates it instead).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import torch
 from torch import nn
 
-from jmsnas.space.arch import ArchSpec
+from jmsnas.space.arch import ArchSpec, BlockSpec
 from jmsnas.space.ops import CANDIDATES, Dims, allowed, conv_output_size
 
 DescriptorKind = Literal["mbconv", "identity", "stem", "head"]
@@ -33,12 +38,13 @@ def _conv(cin: int, cout: int, kernel: int, groups: int, out_size: tuple[int, ..
     return macs, cout * (cin // groups) * taps + 2 * cout
 
 
-def _op_counts(name: str, cin: int, cout: int, stride: int, in_size: tuple[int, ...]) -> tuple[int, int]:
+def _op_counts(name: str, cin: int, cout: int, stride: int, in_size: tuple[int, ...],
+               hidden: int | None = None) -> tuple[int, int]:
     op = CANDIDATES[name]
     if op.kind == "identity":
         return 0, 0
     assert op.kernel_size is not None and op.expansion is not None
-    mid = cin * op.expansion
+    mid = cin * op.expansion if hidden is None else hidden
     out_size = conv_output_size(in_size, op.kernel_size, stride)
     parts = [
         _conv(cin, mid, 1, 1, in_size),  # conv_pw
@@ -93,13 +99,14 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     handles = [
         m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
     ]
-    was_training = module.training
+    modes = [(m, m.training) for m in module.modules()]  # each submodule's own mode, restored one by one
     try:
         module.eval()
         with torch.no_grad():
             module(torch.zeros(1, *input_shape))
     finally:
-        module.train(was_training)
+        for m, training in modes:
+            m.training = training
         for h in handles:
             h.remove()
     return total
@@ -141,20 +148,25 @@ class OpDescriptor:
 
 
 def describe_op(
-    name: str, in_channels: int, out_channels: int, stride: int, in_size: tuple[int, ...], dims: Dims
+    name: str, in_channels: int, out_channels: int, stride: int, in_size: tuple[int, ...], dims: Dims,
+    hidden_channels: int | None = None,
 ) -> OpDescriptor:
-    """Descriptor of candidate ``name`` on a layer of this shape (see ``op_macs`` for the arguments)."""
+    """Descriptor of candidate ``name`` on a layer of this shape (see ``op_macs`` for the arguments).
+
+    ``hidden_channels`` overrides an MBConv's hidden width ``in_channels * expansion``.
+    """
     in_size = tuple(in_size)
     if len(in_size) != dims:
         raise ValueError(f"in_size {in_size} does not have {dims} entries")
     if name not in CANDIDATES or not allowed(name, in_channels, out_channels, stride):
         raise ValueError(f"{name!r} is not a candidate allowed on {in_channels} -> {out_channels}, stride {stride}")
     op = CANDIDATES[name]
-    macs, params = _op_counts(name, in_channels, out_channels, stride, in_size)
+    hidden = hidden_channels if hidden_channels is not None and op.kind == "mbconv" else None
+    macs, params = _op_counts(name, in_channels, out_channels, stride, in_size, hidden)
     out_size = conv_output_size(in_size, op.kernel_size or 1, stride)
     return OpDescriptor(
         op=name, kind=op.kind, dims=dims, in_channels=in_channels, out_channels=out_channels,
-        hidden_channels=in_channels * (op.expansion or 1), kernel_size=op.kernel_size or 0,
+        hidden_channels=hidden or in_channels * (op.expansion or 1), kernel_size=op.kernel_size or 0,
         expansion=op.expansion or 0, shortcut=op.shortcut, stride=stride,
         in_size=in_size, out_size=out_size, macs=macs, params=params,
         input_numel=in_channels * math.prod(in_size), output_numel=out_channels * math.prod(out_size),
@@ -191,6 +203,31 @@ def describe_head(
     )  # fmt: skip
 
 
+def describe_block(block: BlockSpec, in_size: tuple[int, ...], dims: Dims,
+                   skip_input: tuple[int, tuple[int, ...]] | None = None) -> OpDescriptor:
+    """Descriptor of one ``BlockSpec``: its op, with a skip connection's projection folded in.
+
+    Args:
+        block: the block.
+        in_size: its input spatial size.
+        dims: 1 or 2.
+        skip_input: ``(channels, spatial size)`` of the output its skip connection reads, when it has one.
+    """
+    desc = describe_op(block.op, block.in_channels, block.body_out_channels, block.stride, in_size, dims,
+                       block.hidden_channels)
+    if block.skip_from is None:
+        return desc
+    if skip_input is None:
+        raise ValueError(f"block {block.compact()} has a skip connection: give skip_input")
+    channels, size = skip_input
+    width = block.out_channels if block.merge == "add" else block.skip_channels
+    assert width is not None
+    macs, params = _conv(channels, width, 1, 1, desc.out_size)
+    return replace(desc, op=f"{block.op}+{block.merge}", out_channels=block.out_channels, macs=desc.macs + macs,
+                   params=desc.params + params, input_numel=desc.input_numel + channels * math.prod(size),
+                   output_numel=block.out_channels * math.prod(desc.out_size))
+
+
 def arch_descriptors(spec: ArchSpec) -> list[OpDescriptor]:
     """Descriptors of ``[stem, *blocks, head]`` of ``spec``, in order, with their real shapes."""
     size = tuple(spec.input_shape[1:])
@@ -198,7 +235,8 @@ def arch_descriptors(spec: ArchSpec) -> list[OpDescriptor]:
         describe_stem(spec.input_shape[0], spec.stem.channels, spec.stem.kernel_size, spec.stem.stride, size, spec.dims)
     ]
     for b in spec.blocks:
-        out.append(describe_op(b.op, b.in_channels, b.out_channels, b.stride, out[-1].out_size, spec.dims))
+        skip = None if b.skip_from is None else (out[b.skip_from].out_channels, out[b.skip_from].out_size)
+        out.append(describe_block(b, out[-1].out_size, spec.dims, skip))
     out.append(describe_head(out[-1].out_channels, spec.head.channels, spec.num_classes, out[-1].out_size, spec.dims))
     return out
 

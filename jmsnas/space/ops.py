@@ -135,6 +135,8 @@ class MBConv(nn.Module):
         stride: stride of the depthwise convolution.
         shortcut: add the input to the output (needs ``stride == 1`` and equal channels).
         dims: 1 for signals, 2 for images.
+        hidden_channels: the hidden width when it is not ``in_channels * expansion`` (a network
+            morphism widened it, `jmsnas.space.morph`).
     """
 
     def __init__(
@@ -146,6 +148,7 @@ class MBConv(nn.Module):
         stride: int,
         shortcut: bool,
         dims: Dims,
+        hidden_channels: int | None = None,
     ) -> None:
         super().__init__()
         if shortcut and (stride != 1 or in_channels != out_channels):
@@ -156,7 +159,7 @@ class MBConv(nn.Module):
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         conv, bn = conv_cls(dims), bn_cls(dims)
-        mid = in_channels * expansion
+        mid = in_channels * expansion if hidden_channels is None else hidden_channels
         self.shortcut = shortcut
         self.conv_pw = conv(in_channels, mid, 1, bias=False)
         self.bn1 = bn(mid)
@@ -181,7 +184,8 @@ class Identity(nn.Module):
         return x
 
 
-def build_op(name: str, in_channels: int, out_channels: int, stride: int, dims: Dims) -> nn.Module:
+def build_op(name: str, in_channels: int, out_channels: int, stride: int, dims: Dims,
+             hidden_channels: int | None = None) -> nn.Module:
     """Build candidate ``name`` for one layer.
 
     Args:
@@ -190,6 +194,7 @@ def build_op(name: str, in_channels: int, out_channels: int, stride: int, dims: 
         out_channels: output channels.
         stride: the layer's stride.
         dims: 1 for signals, 2 for images.
+        hidden_channels: an MBConv's hidden width when it is not ``in_channels * expansion``.
 
     Raises:
         ValueError: unknown name, or the candidate is not ``allowed`` on this layer.
@@ -205,7 +210,54 @@ def build_op(name: str, in_channels: int, out_channels: int, stride: int, dims: 
     if op.kind == "identity":
         return Identity()
     assert op.kernel_size is not None and op.expansion is not None
-    return MBConv(in_channels, out_channels, op.kernel_size, op.expansion, stride, op.shortcut, dims)
+    return MBConv(in_channels, out_channels, op.kernel_size, op.expansion, stride, op.shortcut, dims, hidden_channels)
+
+
+class SkipProjection(nn.Module):
+    """The branch of a skip connection: 1x1 ``conv`` (strided to the target's resolution) -> ``bn``.
+
+    A 1x1 convolution with stride ``s`` gives ``(L - 1) // s + 1`` outputs, which is what a chain of
+    padded odd-kernel convolutions whose strides multiply to ``s`` gives, so one projection reaches
+    any later block.
+
+    Args:
+        in_channels: channels of the earlier output it reads.
+        out_channels: channels it adds to (or concatenates onto) the block's output.
+        stride: product of the strides between the two points.
+        dims: 1 for signals, 2 for images.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, dims: Dims) -> None:
+        super().__init__()
+        self.conv = conv_cls(dims)(in_channels, out_channels, 1, stride, bias=False)
+        self.bn = bn_cls(dims)(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class MergeBlock(nn.Module):
+    """A block joined by a skip connection from an earlier layer: ``body(x)`` merged with ``skip(earlier)``.
+
+    ``merge="add"`` adds the projection to the body's output; ``merge="concat"`` appends its
+    channels after the body's (paper 000 / Elsken et al.'s "add" and "concatenate" morphisms).
+
+    Args:
+        body: the block itself (an MBConv or the identity).
+        skip: the projection of the earlier output.
+        merge: ``"add"`` or ``"concat"``.
+    """
+
+    def __init__(self, body: nn.Module, skip: SkipProjection, merge: Literal["add", "concat"]) -> None:
+        super().__init__()
+        self.body = body
+        self.skip = skip
+        self.merge = merge
+
+    def forward(self, x: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        s = self.skip(earlier)
+        return y + s if self.merge == "add" else torch.cat([y, s], dim=1)
 
 
 class Stem(nn.Module):

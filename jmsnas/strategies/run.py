@@ -16,7 +16,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from jmsnas.config import DEFAULT_PROFILES_DIR, Experiment, ProxylessConfig
+from jmsnas.config import DEFAULT_PROFILES_DIR, Experiment, MorphismConfig, ProxylessConfig
 from jmsnas.data import JmsnasDataModule
 from jmsnas.latency.model import latency_model_for
 from jmsnas.space.arch import build_model
@@ -110,7 +110,7 @@ def run_proxyless(exp: Experiment, strategy: ProxylessConfig, seed: int, run_dir
     return outcome
 
 
-def retrain(net: torch.nn.Module, dm: JmsnasDataModule, strategy: ProxylessConfig, run_dir: Path,
+def retrain(net: torch.nn.Module, dm: JmsnasDataModule, strategy: ProxylessConfig | MorphismConfig, run_dir: Path,
             progress: bool = True) -> tuple[float, float]:
     """Stage 2: train ``net`` alone; return (validation accuracy, test accuracy)."""
     cfg = strategy.retrain

@@ -95,3 +95,12 @@ def test_features_are_numeric() -> None:
     assert describe_op("identity", 4, 4, 1, (9,), 1).as_features()["kind_identity"] == 1.0
     with pytest.raises(ValueError, match="not a candidate allowed"):
         describe_op("identity", 4, 4, 2, (9,), 1)
+
+
+def test_counting_macs_leaves_every_submodule_in_its_own_mode() -> None:
+    # a wrapper in training mode around layers in eval mode (a split segment): counting must not flip them
+    inner = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.BatchNorm1d(2)).eval()
+    wrapper = torch.nn.Sequential(inner)
+    wrapper.training = True
+    count_macs(wrapper, (1, 8))
+    assert wrapper.training and not inner.training and not inner[1].training

@@ -1,0 +1,97 @@
+"""Predicted completion latency of one discrete network (an ``ArchSpec``) on an experiment's topology.
+
+The supernet strategy predicts an *expected* latency over its gate probabilities
+(`jmsnas.strategies.latency.ExpectedLatency`); a strategy that works on whole networks, like the
+morphism search, needs the latency of one network. The per-layer costs are the planner's
+(`jmsnas.partition.costs.arch_costs`: every device's latency model on each layer of
+``[stem, *blocks, head]``, weights plus output activation as memory), and ``plan_arch`` places the
+layers exactly (paper 003 eq. (1); on a mesh, the best path), within each device's memory.
+
+One addition for networks grown by morphisms: what crosses a cut is every tensor made before it and
+used after it, i.e. the last layer's output *and* the output of any earlier layer that a skip
+connection carries over the cut (``cut_bytes``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from jmsnas.config import DEFAULT_PROFILES_DIR, Experiment
+from jmsnas.latency.model import LatencyModel
+from jmsnas.partition.costs import arch_costs, latency_models, plan_arch
+from jmsnas.partition.plan import DeploymentPlan
+from jmsnas.space.arch import ArchSpec
+from jmsnas.topology import Topology
+
+
+class DoesNotFit(ValueError):
+    """No placement of the network fits the devices' memory."""
+
+
+@dataclass(frozen=True)
+class ArchLatency:
+    """The best placement of one network and its predicted completion latency.
+
+    Attributes:
+        latency_ms: predicted completion latency (eq. (1) / best mesh path).
+        plan: which device runs which layers, and what each link carries.
+        layer_ms: per device of the topology, the predicted latency of each layer.
+    """
+
+    latency_ms: float
+    plan: DeploymentPlan
+    layer_ms: dict[str, list[float]]
+
+    def split(self) -> dict:
+        """The ``split`` entry of a ``SearchOutcome``: path, boundaries, per-device and per-link ms."""
+        return {"path": self.plan.devices, "boundaries": self.plan.boundaries(),
+                "device_ms": {s.device: s.compute_ms for s in self.plan.segments},
+                "link_ms": {f"{c.src}->{c.dst}": c.link_ms for c in self.plan.cuts}}
+
+
+def cut_bytes(spec: ArchSpec, output_bytes: Sequence[float]) -> list[float]:
+    """Per layer n of ``[stem, *blocks, head]``, the bytes crossing a cut right after it.
+
+    Args:
+        spec: the network.
+        output_bytes: per layer, the size of its own output.
+    """
+    last_use: dict[int, int] = {}  # layer -> the last block layer that reads it through a skip connection
+    for i, block in enumerate(spec.blocks):
+        if block.skip_from is not None:
+            last_use[block.skip_from] = max(last_use.get(block.skip_from, 0), i + 1)
+    return [float(out) + sum(float(output_bytes[j]) for j, use in last_use.items() if j < n < use)
+            for n, out in enumerate(output_bytes)]
+
+
+class ArchLatencyModel:
+    """``model(spec) -> ArchLatency`` for a fixed topology and per-device latency models.
+
+    Args:
+        topology: devices and links.
+        models: a latency model per device name.
+    """
+
+    def __init__(self, topology: Topology, models: Mapping[str, LatencyModel]) -> None:
+        self.topology = topology
+        self.models = dict(models)
+
+    @classmethod
+    def for_experiment(cls, exp: Experiment) -> ArchLatencyModel:
+        """The experiment's topology with its devices' latency models (measured profiles are fitted once)."""
+        return cls(exp.topology, latency_models(exp.topology, exp.config.profiles_dir or DEFAULT_PROFILES_DIR))
+
+    def __call__(self, spec: ArchSpec) -> ArchLatency:
+        """Place ``spec`` on the topology.
+
+        Raises:
+            DoesNotFit: no placement fits the devices' memory.
+        """
+        costs = arch_costs(spec, self.models)
+        costs = replace(costs, output_bytes=cut_bytes(spec, costs.output_bytes))
+        try:
+            plan = plan_arch(costs, self.topology)
+        except ValueError as exc:
+            raise DoesNotFit(str(exc)) from None
+        return ArchLatency(float(plan.total_latency_ms), plan, costs.latency_ms)
