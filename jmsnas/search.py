@@ -16,7 +16,7 @@ from jmsnas.config import Experiment, load_experiment
 from jmsnas.errors import JmsnasError, StageNotBuiltError
 
 #: Pipeline stages that exist in this version, by the experiment section that enables them.
-BUILT_STAGES: dict[str, bool] = {"strategy": True, "exits": False, "partition": False, "export": False}
+BUILT_STAGES: dict[str, bool] = {"strategy": True, "exits": False, "partition": True, "export": True}
 #: Search strategies that exist in this version (``strategy.name``).
 BUILT_STRATEGIES: tuple[str, ...] = ("proxyless", "morphism")
 
@@ -91,8 +91,32 @@ def summary(exp: Experiment) -> str:
               for lk in topo.links]
     lines.append(f"output      {exp.run_dir}")
     stages = [f"search ({cfg.strategy.name}, {expected_trials(cfg)} trial(s), scheduler {cfg.tune.scheduler})"]
+    if cfg.partition is not None or cfg.export is not None:
+        kinds = [c.kind for c in cfg.partition.compressors] if cfg.partition is not None else []
+        stages.append(f"partition (compressors {kinds or 'none'})")
+    if cfg.export is not None:
+        stages.append("export (bundle/: TorchScript + ONNX per device)")
     lines.append(f"stages      {', '.join(stages)}")
     return "\n".join(lines)
+
+
+def deploy_after_search(exp: Experiment, *, smoke: bool) -> None:
+    """Partition, compress and export every feasible choice of the finished search (`jmsnas.pipeline`)."""
+    import json
+
+    from jmsnas import pipeline, tune
+
+    config = tune.smoke_config(exp.config) if smoke else exp.config
+    if smoke and config.partition is not None:
+        config = config.model_copy(update={"partition": config.partition.model_copy(
+            update={"train_epochs": 1, "finetune_epochs": 1})})
+    run = Experiment(config, exp.path, exp.topology, exp.search_space)
+    run_dir = run.run_dir.resolve()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for d in pipeline.deploy_run(run, run_dir, summary):
+        print(f"deployed    {d['dir']}: {d['predicted_latency_ms']:.4g} ms on {' -> '.join(d['devices'])}, "
+              f"test acc {100 * d['test_acc_split']:.2f} % ({d['acc_change_pp']:+.2f} pp)"
+              + (f", bundle {run_dir / d['dir'] / 'bundle'}" if "bundle" in d else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         exp = load_experiment(args.experiment)
         check_stages(exp)
+        from jmsnas.pipeline import check_partition
+
+        check_partition(exp)
         from jmsnas import tune  # imports Ray: only once the experiment is known to be valid
 
         tune.check_search(exp)
@@ -117,7 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.check:
             print("check       OK")
             return 0
-        return tune.run_search(exp, resume=args.resume, address=args.address, smoke=args.smoke)
+        status = tune.run_search(exp, resume=args.resume, address=args.address, smoke=args.smoke)
+        if status == 0 and (exp.config.partition is not None or exp.config.export is not None):
+            deploy_after_search(exp, smoke=args.smoke)
+        return status
     except JmsnasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,11 @@ manifest writes ``null`` for a dynamic axis); every other axis is the example in
 
 Only sequential plans (a chain, or one path through a mesh) are exported; a branched plan
 (``plan_branched``) is not.
+
+Early exits (``exits``, from ``jmsnas.exits``): a device with an exit returns its exit's logits
+first (named ``e{m}.logits``), then what goes on the wire. The graph has no data-dependent control
+flow; the manifest records each exit's threshold and logits name, and the runtime decides which
+samples leave (``bundle.Bundle.run_exits``).
 """
 
 from __future__ import annotations
@@ -45,14 +50,21 @@ __all__ = [
 
 
 class DevicePart(nn.Module):
-    """What one device runs: decode the incoming cut, run the segment, encode the outgoing cut."""
+    """What one device runs: decode the incoming cut, run the segment, encode the outgoing cut.
 
-    def __init__(self, decoder: nn.Module, segment: nn.Module, encoder: nn.Module) -> None:
+    With an exit ``head``, the head's logits on the segment's (single) output come first.
+    """
+
+    def __init__(self, decoder: nn.Module, segment: nn.Module, encoder: nn.Module,
+                 head: nn.Module | None = None) -> None:
         super().__init__()
         self.decoder, self.segment, self.encoder = decoder, segment, encoder
+        self.head = head
 
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.encoder(tuple(self.segment(*self.decoder(tuple(xs))))))
+        features = tuple(self.segment(*self.decoder(tuple(xs))))
+        wire = tuple(self.encoder(features))
+        return wire if self.head is None else (self.head(features[0]), *wire)
 
 
 def calibrate_plan(
@@ -71,14 +83,18 @@ def calibrate_plan(
                 values = run_segments([segment], *values)
                 samples[k].append(values)
     params = [
-        c.compressor_params if c.compressor in LEARNED else calibrate(c.compressor, s)
+        c.compressor_params if c.compressor in LEARNED
+        else calibrate(c.compressor, s, bits=int(c.compressor_params.get("bits", 8)))
         for c, s in zip(plan.cuts, samples, strict=True)
     ]
     return plan.with_compressor_params(params)
 
 
 def device_parts(
-    plan: DeploymentPlan, segments: Sequence[nn.Module], codecs: Mapping[int, tuple[nn.Module, nn.Module]] | None = None
+    plan: DeploymentPlan,
+    segments: Sequence[nn.Module],
+    codecs: Mapping[int, tuple[nn.Module, nn.Module]] | None = None,
+    heads: Mapping[int, nn.Module] | None = None,
 ) -> list[DevicePart]:
     """Per device, its segment wrapped with the codecs of its cuts (the modules export traces).
 
@@ -87,6 +103,7 @@ def device_parts(
         segments: one module per device.
         codecs: per cut index, ``(encoder, decoder)`` modules to use instead of building them from
             the plan (needed for learned compressors).
+        heads: per device index, an exit head run on that device's segment output.
     """
     _check_sequential(plan, segments)
     given = dict(codecs or {})
@@ -97,7 +114,7 @@ def device_parts(
     for m, segment in enumerate(segments):
         decoder = codecs[m - 1][1] if m > 0 else build_codec("none", {})[1]
         encoder = codecs[m][0] if m < len(codecs) else build_codec("none", {})[0]
-        parts.append(DevicePart(decoder, segment, encoder).eval())
+        parts.append(DevicePart(decoder, segment, encoder, (heads or {}).get(m)).eval())
     return parts
 
 
@@ -107,6 +124,7 @@ def export_bundle(
     example_input: torch.Tensor,
     out_dir: str | Path,
     codecs: Mapping[int, tuple[nn.Module, nn.Module]] | None = None,
+    exits: Mapping[int, tuple[nn.Module, float]] | None = None,
 ) -> Path:
     """Write ``out_dir`` (a bundle) for a calibrated sequential ``plan`` and its ``segments``.
 
@@ -116,28 +134,42 @@ def export_bundle(
         example_input: a network input; fixes every shape in the bundle.
         out_dir: the bundle folder (created).
         codecs: per cut index, ``(encoder, decoder)`` modules overriding the plan's (learned compressors).
+        exits: per device index (not the last), ``(exit head, confidence threshold)``: that device's
+            part also returns the head's logits, first (see the module docstring).
 
     Returns:
         The path of ``manifest.json``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    exits = dict(exits or {})
+    if any(not 0 <= m < len(segments) - 1 for m in exits):
+        raise ValueError(f"exits go on devices 0..{len(segments) - 2} (not the last), got {sorted(exits)}")
     values: tuple[torch.Tensor, ...] = (example_input,)
     entries = []
-    for m, part in enumerate(device_parts(plan, segments, codecs)):
+    heads = {m: head for m, (head, _) in exits.items()}
+    for m, part in enumerate(device_parts(plan, segments, codecs, heads)):
         with torch.no_grad():
             outputs = part(*values)
         in_names = ["input"] if m == 0 else _wire_names(plan, m - 1, len(values))
         last = m == len(segments) - 1
-        out_names = [f"output{j}" for j in range(len(outputs))] if last else _wire_names(plan, m, len(outputs))
+        n_wire = len(outputs) - (m in exits)
+        out_names = [f"output{j}" for j in range(len(outputs))] if last else _wire_names(plan, m, n_wire)
+        if m in exits:
+            out_names = [f"e{m}.logits", *out_names]
         stem = f"{m:02d}_{plan.segments[m].device}"
         _save_torchscript(part, values, out / f"{stem}.pt")
         _save_onnx(part, values, in_names, out_names, out / f"{stem}.onnx")
         entry = _entry(out, stem, plan, m, (in_names, values), (out_names, outputs))
         entry["onnx_max_abs_diff"] = _onnx_max_abs_diff(out / f"{stem}.onnx", values, outputs)
+        if m in exits:
+            entry["exit"] = {"threshold": float(exits[m][1]), "logits": f"e{m}.logits", "confidence": "max_softmax"}
         entries.append(entry)
-        values = outputs
+        values = outputs[1:] if m in exits else outputs
     manifest = {"format": FORMAT, "version": 1, "devices": plan.devices, "parts": entries, "plan": plan.to_dict()}
+    if exits:
+        manifest["exits"] = [{"part": m, "device": plan.segments[m].device, **entries[m]["exit"]}
+                             for m in sorted(exits)]
     path = out / MANIFEST
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path

@@ -63,7 +63,8 @@ class CutPlan:
     ``tensors`` are what the sending segment produces, before its encoder (the manifest of a bundle
     lists what goes on the wire); empty means "not known yet" (the planner knew only bytes), and
     ``split.cut_tensors`` gives them for ``with_cut_tensors``.
-    ``compressor_params`` is filled in by calibration (``compress.calibrate``), empty until then.
+    ``compressor_params`` is filled in by calibration (``compress.calibrate``); until then it holds only
+    the settings calibration needs (``bits``).
     """
 
     src: str
@@ -76,6 +77,22 @@ class CutPlan:
 
 
 @dataclass(frozen=True)
+class ExitPlan:
+    """An early exit at the end of device ``device``'s segment (written by ``jmsnas.exits``).
+
+    A sample whose top-1 softmax probability at this exit is at least ``threshold`` leaves here
+    with the exit's logits and crosses no further link.
+    """
+
+    device: str
+    unit: int
+    threshold: float
+    head_macs: int = 0
+    latency_ms: float | None = None
+    termination_rate: float | None = None
+
+
+@dataclass(frozen=True)
 class DeploymentPlan:
     """A network cut across devices, with the predicted latency (eq. (1) or eq. (2)).
 
@@ -83,13 +100,17 @@ class DeploymentPlan:
         topology_kind: ``"chain"`` or ``"mesh"``.
         segments: per device, in execution order (for a mesh: before, root, branches, join, after).
         cuts: one per used link, in execution order.
-        total_latency_ms: predicted completion latency.
+        total_latency_ms: predicted completion latency (with exits: the worst case, every head run).
+        exits: early exits at device boundaries, in order (``jmsnas.exits``); empty without.
+        mean_latency_ms: with exits, the expected latency over the termination rates.
     """
 
     topology_kind: str
     segments: tuple[DeviceSegment, ...]
     cuts: tuple[CutPlan, ...]
     total_latency_ms: float
+    exits: tuple[ExitPlan, ...] = ()
+    mean_latency_ms: float | None = None
 
     @property
     def devices(self) -> list[str]:
@@ -109,7 +130,10 @@ class DeploymentPlan:
     def from_dict(cls, data: Mapping[str, Any]) -> DeploymentPlan:
         segs = tuple(DeviceSegment(**s) for s in data["segments"])
         cuts = tuple(CutPlan(**{**c, "tensors": tuple(_tensor_spec(t) for t in c["tensors"])}) for c in data["cuts"])
-        return cls(str(data["topology_kind"]), segs, cuts, float(data["total_latency_ms"]))
+        exits = tuple(ExitPlan(**e) for e in data.get("exits", ()))  # absent in plans written before exits
+        mean = data.get("mean_latency_ms")
+        return cls(str(data["topology_kind"]), segs, cuts, float(data["total_latency_ms"]), exits,
+                   None if mean is None else float(mean))
 
     def to_json(self, path: str | Path) -> None:
         """Write the plan as indented JSON (``plan.json``)."""
@@ -126,6 +150,17 @@ class DeploymentPlan:
             raise ValueError(f"need tensors for {len(self.cuts)} cuts, got {len(tensors)}")
         cuts = tuple(replace(c, tensors=tuple(t)) for c, t in zip(self.cuts, tensors, strict=True))
         return replace(self, cuts=cuts)
+
+    def with_exits(self, exits: Sequence[ExitPlan], total_latency_ms: float | None = None,
+                   mean_latency_ms: float | None = None) -> DeploymentPlan:
+        """The same plan with early exits (and, if given, its worst-case and mean latency with them)."""
+        devices = self.devices
+        for e in exits:
+            if e.device not in devices[:-1]:
+                raise ValueError(f"exit on {e.device!r}: exits sit at the end of a device other than the last "
+                                 f"({devices[:-1]})")
+        total = self.total_latency_ms if total_latency_ms is None else float(total_latency_ms)
+        return replace(self, exits=tuple(exits), total_latency_ms=total, mean_latency_ms=mean_latency_ms)
 
     def with_compressor_params(self, params: Sequence[Mapping[str, Any]]) -> DeploymentPlan:
         """The same plan with calibrated compressor parameters (one mapping per cut, in order)."""
@@ -278,8 +313,8 @@ def plan_branched(
         hop_in = topology.link(root, name).latency_ms(root_bytes)
         hop_out = topology.link(name, join).latency_ms(b_bytes)
         segments.append(DeviceSegment(name, f"branch{i}", 0, len(lat), float(sum(lat))))
-        cuts.append(CutPlan(root, name, root_bytes, hop_in, _kind(comp, root)))
-        joins.append(CutPlan(name, join, b_bytes, hop_out, _kind(comp, name)))
+        cuts.append(CutPlan(root, name, root_bytes, hop_in, _kind(comp, root), _settings(comp, root)))
+        joins.append(CutPlan(name, join, b_bytes, hop_out, _kind(comp, name), _settings(comp, name)))
         tree = max(tree, hop_in + float(sum(lat)) + hop_out)
     post_segments, post_cuts = _describe(post_part, post_path, post_split, topology, comp)
     total = pre_split.latency_ms + tree + post_split.latency_ms
@@ -317,7 +352,8 @@ def _describe(
         if m + 1 < len(path):
             wire = _wire_bytes(comp, name, sent_bytes(hi, part.output_bytes, part.input_bytes))
             link = topology.link(name, path[m + 1])
-            cuts.append(CutPlan(name, path[m + 1], wire, link.latency_ms(wire), _kind(comp, name)))
+            cuts.append(CutPlan(name, path[m + 1], wire, link.latency_ms(wire), _kind(comp, name),
+                                _settings(comp, name)))
     return segments, cuts
 
 
@@ -327,6 +363,12 @@ def _wire_bytes(comp: _Compressors, sender: str, raw_bytes: float) -> float:
 
 def _kind(comp: _Compressors, sender: str) -> str:
     return as_compressor(comp.get(sender, "none")).kind
+
+
+def _settings(comp: _Compressors, sender: str) -> dict[str, Any]:
+    """What calibration needs to know before it runs: the bits of a lossy compressor."""
+    c = as_compressor(comp.get(sender, "none"))
+    return {} if c.kind == "none" else {"bits": c.bits}
 
 
 @dataclass(frozen=True)

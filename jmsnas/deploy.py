@@ -1,0 +1,59 @@
+"""``python -m jmsnas.deploy EXPERIMENT.yaml CHOICE_DIR``: partition, compress and export one network alone.
+
+``CHOICE_DIR`` holds ``arch.json`` and ``model.pt`` (a ``runs/<name>/best/t<T>ms/`` folder, or one a
+user fills with a network of the search space). The experiment gives the topology, the latency
+models, the dataset (to calibrate and train compressors and to measure accuracy) and the
+``partition`` / ``export`` sections, so the same network can be re-planned for another set of devices
+without searching again. Writes ``plan.json``, ``deploy.json`` and (with ``export``) ``bundle/`` into
+``CHOICE_DIR``; ``--force`` replaces earlier ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from jmsnas.config import load_experiment
+from jmsnas.errors import ConfigError, JmsnasError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jmsnas.deploy", description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", help="experiment YAML: topology, dataset, partition, export")
+    parser.add_argument("choice", help="folder with arch.json and model.pt")
+    parser.add_argument("--force", action="store_true", help="replace plan.json, deploy.json and bundle/ if present")
+    args = parser.parse_args(argv)
+    try:
+        from jmsnas import pipeline
+
+        exp = load_experiment(args.experiment)
+        pipeline.check_partition(exp)
+        choice = Path(args.choice)
+        for name in ("arch.json", "model.pt"):
+            if not (choice / name).is_file():
+                raise ConfigError(f"{choice / name} not found: a choice folder holds arch.json and model.pt",
+                                  field="choice")
+        if (choice / pipeline.DEPLOY_JSON).exists() and not args.force:
+            raise ConfigError(f"{choice / pipeline.DEPLOY_JSON} exists; pass --force to deploy again", field="choice")
+        d = pipeline.deploy_choice(exp, choice)
+    except JmsnasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"plan        {choice / pipeline.PLAN_JSON}: {d['predicted_latency_ms']:.4g} ms on "
+          f"{' -> '.join(d['devices'])}, boundaries {d['boundaries']}")
+    for c in d["cuts"]:
+        print(f"  cut       {c['src']} -> {c['dst']}: {c['compressor']}, {c['payload_bytes']:g} bytes, "
+              f"{c['link_ms']:.4g} ms")
+    print(f"accuracy    {100 * d['test_acc_split']:.2f} % split, {100 * d['test_acc_unsplit']:.2f} % unsplit "
+          f"({d['acc_change_pp']:+.2f} pp)")
+    for b in d["baselines"]:
+        print(f"  baseline  {b['name']:<13} {b['latency_ms']:.4g} ms")
+    if "bundle" in d:
+        print(f"bundle      {choice / d['bundle']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The stages after the search on one chosen network: plan, compressors, bundle, verification, baselines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from jmsnas.config import load_experiment
+from jmsnas.errors import ConfigError
+from jmsnas.partition.bundle import run_bundle
+from jmsnas.partition.plan import DeploymentPlan
+from jmsnas.pipeline import check_partition, deploy_choice, load_choice
+from jmsnas.search import main
+from jmsnas.space.supernet import Supernet
+
+
+def _choice(tmp_path: Path, exp) -> Path:
+    """A choice folder as a search writes it: arch.json + the weights of the supernet's exported subnet."""
+    torch.manual_seed(0)
+    supernet = Supernet(exp.search_space, 10, (1, 40))
+    paths = [1, 0, 2]
+    choice = tmp_path / "best" / "t5ms"
+    choice.mkdir(parents=True)
+    supernet.to_arch_spec(paths=paths).save_json(choice / "arch.json")
+    torch.save(supernet.export_subnet(paths).state_dict(), choice / "model.pt")
+    return choice
+
+
+def test_lossless_deployment_reproduces_the_model_and_reports_baselines(tiny_experiment, write_experiment,
+                                                                         tmp_path: Path) -> None:
+    tiny_experiment.update(partition={"compressors": []}, export={"verify": True})
+    exp = load_experiment(write_experiment(tiny_experiment))
+    choice = _choice(tmp_path, exp)
+    result = deploy_choice(exp, choice)
+    plan = DeploymentPlan.from_json(choice / "plan.json")
+    assert plan.devices == ["a", "b", "c"] and result["boundaries"] == plan.boundaries()
+    assert result["predicted_latency_ms"] == pytest.approx(plan.total_latency_ms)
+    assert result["verify"]["lossless"] and result["verify"]["ok"]
+    assert result["verify"]["torchscript"]["max_abs_diff"] <= 1e-5
+    assert result["test_acc_split"] == result["test_acc_unsplit"]
+    assert [b["name"] for b in result["baselines"]] == ["device-only", "cloud-only", "neurosurgeon", "hivemind"]
+    _, model = load_choice(choice)
+    x = torch.randn(4, 1, 40)
+    with torch.no_grad():
+        assert torch.allclose(run_bundle(choice / "bundle", x)[0], model(x), atol=1e-5)
+    assert json.loads((choice / "deploy.json").read_text())["plan"] == "plan.json"
+
+
+def test_quantize_and_autoencoder_cuts_send_what_the_plan_says(tiny_experiment, write_experiment,
+                                                               tmp_path: Path) -> None:
+    # b is too slow to compute and c very fast: a and b relay the input, both cuts carry it compressed
+    tiny_experiment["topology"]["devices"][1]["analytic"]["macs_per_s"] = 1.0e4
+    tiny_experiment["topology"]["devices"][2]["analytic"]["macs_per_s"] = 1.0e10
+    tiny_experiment.update(partition={"compressors": [{"kind": "quantize", "bits": 4},
+                                                      {"kind": "autoencoder", "channel_fraction": 0.5}],
+                                      "train_epochs": 1, "finetune_epochs": 1},
+                           export={})
+    exp = load_experiment(write_experiment(tiny_experiment))
+    choice = _choice(tmp_path, exp)
+    result = deploy_choice(exp, choice)
+    plan = DeploymentPlan.from_json(choice / "plan.json")
+    assert [c.compressor for c in plan.cuts] == ["quantize", "autoencoder"] and plan.boundaries() == [0, 0, 0, 5]
+    manifest = json.loads((choice / "bundle" / "manifest.json").read_text())
+    for k, part in enumerate(manifest["parts"][:-1]):  # the bytes on the wire are what the plan charges
+        assert all(o["dtype"] == "uint8" for o in part["outputs"])
+        per_sample = sum(torch.Size(o["example_shape"][1:]).numel() for o in part["outputs"])
+        assert plan.cuts[k].payload_bytes == per_sample  # one byte per element on the wire
+    assert plan.cuts[0].payload_bytes == 40 * 4 / 8  # 40 input values packed at 4 bits
+    assert plan.cuts[1].payload_bytes == 20  # the autoencoder's code: 1 channel, half the length, 8 bits
+    assert plan.total_latency_ms == pytest.approx(sum(s.compute_ms for s in plan.segments)
+                                                  + sum(c.link_ms for c in plan.cuts))
+    assert 0.0 <= result["verify"]["onnx"]["top1_agreement"] <= 1.0 and result["verify"]["lossless"] is False
+
+
+def test_compressors_the_topology_cannot_use_are_refused_at_check(tiny_experiment, write_experiment, capsys) -> None:
+    tiny_experiment["partition"] = {"compressors": [{"kind": "none"}] * 3}
+    path = write_experiment(tiny_experiment)
+    with pytest.raises(ConfigError, match="at most 2 cut"):
+        check_partition(load_experiment(path))
+    tiny_experiment["partition"] = {"compressors": [{"kind": "none"}, {"kind": "distilled_bottleneck"}]}
+    path = write_experiment(tiny_experiment)
+    assert main([str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "partition.compressors[1].kind" in err and "first cut" in err
+
+
+def test_search_command_partitions_compresses_and_exports_the_choice(tiny_experiment, write_experiment,
+                                                                     tmp_path: Path, capsys) -> None:
+    tiny_experiment["dataset"]["num_samples"] = 300
+    tiny_experiment["output_dir"] = str(tmp_path / "runs")
+    tiny_experiment["strategy"].update(epochs=1, warmup_epochs=0, retrain={"epochs": 1}, t_const_ms=1000.0)
+    tiny_experiment.update(partition={"compressors": [{"kind": "quantize"}, {"kind": "quantize"}]}, export={})
+    assert main([str(write_experiment(tiny_experiment))]) == 0
+    out = capsys.readouterr().out
+    choice = tmp_path / "runs" / "tiny" / "best" / "t1000ms"
+    for name in ("plan.json", "deploy.json", "bundle/manifest.json"):
+        assert (choice / name).is_file(), name
+    assert f"bundle {choice / 'bundle'}" in out
+    report = (tmp_path / "runs" / "tiny" / "report.md").read_text()
+    assert "## Deployment" in report and "| neurosurgeon | mobilenetv2 |" in report
+    deployed = json.loads((choice / "deploy.json").read_text())
+    plan = DeploymentPlan.from_json(choice / "plan.json")
+    assert deployed["predicted_latency_ms"] == pytest.approx(plan.total_latency_ms)
+    assert {c.compressor for c in plan.cuts} <= {"quantize"}
+
+
+def test_deploy_command_runs_one_choice_and_refuses_to_overwrite(tiny_experiment, write_experiment, tmp_path: Path,
+                                                                 capsys) -> None:
+    from jmsnas.deploy import main as deploy_main
+
+    tiny_experiment["partition"] = {}
+    path = write_experiment(tiny_experiment)
+    choice = _choice(tmp_path, load_experiment(path))
+    assert deploy_main([str(path), str(choice)]) == 0
+    assert "baseline  hivemind" in capsys.readouterr().out and (choice / "plan.json").is_file()
+    assert deploy_main([str(path), str(choice)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert deploy_main([str(path), str(tmp_path)]) == 2
+    assert "arch.json" in capsys.readouterr().err
