@@ -3,6 +3,12 @@
 Every file's sha256 is checked against ``manifest.json`` before anything is loaded; the parts
 are opened with ``torch.jit.load`` or onnxruntime only, so no jmsnas class and no pickle of
 ours is involved. ``verify_bundle`` compares a bundle with the unsplit model it came from.
+
+A bundle with early exits (``manifest["exits"]``) has parts that return an exit's logits before
+their wire tensors. ``Bundle.run`` computes every part for every sample (the exit logits are set
+aside), ``Bundle.run_exits`` is the runtime's decision: after each exit the samples whose top-1
+softmax probability (float64) reaches its threshold leave with its logits, and only the others go
+on to the next device.
 """
 
 from __future__ import annotations
@@ -40,9 +46,56 @@ class Bundle:
     def run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Run every device in order on network input ``x``; returns the last device's outputs."""
         values: tuple[torch.Tensor, ...] = (x,)
-        for runner in self.runners:
+        for m, runner in enumerate(self.runners):
             values = runner(values)
+            if self.exit_of(m) is not None:
+                values = values[1:]  # the exit's logits; the rest goes on the wire
         return values
+
+    def exit_of(self, part: int) -> dict[str, Any] | None:
+        """The manifest's ``exit`` entry of part ``part`` (threshold, logits name), or None."""
+        return self.manifest["parts"][part].get("exit")
+
+    def run_exits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run with early exits; returns ``(logits [B, P], exit index [B])``, the final classifier last.
+
+        Raises:
+            BundleError: a wire tensor without the batch as its first axis (exited samples cannot be dropped).
+        """
+        batch = x.shape[0]
+        active = torch.arange(batch)
+        exit_index = torch.full((batch,), -1, dtype=torch.long)
+        logits: torch.Tensor | None = None
+        values: tuple[torch.Tensor, ...] = (x,)
+        k = 0
+        for m, runner in enumerate(self.runners):
+            outputs = runner(values)
+            spec = self.exit_of(m)
+            if spec is None and m < len(self.runners) - 1:
+                values = outputs
+                continue
+            leave = torch.ones(len(active), dtype=torch.bool)
+            if spec is not None:
+                conf = torch.softmax(outputs[0].double(), dim=-1).amax(dim=-1)
+                leave = conf >= float(spec["threshold"])
+            if logits is None:
+                logits = outputs[0].new_zeros((batch, outputs[0].shape[-1]))
+            logits[active[leave]] = outputs[0][leave]
+            exit_index[active[leave]] = k
+            k += 1
+            keep = ~leave
+            if not keep.any():
+                break
+            values = tuple(self._rows(v, keep, m) for v in outputs[1:])
+            active = active[keep]
+        assert logits is not None
+        return logits, exit_index
+
+    def _rows(self, value: torch.Tensor, keep: torch.Tensor, part: int) -> torch.Tensor:
+        if value.dim() == 0 or value.shape[0] != keep.shape[0]:
+            raise BundleError(f"part {part} sends a tensor of shape {tuple(value.shape)} without the batch "
+                              f"({keep.shape[0]}) first; exited samples cannot be dropped from it")
+        return value[keep]
 
 
 @dataclass(frozen=True)
@@ -136,8 +189,12 @@ def _load_onnx(path: Path) -> Runner:
 
 
 def run_bundle(bundle_dir: str | Path, x: torch.Tensor, backend: Backend = "torchscript") -> tuple[torch.Tensor, ...]:
-    """Load the bundle (hashes checked) and run its parts in order on ``x``; returns the final outputs."""
-    return load_bundle(bundle_dir, backend).run(x)
+    """Load the bundle (hashes checked) and run its parts in order on ``x``; returns the final outputs.
+
+    A bundle with exits applies their thresholds (``Bundle.run_exits``) and returns ``(logits, exit index)``.
+    """
+    bundle = load_bundle(bundle_dir, backend)
+    return bundle.run_exits(x) if bundle.manifest.get("exits") else bundle.run(x)
 
 
 def verify_bundle(

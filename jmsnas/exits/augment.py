@@ -1,0 +1,333 @@
+"""Turn a trained network into an early-exit network for a chain of devices: paper 001's augmentation flow.
+
+``augment`` is the whole stage, for a searched ``ArchNet`` or any ``torch.fx``-traceable classifier
+("I have a trained model and these devices; make it an early-exit network for them"):
+
+1. block-level graph and candidate exit locations (``graph``);
+2. one head per location from the model's classifier, under the MAC cap (``heads``);
+3. EENN candidates: exits at device boundaries, at most one per boundary (the plan's boundaries,
+   or every split when no plan is given), pruned by the worst-case latency constraint ``T_const``
+   and device memory *before* any training (``candidates``);
+4. every head still needed trained at once on the frozen backbone, useless ones dropped after one
+   epoch (``train``);
+5. thresholds of every surviving candidate searched on the calibration split (``thresholds``);
+   the best candidate by the objective wins, the original network (no exit) included, so exits
+   are only added where they pay;
+6. optionally, backbone and exits fine-tuned together, then thresholds searched again;
+7. a second, finer threshold search on the winner (paper 001 §3.2), a correction factor on
+   thresholds found on training data, and the EENN run for real on the test split (``report``).
+
+Accuracy losses are always measured against the original network on the same samples.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from jmsnas.config import DEFAULT_PROFILES_DIR, ExitsConfig
+from jmsnas.errors import ConfigError
+from jmsnas.exits.candidates import HeadLatency, Placement, enumerate_placements, feasible
+from jmsnas.exits.cascade import EarlyExitNet
+from jmsnas.exits.graph import BlockGraph, block_graph
+from jmsnas.exits.heads import ExitHead, build_exit_head
+from jmsnas.exits.latency import head_latency_fn, unit_latency_table
+from jmsnas.exits.report import ExitsResult, evaluate_eenn
+from jmsnas.exits.thresholds import CascadeStats, Objective, ThresholdSearch, confidence, objective_value
+from jmsnas.exits.thresholds import search_thresholds as _search
+from jmsnas.exits.train import ExitOutputs, default_loss_weights, exit_outputs, joint_finetune, train_heads
+from jmsnas.partition.plan import DeploymentPlan
+from jmsnas.space.arch import ArchSpec
+from jmsnas.topology import Topology
+
+
+def objective_of(cfg: ExitsConfig) -> Objective:
+    return Objective(cfg.objective, cfg.efficiency_weight, cfg.accuracy_weight, cfg.accuracy_budget_pp, cfg.accuracy_z)
+
+
+def cascade_stats(outs: ExitOutputs, exits: Sequence[int], exit_cost: Sequence[float], final_cost: float,
+                  reference_cost: float, reference_correct: np.ndarray | None = None) -> CascadeStats:
+    """The calibration statistics of the cascade with ``exits`` from every head's logits."""
+    conf = np.stack([confidence(outs.heads[loc]).numpy() for loc in exits])
+    right = np.stack([(outs.heads[loc].argmax(1) == outs.labels).numpy() for loc in exits])
+    final = (outs.final.argmax(1) == outs.labels).numpy()
+    return CascadeStats(conf, right, final, np.asarray(exit_cost, dtype=float), float(final_cost),
+                        float(reference_cost), reference_correct)
+
+
+def exit_costs(graph: BlockGraph, head_macs: Mapping[int, int], exits: Sequence[int]) -> tuple[list[float], float]:
+    """MACs per sample of leaving at each exit, and of reaching the end (paper 004 eq. (3))."""
+    costs, heads = [], 0
+    for loc in exits:
+        heads += head_macs[loc]
+        costs.append(float(graph.macs_between(0, loc) + heads))
+    return costs, float(graph.total_macs + heads)
+
+
+def _check_inputs(graph: BlockGraph, unit_ms: Mapping[str, Sequence[float]], topology: Topology,
+                  boundaries: Sequence[int] | None) -> None:
+    for d in topology.devices:
+        if d.name not in unit_ms or len(unit_ms[d.name]) != graph.num_units:
+            got = len(unit_ms[d.name]) if d.name in unit_ms else "none"
+            raise ConfigError(f"need {graph.num_units} unit latencies (one per unit of the model) for device "
+                              f"{d.name!r}, got {got}", field=f"unit_latency_ms.{d.name}")
+    if boundaries is not None:
+        b = list(boundaries)
+        if len(b) < 2 or b[0] != 0 or b[-1] != graph.num_units or any(x > y for x, y in zip(b, b[1:], strict=False)):
+            raise ConfigError(f"boundaries must be non-decreasing unit indices from 0 to {graph.num_units}, got {b}",
+                              field="boundaries")
+
+
+class _Searcher:
+    """Threshold searches of many candidates, shared between candidates with the same exits and costs."""
+
+    def __init__(self, graph: BlockGraph, outs: ExitOutputs, head_macs: Mapping[int, int], cfg: ExitsConfig,
+                 reference_latency_ms: float, reference_correct: np.ndarray | None) -> None:
+        self.graph, self.outs, self.head_macs, self.cfg = graph, outs, head_macs, cfg
+        self.reference_latency_ms = reference_latency_ms
+        self.reference_correct = reference_correct
+        self.cache: dict[tuple, ThresholdSearch] = {}
+        self.seconds = 0.0
+
+    def stats(self, p: Placement) -> CascadeStats:
+        if self.cfg.efficiency == "latency":
+            costs, final, ref = list(p.exit_latency_ms), p.worst_latency_ms, self.reference_latency_ms
+        else:
+            (costs, final), ref = exit_costs(self.graph, self.head_macs, p.exits), float(self.graph.total_macs)
+        return cascade_stats(self.outs, p.exits, costs, final, ref, self.reference_correct)
+
+    def search(self, p: Placement, thresholds_per_exit: int, compare: bool = True) -> ThresholdSearch:
+        stats = self.stats(p)
+        key = (p.exits, tuple(stats.exit_cost), stats.final_cost, thresholds_per_exit)
+        if key not in self.cache:
+            start = time.perf_counter()
+            self.cache[key] = _search(stats, objective_of(self.cfg), thresholds_per_exit, compare=compare)
+            self.seconds += time.perf_counter() - start
+        return self.cache[key]
+
+    def score(self, p: Placement) -> tuple[float, float, float]:
+        """(objective, mean latency, worst-case latency) of a candidate with its best thresholds."""
+        if not p.exits:
+            gain = 0.0 if self.cfg.efficiency == "macs" else 1.0 - p.worst_latency_ms / self.reference_latency_ms
+            return objective_value(gain, 0.0, objective_of(self.cfg))[0], p.worst_latency_ms, p.worst_latency_ms
+        best = self.search(p, self.cfg.thresholds_per_exit).best
+        return best.objective, p.mean_latency_ms(best.termination), p.worst_latency_ms
+
+
+def _loader(dataset, batch_size: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topology, *,
+            t_const_ms: float | None = None, plan: DeploymentPlan | None = None,
+            boundaries: Sequence[int] | None = None, unit_latency_ms: Mapping[str, Sequence[float]] | None = None,
+            head_latency: HeadLatency | None = None, spec: ArchSpec | None = None,
+            profiles_dir: str | Path | None = None, run_dir: str | Path | None = None, seed: int = 0,
+            cache_features: bool | None = None, trained_heads: Mapping[int, ExitHead] | None = None,
+            progress: bool = False) -> ExitsResult:
+    """Make ``model`` an early-exit network for ``topology`` (the module docstring lists the steps).
+
+    Args:
+        model: the trained classifier (``ArchNet`` or fx-traceable); never modified.
+        datamodule: a ``JmsnasDataModule`` (train / val / test splits).
+        cfg: the ``exits`` section.
+        topology: devices and links.
+        t_const_ms: worst-case latency constraint; None: only memory prunes.
+        plan: a sequential plan of this model whose boundaries (and cut payloads) are kept; exits
+            go to its inner boundaries.
+        boundaries: unit indices instead of a plan (on the topology's first path, links uncompressed).
+            With neither, every split is enumerated (paper 001 maps each subgraph to the next device).
+        unit_latency_ms: per device, ms of every unit; default from the devices' latency models
+            (``latency.unit_latency_table``; an ``ArchNet`` on a measured device needs ``spec``).
+        head_latency: ``(device, location) -> ms``; default ``latency.head_latency_fn``.
+        spec: the ``ArchSpec`` of an ``ArchNet`` model.
+        profiles_dir: where measured profiles live.
+        run_dir: if given, ``result.json``, ``heads.json`` and ``heads/u<unit>.pt`` are written there.
+        seed: seeds head initialisation and batch order.
+        cache_features: force feature caching on / off (None: when it fits ``cfg.feature_cache_bytes``).
+        trained_heads: heads already trained on this frozen backbone, per location (from an earlier
+            ``augment`` or ``train.train_heads``): reused as they are, as paper 001 reuses trained
+            exits across candidates; other locations are trained as usual.
+        progress: print what happens.
+
+    Raises:
+        ConfigError: inconsistent plan / boundaries / latencies, or a model exits cannot be added to.
+    """
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    if plan is not None and boundaries is not None:
+        raise ConfigError("give a plan or boundaries, not both", field="boundaries")
+    if plan is not None and any(s.part != "main" for s in plan.segments):
+        raise ConfigError("exits need a sequential plan (a chain or one path through a mesh)", field="plan")
+    dm = datamodule
+    info = dm.info()
+    graph = block_graph(model, info.input_shape)
+    profiles = Path(profiles_dir) if profiles_dir is not None else DEFAULT_PROFILES_DIR
+    unit_ms = dict(unit_latency_ms) if unit_latency_ms is not None else unit_latency_table(graph, topology, profiles,
+                                                                                           spec)
+    fixed = plan.boundaries() if plan is not None else boundaries
+    _check_inputs(graph, unit_ms, topology, fixed)
+    torch.manual_seed(seed)
+    cap = cfg.max_head_mac_fraction * graph.total_macs
+    given = dict(trained_heads or {})
+    heads: dict[int, ExitHead] = {}
+    for loc in graph.locations:
+        head = given[loc] if loc in given else build_exit_head(graph.feature_shapes[loc], graph.blueprint, cap)
+        if head is not None:
+            heads[loc] = head
+    head_macs = {loc: h.macs for loc, h in heads.items()}
+    head_params = {loc: sum(p.numel() for p in h.parameters()) for loc, h in heads.items()}
+    head_ms = head_latency or head_latency_fn(graph, topology, profiles, unit_ms, heads)
+    path = plan.devices if plan is not None else None
+    link_ms = (lambda m, raw: plan.cuts[m].link_ms) if plan is not None else None
+    placements = enumerate_placements(graph, topology, unit_ms, head_ms, head_params, list(heads), fixed, path,
+                                      link_ms, result_to_sink=cfg.result_at == "sink")
+    ok = feasible(placements, t_const_ms)
+    originals = [p for p in placements if not p.exits and p.fits_memory] or [p for p in placements if not p.exits]
+    original = min(originals, key=lambda p: p.worst_latency_ms)
+    needed = sorted({loc for p in ok for loc in p.exits})
+    timings["graph_and_candidates"] = time.perf_counter() - t0
+    if progress:
+        print(f"exits: {len(graph.locations)} locations, {len(placements)} candidates, {len(ok)} within "
+              f"T_const/memory, training heads at units {needed}")
+    batch = dm.cfg.batch_size
+    calib_set = dm.val_set if cfg.calibration == "val" else dm.train_set
+    to_train = [loc for loc in needed if loc not in given]
+    training = train_heads(graph, {loc: heads[loc] for loc in to_train}, dm.train_set, calib_set,
+                           epochs=cfg.head_epochs, lr=cfg.head_lr, batch_size=batch,
+                           cache_bytes=cfg.feature_cache_bytes, min_accuracy_gain=cfg.min_head_accuracy_gain,
+                           seed=seed, cache=cache_features, progress=progress) if to_train else None
+    kept = {**(training.heads if training is not None else {}), **{loc: given[loc] for loc in needed if loc in given}}
+    timings["head_training"] = training.seconds if training is not None else 0.0
+    ok = [p for p in ok if all(loc in kept for loc in p.exits)]
+    if not any(not p.exits for p in ok):
+        ok.append(original)  # the original network is always an option (even if it breaks T_const)
+    outs = exit_outputs(graph, kept, calib_set, batch)
+    ref_correct = (outs.final.argmax(1) == outs.labels).numpy()
+    searcher = _Searcher(graph, outs, head_macs, cfg, original.worst_latency_ms, ref_correct)
+    scored = sorted(((searcher.score(p), i) for i, p in enumerate(ok)), key=lambda s: s[0])
+    chosen = ok[scored[0][1]]
+    timings["threshold_search"] = searcher.seconds
+    coarse = searcher.search(chosen, cfg.thresholds_per_exit) if chosen.exits else None
+    final_graph, final_heads = graph, [kept[loc] for loc in chosen.exits]
+    search, finetune = None, None
+    if chosen.exits:
+        search = searcher.search(chosen, cfg.final_thresholds_per_exit, compare=len(chosen.exits) <= 2)
+        if cfg.joint_finetune:
+            final_graph, final_heads, search, finetune = _finetune(graph, chosen, final_heads, search, dm, cfg,
+                                                                   head_macs, original, ref_correct, seed)
+            timings["joint_finetune"] = finetune["seconds"]
+    factor = cfg.correction_factor if cfg.calibration == "train" else 1.0
+    thresholds = [factor * t for t in search.best.thresholds] if search is not None else []
+    net = EarlyExitNet.build(final_graph, chosen.exits, final_heads, thresholds)
+    test = evaluate_eenn(net, chosen, _loader(dm.test_set, batch), graph.model, original.worst_latency_ms)
+    timings["total"] = time.perf_counter() - t0
+    result = ExitsResult(
+        exits=list(chosen.exits), thresholds=thresholds, placement=chosen, original_placement=original,
+        calibration=search.best if search is not None else None,
+        search=_search_info(searcher, chosen, coarse, search, scored, ok, factor, finetune),
+        test=test, heads_info=_heads_info(heads, head_macs, head_params, training, cap, list(given)),
+        candidates={"total": len(placements), "feasible": len(feasible(placements, t_const_ms)),
+                    "after_dropping": len(ok), "t_const_ms": t_const_ms,
+                    "pruned_before_training": len(placements) - len(feasible(placements, t_const_ms)),
+                    "mode": "fixed" if fixed is not None else "enumerated"},
+        timings_s=timings, config=cfg.model_dump(mode="json"), net=net, graph=final_graph,
+        heads={loc: h for loc, h in zip(chosen.exits, final_heads, strict=True)})
+    if run_dir is not None:
+        save_result(result, Path(run_dir), finetuned=finetune is not None and finetune["kept"])
+    return result
+
+
+def _finetune(graph: BlockGraph, chosen: Placement, heads: list[nn.Module], search: ThresholdSearch, dm: Any,
+              cfg: ExitsConfig, head_macs: Mapping[int, int], original: Placement, ref_correct: np.ndarray,
+              seed: int) -> tuple[BlockGraph, list[nn.Module], ThresholdSearch, dict]:
+    """Joint fine-tuning, thresholds searched again; the fine-tuned EENN is kept only if it scores better."""
+    weights = cfg.loss_weights or default_loss_weights(len(chosen.exits))
+    if len(weights) != len(chosen.exits) + 1:
+        raise ConfigError(f"the chosen EENN has {len(chosen.exits) + 1} exits (final included) but loss_weights "
+                          f"has {len(weights)}", field="exits.loss_weights")
+    tuned, tuned_heads, seconds = joint_finetune(graph, chosen.exits, heads, dm.train_set, weights=weights,
+                                                 epochs=cfg.joint_epochs, lr=cfg.joint_lr,
+                                                 batch_size=dm.cfg.batch_size, seed=seed)
+    calib = dm.val_set if cfg.calibration == "val" else dm.train_set
+    outs = exit_outputs(tuned, dict(zip(chosen.exits, tuned_heads, strict=True)), calib, dm.cfg.batch_size)
+    searcher = _Searcher(tuned, outs, head_macs, cfg, original.worst_latency_ms, ref_correct)
+    again = searcher.search(chosen, cfg.final_thresholds_per_exit, compare=len(chosen.exits) <= 2)
+    keep = again.best.objective < search.best.objective
+    info = {"seconds": seconds, "weights": list(weights), "kept": keep, "objective_frozen": search.best.objective,
+            "objective_finetuned": again.best.objective}
+    return (tuned, tuned_heads, again, info) if keep else (graph, heads, search, info)
+
+
+def _search_info(searcher: _Searcher, chosen: Placement, coarse: ThresholdSearch | None,
+                 final: ThresholdSearch | None, scored: list, ok: list[Placement], factor: float,
+                 finetune: dict | None) -> dict[str, Any]:
+    gaps = [s.gap for s in searcher.cache.values() if s.gap is not None]
+    bf_s = [s.seconds.get("bellman_ford", 0.0) for s in searcher.cache.values()]
+    ex_s = [s.seconds.get("exhaustive", 0.0) for s in searcher.cache.values() if "exhaustive" in s.seconds]
+    top = [{"placement": ok[i].to_dict(), "objective": v[0], "mean_latency_ms": v[1]} for v, i in scored[:5]]
+    out: dict[str, Any] = {
+        "searches": len(searcher.cache), "seconds": searcher.seconds, "bellman_ford_seconds": sum(bf_s),
+        "exhaustive_seconds": sum(ex_s), "max_gap_to_exhaustive": max(gaps) if gaps else None,
+        "correction_factor": factor, "top_candidates": top, "joint_finetune": finetune}
+    for name, s in (("coarse", coarse), ("final", final)):
+        if s is not None:
+            out[name] = {"method": s.method, "thresholds_per_exit": [len(g) for g in s.grids], "gap": s.gap,
+                         "gain_gap_pp": s.gain_gap_pp, "seconds": s.seconds, "objective": s.best.objective,
+                         "gain": s.best.gain, "loss_pp": s.best.loss_pp}
+    return out
+
+
+def _heads_info(heads: Mapping[int, ExitHead], macs: Mapping[int, int], params: Mapping[int, int], training: Any,
+                cap: float, reused: Sequence[int] = ()) -> dict[int, dict[str, Any]]:
+    out = {}
+    for loc, head in heads.items():
+        trained = training is not None and loc in training.history
+        out[loc] = {"config": head.config.to_dict(), "macs": macs[loc], "params": params[loc], "mac_cap": cap,
+                    "trained": trained, "reused": loc in reused,
+                    "calibration_accuracy": training.accuracy.get(loc) if training is not None else None,
+                    "dropped_after_first_epoch": training.dropped.get(loc) if training is not None else None,
+                    "history": training.history.get(loc, []) if training is not None else []}
+    if training is not None:
+        for loc in out:
+            out[loc]["features_cached"] = training.cached
+    return out
+
+
+def save_result(result: ExitsResult, run_dir: Path, finetuned: bool = False) -> None:
+    """``result.json``, ``heads.json`` (configs, thresholds) and ``heads/u<unit>.pt`` (plain state dicts)."""
+    (run_dir / "heads").mkdir(parents=True, exist_ok=True)
+    result.to_json(run_dir / "result.json")
+    heads = []
+    for (loc, head), t in zip(result.heads.items(), result.thresholds, strict=True):
+        torch.save({k: v.detach().clone() for k, v in head.state_dict().items()}, run_dir / "heads" / f"u{loc}.pt")
+        heads.append({"unit": loc, "threshold": t, "file": f"heads/u{loc}.pt", "config": head.config.to_dict()})
+    (run_dir / "heads.json").write_text(json.dumps({"exits": heads}, indent=2) + "\n")
+    if finetuned:
+        torch.save({k: v.detach().clone() for k, v in result.graph.model.state_dict().items()}, run_dir / "backbone.pt")
+
+
+def load_heads(run_dir: str | Path) -> tuple[dict[int, ExitHead], dict[int, float]]:
+    """Heads and thresholds written by ``save_result`` (``weights_only`` loading, no pickle of ours)."""
+    root = Path(run_dir)
+    try:
+        data = json.loads((root / "heads.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read heads.json ({exc})", file=root / "heads.json") from exc
+    heads, thresholds = {}, {}
+    for entry in data["exits"]:
+        from jmsnas.exits.heads import HeadConfig
+
+        head = ExitHead(HeadConfig.from_dict(entry["config"]))
+        head.load_state_dict(torch.load(root / entry["file"], weights_only=True))
+        heads[int(entry["unit"])] = head.eval()
+        thresholds[int(entry["unit"])] = float(entry["threshold"])
+    return heads, thresholds
