@@ -176,7 +176,12 @@ def _distilled(segments: list[nn.Module], plan: DeploymentPlan, spec: ArchSpec, 
                           "for a distilled bottleneck to replace; use 'quantize' or 'autoencoder'",
                           field="partition.compressors[0].kind")
     with torch.no_grad():
-        (target,) = run_segments(segments[:1], train_x[0][:1])
+        sent = run_segments(segments[:1], train_x[0][:1])
+    if len(sent) != 1:
+        raise ConfigError(f"the first cut carries {len(sent)} tensors (a skip connection crosses it); a distilled "
+                          "bottleneck replaces a head with one output; use 'quantize' here",
+                          field="partition.compressors[0].kind")
+    (target,) = sent
     encoder, decoder = make_student_head(spec.input_shape, tuple(target.shape[1:]), c.channel_fraction,
                                          nonnegative=bool((target >= 0).all()))
     fit = fit_student_head(encoder, decoder, segments[:1], train_x, bits=c.bits, epochs=epochs[0],

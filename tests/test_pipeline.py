@@ -14,6 +14,7 @@ from jmsnas.partition.bundle import run_bundle
 from jmsnas.partition.plan import DeploymentPlan
 from jmsnas.pipeline import check_partition, deploy_choice, load_choice
 from jmsnas.search import main
+from jmsnas.space import morph
 from jmsnas.space.supernet import Supernet
 
 
@@ -47,6 +48,35 @@ def test_lossless_deployment_reproduces_the_model_and_reports_baselines(tiny_exp
     with torch.no_grad():
         assert torch.allclose(run_bundle(choice / "bundle", x)[0], model(x), atol=1e-5)
     assert json.loads((choice / "deploy.json").read_text())["plan"] == "plan.json"
+
+
+def test_cut_across_a_skip_connection_sends_both_tensors(tiny_experiment, write_experiment, tmp_path: Path) -> None:
+    # A morphism-grown net: block 2 adds the stem's output. Device a has fast compute but memory for the
+    # stem and block 0 only (720 + 1392 bytes), and b is slower over a fast link, so the cut a -> b falls
+    # between blocks 0 and 1, inside the skip.
+    devices = tiny_experiment["topology"]["devices"]
+    devices[0]["analytic"].update(macs_per_s=1.0e10, memory_bytes=2200)
+    devices[1]["analytic"]["macs_per_s"] = 1.0e9
+    tiny_experiment["topology"]["links"][0]["bandwidth_mbps"] = 1.0e5
+    devices[2]["analytic"]["macs_per_s"] = 1.0e4
+    tiny_experiment.update(partition={"compressors": [{"kind": "quantize", "bits": 8}]}, export={})
+    exp = load_experiment(write_experiment(tiny_experiment))
+    choice = _choice(tmp_path, exp)
+    spec, model = load_choice(choice)
+    spec, model = morph.add_skip(spec, model, 2, 0)
+    with torch.no_grad():  # make the skip matter: its zero-initialised BatchNorm gets weight 1
+        model.blocks[2].skip.bn.weight.fill_(1.0)
+    spec.save_json(choice / "arch.json")
+    torch.save(model.state_dict(), choice / "model.pt")
+    result = deploy_choice(exp, choice)
+    plan = DeploymentPlan.from_json(choice / "plan.json")
+    assert plan.boundaries() == [0, 2, 5, 5]
+    assert [t.name for t in plan.cuts[0].tensors] == ["stem", "blocks_0"]
+    assert plan.cuts[0].payload_bytes == 2 * 4 * 40  # stem and block 0 outputs, (4, 40) each, one byte a value
+    assert result["verify"]["onnx"]["top1_agreement"] >= 0.9
+    x = torch.randn(8, 1, 40)
+    with torch.no_grad():
+        assert (run_bundle(choice / "bundle", x)[0].argmax(-1) == model(x).argmax(-1)).float().mean() >= 0.75
 
 
 def test_quantize_and_autoencoder_cuts_send_what_the_plan_says(tiny_experiment, write_experiment,

@@ -36,7 +36,6 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from jmsnas.errors import ConfigError
 from jmsnas.partition.split import live_values, split_graph, trace_units, units
-from jmsnas.space.arch import ArchNet
 from jmsnas.space.ops import Head
 
 _MAC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -192,25 +191,11 @@ def block_graph(model: nn.Module, input_shape: Sequence[int]) -> BlockGraph:
     model.eval()
     example = torch.zeros(1, *input_shape)
     try:
-        if isinstance(model, ArchNet):
-            gm = fx.GraphModule(model, _LeafTracer(model.layers()).trace(model))
-        else:
-            gm = trace_units(model)
+        gm = trace_units(model)  # an ArchNet: its layers are the units
     except Exception as exc:  # torch.fx raises many types on data-dependent control flow
         raise ConfigError(f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc}); "
                           "exits need a model without data-dependent control flow", field="model") from exc
     return _fx_graph(model, gm, input_shape, example)
-
-
-class _LeafTracer(fx.Tracer):
-    """Traces with the given modules as leaves (an ``ArchNet``'s layers: its units)."""
-
-    def __init__(self, leaves: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.leaves = {id(m) for m in leaves}
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return id(m) in self.leaves or super().is_leaf_module(m, module_qualified_name)
 
 
 def _fx_graph(model: nn.Module, gm: fx.GraphModule, input_shape: tuple[int, ...], example: torch.Tensor) -> BlockGraph:

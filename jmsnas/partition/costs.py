@@ -7,7 +7,7 @@ models the search uses, so a plan, a baseline and the search agree on what a lay
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +43,31 @@ def latency_models(topology: Topology, profiles_dir: str | Path) -> dict[str, La
 def arch_costs(spec: ArchSpec, models: Mapping[str, LatencyModel]) -> LayerCosts:
     """``LayerCosts`` of ``spec``'s units with ``models`` (one per device name).
 
-    Memory of a unit is its float32 weights plus its output activation (as in the search).
+    Memory of a unit is its float32 weights plus its output activation (as in the search). The bytes
+    after a unit are all it hands on: its output, and any earlier output a skip connection carries
+    over that cut (``cut_bytes``).
     """
     ops = arch_descriptors(spec)
     latency = {name: [float(v) for v in model.predict(ops)] for name, model in models.items()}
     out = [float(payload_bytes(op.output_numel)) for op in ops]
     memory = [op.params * BYTES_PER_PARAM + o for op, o in zip(ops, out, strict=True)]
-    return LayerCosts(latency, out, float(payload_bytes(ops[0].input_numel)), memory, [op.macs for op in ops])
+    return LayerCosts(latency, cut_bytes(spec, out), float(payload_bytes(ops[0].input_numel)), memory,
+                      [op.macs for op in ops])
+
+
+def cut_bytes(spec: ArchSpec, output_bytes: Sequence[float]) -> list[float]:
+    """Per layer n of ``[stem, *blocks, head]``, the bytes crossing a cut right after it.
+
+    Args:
+        spec: the network.
+        output_bytes: per layer, the size of its own output.
+    """
+    last_use: dict[int, int] = {}  # layer -> the last block layer that reads it through a skip connection
+    for i, block in enumerate(spec.blocks):
+        if block.skip_from is not None:
+            last_use[block.skip_from] = max(last_use.get(block.skip_from, 0), i + 1)
+    return [float(out) + sum(float(output_bytes[j]) for j, use in last_use.items() if j < n < use)
+            for n, out in enumerate(output_bytes)]
 
 
 def plan_arch(

@@ -6,8 +6,9 @@ tensors crossing its outgoing cut (the last segment returns ``(logits,)``).
 
 Two kinds of model:
 
-- an ``ArchNet`` (or any list of layers applied one after another): ``split_layers``; a cut
-  carries one tensor.
+- an ``ArchNet`` (or any list of layers applied one after another): ``split_archnet``; its units
+  are ``ArchNet.layers()``. Without skip connections a cut carries one tensor; a network grown by
+  the morphism search may have skips, and is then split through its ``torch.fx`` trace (below).
 - any model ``torch.fx`` can trace (e.g. torchvision's ``resnet18``): its *units* are the
   graph's compute nodes in order, and boundaries index them like layers. Where a cut crosses a
   skip connection, every value produced before the cut and used after it is *live*: the segment
@@ -56,8 +57,14 @@ def split_layers(layers: Sequence[nn.Module], boundaries: Sequence[int]) -> list
 
 
 def split_archnet(model: ArchNet, boundaries: Sequence[int]) -> list[nn.Module]:
-    """``split_layers`` over ``model.layers()`` (stem, blocks, head)."""
-    return split_layers(model.layers(), boundaries)
+    """One segment per device over ``model.layers()`` (stem, blocks, head).
+
+    A plain chain is split into ``LayerSegment``s; a network with skip connections through its trace
+    (``split_graph``), so that a cut crossing a skip carries the skip's tensor too.
+    """
+    if all(source is None for source in model.sources):
+        return split_layers(model.layers(), boundaries)
+    return list(split_graph(trace_units(model), boundaries))
 
 
 def run_segments(segments: Sequence[nn.Module], *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -69,8 +76,30 @@ def run_segments(segments: Sequence[nn.Module], *inputs: torch.Tensor) -> tuple[
 
 
 def trace_units(model: nn.Module) -> fx.GraphModule:
-    """The ``torch.fx`` trace of ``model`` whose compute nodes are the units to cut between."""
-    return model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
+    """The ``torch.fx`` trace of ``model`` whose compute nodes are the units to cut between.
+
+    An ``ArchNet`` is traced with its layers (stem, blocks, head) as leaves, so its units are
+    ``ArchNet.layers()`` and boundaries index them as the planner's layer costs do. Any other
+    module is traced down to its primitive calls. The trace shares the model's parameters.
+    """
+    from jmsnas.space.arch import ArchNet
+
+    if isinstance(model, fx.GraphModule):
+        return model
+    if isinstance(model, ArchNet):
+        return fx.GraphModule(model, _LeafTracer(model.layers()).trace(model))
+    return fx.symbolic_trace(model)
+
+
+class _LeafTracer(fx.Tracer):
+    """Traces with the given modules as leaves."""
+
+    def __init__(self, leaves: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.leaves = {id(m) for m in leaves}
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return id(m) in self.leaves or super().is_leaf_module(m, module_qualified_name)
 
 
 def units(graph_module: fx.GraphModule) -> list[fx.Node]:

@@ -7,15 +7,15 @@ morphism search, needs the latency of one network. The per-layer costs are the p
 ``[stem, *blocks, head]``, weights plus output activation as memory), and ``plan_arch`` places the
 layers exactly (paper 003 eq. (1); on a mesh, the best path), within each device's memory.
 
-One addition for networks grown by morphisms: what crosses a cut is every tensor made before it and
-used after it, i.e. the last layer's output *and* the output of any earlier layer that a skip
-connection carries over the cut (``cut_bytes``).
+For networks grown by morphisms, what crosses a cut is every tensor made before it and used after
+it, i.e. the last layer's output *and* the output of any earlier layer that a skip connection
+carries over the cut (``partition.costs.cut_bytes``, part of ``arch_costs``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from jmsnas.config import DEFAULT_PROFILES_DIR, Experiment
 from jmsnas.latency.model import LatencyModel
@@ -50,21 +50,6 @@ class ArchLatency:
                 "link_ms": {f"{c.src}->{c.dst}": c.link_ms for c in self.plan.cuts}}
 
 
-def cut_bytes(spec: ArchSpec, output_bytes: Sequence[float]) -> list[float]:
-    """Per layer n of ``[stem, *blocks, head]``, the bytes crossing a cut right after it.
-
-    Args:
-        spec: the network.
-        output_bytes: per layer, the size of its own output.
-    """
-    last_use: dict[int, int] = {}  # layer -> the last block layer that reads it through a skip connection
-    for i, block in enumerate(spec.blocks):
-        if block.skip_from is not None:
-            last_use[block.skip_from] = max(last_use.get(block.skip_from, 0), i + 1)
-    return [float(out) + sum(float(output_bytes[j]) for j, use in last_use.items() if j < n < use)
-            for n, out in enumerate(output_bytes)]
-
-
 class ArchLatencyModel:
     """``model(spec) -> ArchLatency`` for a fixed topology and per-device latency models.
 
@@ -88,8 +73,7 @@ class ArchLatencyModel:
         Raises:
             DoesNotFit: no placement fits the devices' memory.
         """
-        costs = arch_costs(spec, self.models)
-        costs = replace(costs, output_bytes=cut_bytes(spec, costs.output_bytes))
+        costs = arch_costs(spec, self.models)  # skip connections crossing a cut included
         try:
             plan = plan_arch(costs, self.topology)
         except ValueError as exc:
