@@ -3,9 +3,11 @@
 ``CHOICE_DIR`` holds ``arch.json`` and ``model.pt`` (a ``runs/<name>/best/t<T>ms/`` folder, or one a
 user fills with a network of the search space). The experiment gives the topology, the latency
 models, the dataset (to calibrate and train compressors and to measure accuracy) and the
-``partition`` / ``export`` sections, so the same network can be re-planned for another set of devices
-without searching again. Writes ``plan.json``, ``deploy.json`` and (with ``export``) ``bundle/`` into
-``CHOICE_DIR``; ``--force`` replaces earlier ones.
+``exits`` / ``partition`` / ``export`` sections, so the same network can be re-planned for another
+set of devices without searching again. Writes ``plan.json``, ``deploy.json``, (with ``exits``)
+``exits/`` and (with ``export``) ``bundle/`` into ``CHOICE_DIR``; ``--force`` replaces earlier ones.
+The exits keep the worst-case latency within the choice's ``outcome.json`` ``t_const_ms``, else the
+strategy's.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from jmsnas.errors import ConfigError, JmsnasError
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jmsnas.deploy", description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment", help="experiment YAML: topology, dataset, partition, export")
+    parser.add_argument("experiment", help="experiment YAML: topology, dataset, exits, partition, export")
     parser.add_argument("choice", help="folder with arch.json and model.pt")
     parser.add_argument("--force", action="store_true", help="replace plan.json, deploy.json and bundle/ if present")
     args = parser.parse_args(argv)
@@ -50,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({d['acc_change_pp']:+.2f} pp)")
     for b in d["baselines"]:
         print(f"  baseline  {b['name']:<13} {b['latency_ms']:.4g} ms")
+    if pipeline.exits_line(d) is not None:
+        print(f"exits       {pipeline.exits_line(d)}")
     if "bundle" in d:
         print(f"bundle      {choice / d['bundle']}")
     return 0

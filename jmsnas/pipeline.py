@@ -1,4 +1,4 @@
-"""The stages after the search, for one chosen network: partition, compression at the cuts, export.
+"""The stages after the search, for one chosen network: partition, compression at the cuts, exits, export.
 
 `deploy_choice` takes a folder with ``arch.json`` and ``model.pt`` (a ``best/t<T>ms/`` folder of a
 search run, or any folder a user fills) and the experiment, and writes next to them:
@@ -10,6 +10,12 @@ search run, or any folder a user fills) and the experiment, and writes next to t
   device and ``manifest.json``, verified against the unsplit model;
 - ``deploy.json``: payload and accuracy change per cut, the verification, and the baselines
   (device-only, cloud-only, Neurosurgeon, HiveMind) under the same latency models.
+
+With an ``exits`` section, early exits are added at the plan's device boundaries before export
+(``jmsnas.exits.augment``, written to ``exits/``); ``plan.json`` then carries them, its
+``total_latency_ms`` is the worst case and ``mean_latency_ms`` the expected latency, and each
+device's exported model returns its exit's logits before its wire tensors. Learned compressors and
+exits are not combined yet (``check_partition`` refuses it).
 
 `deploy_run` does that for every feasible choice of a finished search and appends a "Deployment"
 section to ``report.md``. A choice whose ``deploy.json`` exists is not redone (resume).
@@ -35,14 +41,16 @@ from torch import nn
 from jmsnas.config import DEFAULT_PROFILES_DIR, CompressorConfig, Experiment
 from jmsnas.data import JmsnasDataModule
 from jmsnas.errors import ConfigError
+from jmsnas.exits import augment, plan_with_exits
+from jmsnas.exits.deploy import exit_heads_by_device
 from jmsnas.partition.baselines import baselines
 from jmsnas.partition.bottleneck import fit_autoencoder, make_autoencoder
-from jmsnas.partition.bundle import verify_bundle
+from jmsnas.partition.bundle import load_bundle, verify_bundle
 from jmsnas.partition.compress import LEARNED, Compressor
 from jmsnas.partition.costs import arch_costs, latency_models, plan_arch
 from jmsnas.partition.distilled import fit_student_head, make_student_head
 from jmsnas.partition.export import calibrate_plan, export_bundle
-from jmsnas.partition.plan import DeploymentPlan
+from jmsnas.partition.plan import DeploymentPlan, plan_fixed
 from jmsnas.partition.split import cut_tensors, run_segments, split_archnet
 from jmsnas.space.arch import ArchSpec, build_model
 from jmsnas.space.macs import count_macs
@@ -50,6 +58,7 @@ from jmsnas.space.macs import count_macs
 DEPLOY_JSON = "deploy.json"
 PLAN_JSON = "plan.json"
 BUNDLE_DIR = "bundle"
+EXITS_DIR = "exits"
 
 
 def check_partition(exp: Experiment) -> None:
@@ -62,6 +71,13 @@ def check_partition(exp: Experiment) -> None:
         raise ConfigError(f"{len(part.compressors)} compressors given but a plan on this topology has at most "
                           f"{longest} cut(s); give one per cut in chain order", file=exp.path,
                           field="partition.compressors")
+    if exp.config.exits is not None:
+        for i, c in enumerate(part.compressors):
+            if c.kind in LEARNED:
+                raise ConfigError(f"{c.kind!r} cannot be combined with early exits yet: training it changes the "
+                                  "layers around the cut, which the exit heads and thresholds were calibrated on; "
+                                  "use 'quantize' or 'none' here, or remove the exits section",
+                                  file=exp.path, field=f"partition.compressors[{i}].kind")
     for i, c in enumerate(part.compressors[1:], start=1):
         if c.kind == "distilled_bottleneck":
             raise ConfigError("distilled_bottleneck replaces the first device's layers with a student head "
@@ -83,8 +99,12 @@ def load_choice(choice_dir: Path) -> tuple[ArchSpec, nn.Module]:
 
 
 def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
-                  datamodule: JmsnasDataModule | None = None) -> dict[str, Any]:
-    """Plan, compress, export and verify the network in ``choice_dir``; write its artifacts there.
+                  datamodule: JmsnasDataModule | None = None, t_const_ms: float | None = None) -> dict[str, Any]:
+    """Plan, compress, add exits, export and verify the network in ``choice_dir``; write its artifacts there.
+
+    Args:
+        t_const_ms: the worst-case latency the exits must keep; default: the choice's ``outcome.json``,
+            else the strategy's ``t_const_ms``.
 
     Returns:
         What ``deploy.json`` holds.
@@ -101,6 +121,10 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
     plan = plan_arch(costs, exp.topology, comp)
     dm = datamodule or JmsnasDataModule(cfg.dataset, seed=cfg.seed)
     dm.setup()
+    exit_heads = None
+    if cfg.exits is not None:
+        t_const_ms = _t_const(exp, choice_dir, t_const_ms)
+        plan, exit_heads = _split_with_exits(exp, plan, spec, model, dm, costs, given, seed, t_const_ms)
     train_x = [x for x, _ in dm.train_dataloader()]
     calib = train_x[:8]
     segments: list[nn.Module] = list(split_archnet(model, plan.boundaries()))
@@ -128,6 +152,10 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
         plan = plan.with_compressor_params([learned_params.get(k, c.compressor_params)
                                             for k, c in enumerate(plan.cuts)])
     plan = _with_real_payloads(plan, segments, codecs, calib[0][:1], exp, costs, spec)
+    exits = None
+    if cfg.exits is not None:
+        exits, plan, segments, model = _exits(exp, choice_dir, plan, spec, model, dm, calib, seed, t_const_ms,
+                                              exit_heads)
     plan.to_json(choice_dir / PLAN_JSON)
 
     test = list(dm.test_dataloader())
@@ -139,18 +167,103 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
         "devices": plan.devices, "boundaries": plan.boundaries(),
         "cuts": [{"src": c.src, "dst": c.dst, "compressor": c.compressor, "payload_bytes": c.payload_bytes,
                   "link_ms": c.link_ms} for c in plan.cuts],
-        "input_bytes": costs.input_bytes, "test_acc_unsplit": acc_full, "test_acc_split": acc_split,
+        "mean_latency_ms": plan.mean_latency_ms, "input_bytes": costs.input_bytes, "test_acc_unsplit": acc_full,
+        "test_acc_split": acc_split,
         "acc_change_pp": 100 * (acc_split - acc_full), "notes": notes,
         "baselines": [b.to_dict() for b in baselines(spec, exp.search_space, exp.topology, models)],
     }
+    if exits is not None:
+        result["exits"] = _exits_summary(exits, plan)
     if cfg.export is not None:
-        export_bundle(segments, plan, calib[0], choice_dir / BUNDLE_DIR, codecs=codecs)
+        heads = exit_heads_by_device(exits, plan) if exits is not None and exits.exits else None
+        export_bundle(segments, plan, calib[0], choice_dir / BUNDLE_DIR, codecs=codecs, exits=heads)
         if cfg.export.verify:
             result["verify"] = _verify(choice_dir / BUNDLE_DIR, model, test[:4], lossless=not any(
                 c.compressor != "none" for c in plan.cuts))
+            if heads:
+                result["verify"]["exits"] = _verify_exits(choice_dir / BUNDLE_DIR, exits, test[:4])
         result["bundle"] = BUNDLE_DIR
     (choice_dir / DEPLOY_JSON).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _t_const(exp: Experiment, choice_dir: Path, t_const_ms: float | None) -> float:
+    if t_const_ms is not None:
+        return t_const_ms
+    outcome = choice_dir / "outcome.json"
+    return float(json.loads(outcome.read_text())["t_const_ms"] if outcome.is_file() else exp.config.strategy.t_const_ms)
+
+
+def _split_with_exits(exp: Experiment, plan: DeploymentPlan, spec: ArchSpec, model: nn.Module, dm: JmsnasDataModule,
+                      costs, given: Sequence[CompressorConfig], seed: int, t_const_ms: float):
+    """The split to put exits on: paper 001 maps the network onto the devices together with its exits.
+
+    The latency-optimal split without exits often runs everything on one device and leaves no inner
+    boundary for an exit. So ``augment`` first enumerates every split with its exits (links
+    uncompressed); when its choice has exits, that split becomes the plan, with the experiment's
+    compressors. Returns the plan and the heads trained for it (reused by the second, exact pass).
+    """
+    cfg = exp.config
+    print(f"exits       enumerating splits with exits on {' -> '.join(plan.devices)}, T_const {t_const_ms:g} ms ...",
+          flush=True)
+    first = augment(model, dm, cfg.exits, exp.topology, t_const_ms=t_const_ms, spec=spec,
+                    profiles_dir=cfg.profiles_dir or DEFAULT_PROFILES_DIR, seed=seed)
+    p = first.placement
+    heads = None if cfg.exits.joint_finetune else first.heads  # fine-tuned heads belong to a fine-tuned backbone
+    if not first.exits or (tuple(p.path) == tuple(plan.devices) and tuple(p.boundaries) == tuple(plan.boundaries())):
+        return plan, heads or None
+    comp = {p.path[m]: _compressor(c, spec.dims) for m, c in enumerate(given[:len(p.path) - 1])}
+    return plan_fixed(costs.latency_ms, costs.output_bytes, costs.input_bytes, exp.topology, p.path, p.boundaries,
+                      comp), heads
+
+
+def _exits(exp: Experiment, choice_dir: Path, plan: DeploymentPlan, spec: ArchSpec, model: nn.Module,
+           dm: JmsnasDataModule, calib: Sequence[torch.Tensor], seed: int, t_const_ms: float,
+           trained_heads: dict | None):
+    """Early exits at the plan's device boundaries (``exits.augment``); the plan re-evaluated with them.
+
+    Returns:
+        The ``ExitsResult``, the plan with its exits, the segments of the backbone (fine-tuned with
+        the exits if that was kept) and that backbone.
+    """
+    cfg = exp.config
+    print(f"exits       {choice_dir.name}: heads at the boundaries {plan.boundaries()[1:-1]} of "
+          f"{' -> '.join(plan.devices)}, T_const {t_const_ms:g} ms ...", flush=True)
+    result = augment(model, dm, cfg.exits, exp.topology, t_const_ms=t_const_ms, plan=plan, spec=spec,
+                     profiles_dir=cfg.profiles_dir or DEFAULT_PROFILES_DIR, run_dir=choice_dir / EXITS_DIR, seed=seed,
+                     trained_heads=trained_heads)
+    backbone = result.graph.model.eval()
+    segments = list(split_archnet(backbone, plan.boundaries()))
+    if backbone is not model:  # fine-tuned with the exits: the quantisers' ranges are measured again
+        plan = calibrate_plan(plan, segments, calib)
+    return result, plan_with_exits(result, exp.topology.kind, base_plan=plan), segments, backbone
+
+
+def _exits_summary(result, plan: DeploymentPlan) -> dict[str, Any]:
+    test = result.test
+    return {"dir": EXITS_DIR, "units": result.exits, "thresholds": result.thresholds,
+            "devices": [e.device for e in plan.exits], "test_acc": test.accuracy,
+            "acc_change_pp": -test.accuracy_loss_pp, "mac_reduction": test.mac_reduction,
+            "mean_latency_ms": test.mean_latency_ms, "worst_latency_ms": test.worst_latency_ms,
+            "termination": [r["termination"] for r in test.exits]}
+
+
+def _verify_exits(bundle: Path, result, batches) -> dict[str, Any]:
+    """The bundle's runtime decisions (``run_exits``) against the in-process cascade, per backend."""
+    out = {}
+    for backend in ("torchscript", "onnx"):
+        runtime = load_bundle(bundle, backend)
+        same_exit = same_top1 = total = 0
+        for x, _ in batches:
+            logits, index = runtime.run_exits(x)
+            with torch.no_grad():
+                ref_logits, ref_index = result.net(x)
+            same_exit += int((index == ref_index).sum())
+            same_top1 += int((logits.argmax(-1) == ref_logits.argmax(-1)).sum())
+            total += len(x)
+        out[backend] = {"same_exit": same_exit / max(total, 1), "top1_agreement": same_top1 / max(total, 1),
+                        "samples": total}
+    return out
 
 
 def _autoencoder(segments: list[nn.Module], k: int, c: CompressorConfig, model: nn.Module,
@@ -267,13 +380,25 @@ def deploy_run(exp: Experiment, run_dir: Path, summary: dict) -> list[dict]:
             result = json.loads((choice / DEPLOY_JSON).read_text())
         else:
             print(f"deploy      {sel['best_dir']}: plan, compress, export ...", flush=True)
-            result = deploy_choice(exp, choice)
+            result = deploy_choice(exp, choice, t_const_ms=sel["t_const_ms"])
         done.append({"t_const_ms": sel["t_const_ms"], "dir": sel["best_dir"], **result})
     report = run_dir / "report.md"
     if done and report.is_file():
         text = report.read_text().split("\n## Deployment", 1)[0].rstrip("\n")
         report.write_text(text + "\n\n" + deployment_markdown(done))
     return done
+
+
+def exits_line(d: dict) -> str | None:
+    """One line on the exits of a ``deploy.json``, or None without exits."""
+    e = d.get("exits")
+    if e is None:
+        return None
+    if not e["units"]:
+        return "no exit pays on this plan (the network is kept as it is)"
+    return (f"{len(e['units'])} exit(s) on {', '.join(e['devices'])}: test acc {100 * e['test_acc']:.2f} % "
+            f"({e['acc_change_pp']:+.2f} pp), mean MACs {-100 * e['mac_reduction']:+.1f} %, mean latency "
+            f"{e['mean_latency_ms']:.4g} ms (worst {e['worst_latency_ms']:.4g} ms)")
 
 
 def deployment_markdown(done: Sequence[dict]) -> str:
@@ -299,6 +424,15 @@ def deployment_markdown(done: Sequence[dict]) -> str:
         for b in d["baselines"]:
             lines.append(f"| {b['name']} | {b['network']} | {b['latency_ms']:.4g} | {' -> '.join(b['path'])} | "
                          f"{b['boundaries']} | {'yes' if b['fits_memory'] else 'no'} |")
+        if "exits" in d:
+            e = d["exits"]
+            where = ", ".join(f"unit {u} on {dev} (threshold {t:.3f})" for u, dev, t in
+                              zip(e["units"], e["devices"], e["thresholds"], strict=True)) or "none pays"
+            lines += ["", f"Early exits: {where}. Test accuracy {100 * e['test_acc']:.2f} % "
+                      f"({e['acc_change_pp']:+.2f} pp), mean MACs {-100 * e['mac_reduction']:+.1f} %, latency "
+                      f"mean {e['mean_latency_ms']:.4g} ms / worst case {e['worst_latency_ms']:.4g} ms; "
+                      f"termination per exit {[round(t, 3) for t in e['termination']]} "
+                      f"(`{d['dir']}/{e['dir']}/result.json`)."]
         if "verify" in d:
             v = d["verify"]
             ts = v["torchscript"]
@@ -306,5 +440,10 @@ def deployment_markdown(done: Sequence[dict]) -> str:
                       f"top-1 agreement {ts['top1_agreement']:.3f}; ONNX max |diff| "
                       f"{v['onnx']['max_abs_diff']:.2g}, top-1 agreement {v['onnx']['top1_agreement']:.3f}"
                       f"{'' if v['ok'] else ' — NOT within tolerance'}."]
+            if "exits" in v:
+                lines.append(f"With its exits the bundle's runtime takes the same exit as the in-process cascade for "
+                             f"{100 * v['exits']['torchscript']['same_exit']:.1f} % of "
+                             f"{v['exits']['torchscript']['samples']} samples (TorchScript), "
+                             f"{100 * v['exits']['onnx']['same_exit']:.1f} % (ONNX).")
         lines += [*(f"- {n}" for n in d.get("notes", [])), ""]
     return "\n".join(lines)

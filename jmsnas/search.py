@@ -16,7 +16,7 @@ from jmsnas.config import Experiment, load_experiment
 from jmsnas.errors import JmsnasError, StageNotBuiltError
 
 #: Pipeline stages that exist in this version, by the experiment section that enables them.
-BUILT_STAGES: dict[str, bool] = {"strategy": True, "exits": False, "partition": True, "export": True}
+BUILT_STAGES: dict[str, bool] = {"strategy": True, "exits": True, "partition": True, "export": True}
 #: Search strategies that exist in this version (``strategy.name``).
 BUILT_STRATEGIES: tuple[str, ...] = ("proxyless", "morphism")
 
@@ -91,6 +91,8 @@ def summary(exp: Experiment) -> str:
               for lk in topo.links]
     lines.append(f"output      {exp.run_dir}")
     stages = [f"search ({cfg.strategy.name}, {expected_trials(cfg)} trial(s), scheduler {cfg.tune.scheduler})"]
+    if cfg.exits is not None:
+        stages.append(f"exits ({cfg.exits.objective}, {cfg.exits.thresholds_per_exit} thresholds per exit)")
     if cfg.partition is not None or cfg.export is not None:
         kinds = [c.kind for c in cfg.partition.compressors] if cfg.partition is not None else []
         stages.append(f"partition (compressors {kinds or 'none'})")
@@ -110,6 +112,9 @@ def deploy_after_search(exp: Experiment, *, smoke: bool) -> None:
     if smoke and config.partition is not None:
         config = config.model_copy(update={"partition": config.partition.model_copy(
             update={"train_epochs": 1, "finetune_epochs": 1})})
+    if smoke and config.exits is not None:
+        config = config.model_copy(update={"exits": config.exits.model_copy(update={"head_epochs": 1,
+                                                                                    "joint_epochs": 1})})
     run = Experiment(config, exp.path, exp.topology, exp.search_space)
     run_dir = run.run_dir.resolve()
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -117,6 +122,8 @@ def deploy_after_search(exp: Experiment, *, smoke: bool) -> None:
         print(f"deployed    {d['dir']}: {d['predicted_latency_ms']:.4g} ms on {' -> '.join(d['devices'])}, "
               f"test acc {100 * d['test_acc_split']:.2f} % ({d['acc_change_pp']:+.2f} pp)"
               + (f", bundle {run_dir / d['dir'] / 'bundle'}" if "bundle" in d else ""))
+        if pipeline.exits_line(d) is not None:
+            print(f"  exits     {pipeline.exits_line(d)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("check       OK")
             return 0
         status = tune.run_search(exp, resume=args.resume, address=args.address, smoke=args.smoke)
-        if status == 0 and (exp.config.partition is not None or exp.config.export is not None):
+        if status == 0 and any(getattr(exp.config, s) is not None for s in ("exits", "partition", "export")):
             deploy_after_search(exp, smoke=args.smoke)
         return status
     except JmsnasError as exc:
