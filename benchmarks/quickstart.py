@@ -3,7 +3,8 @@
 Clones this repository (its committed HEAD) into a temporary folder, runs ``make setup`` (creates
 ``.venv`` and installs jmsnas) and then ``make quickstart`` (the search of
 ``experiments/quickstart.yaml`` through Ray Tune), and reads the run's ``summary.json``: test
-accuracy and predicted latency of the network chosen for each T_const. Writes
+accuracy and predicted latency of the network chosen for each T_const, and each choice's
+``deploy.json`` (plan, exits, verification of the exported bundle). Writes
 ``benchmarks/results/quickstart.{md,json}``.
 
 Usage::
@@ -42,6 +43,14 @@ def main() -> int:
         run_s = timed(["make", "quickstart"], clone, Path(tmp) / "run.log")
         summary = json.loads((clone / "runs" / "quickstart" / "summary.json").read_text())
         tail = (Path(tmp) / "run.log").read_text().splitlines()[-40:]
+        deployed = {}
+        for c in summary["selections"]:
+            path = clone / "runs" / "quickstart" / c["best_dir"] / "deploy.json"
+            if path.is_file():
+                d = json.loads(path.read_text())
+                deployed[c["best_dir"]] = {k: d.get(k) for k in (
+                    "predicted_latency_ms", "mean_latency_ms", "devices", "boundaries", "cuts", "test_acc_split",
+                    "test_acc_unsplit", "acc_change_pp", "exits", "verify")}
     choices = summary["selections"]
     result = {
         "commit": commit, "setup_wall_s": setup_s, "run_wall_s": run_s,
@@ -49,7 +58,7 @@ def main() -> int:
         "predicted_latency_ms": [c.get("predicted_latency_ms", c.get("lowest_latency_ms")) for c in choices],
         "test_acc": [c.get("test_acc") for c in choices],
         "feasible": [c.get("feasible") for c in choices],
-        "selections": choices, "overall": summary.get("overall"),
+        "selections": choices, "overall": summary.get("overall"), "deployed": deployed,
         "hardware": f"{os.cpu_count()} cores, x86_64 VM", "command": "python benchmarks/quickstart.py",
         "run_log_tail": tail,
     }
@@ -65,6 +74,22 @@ def main() -> int:
         acc = c.get("test_acc")
         lines.append(f"| {c['t_const_ms']:g} | {'-' if pred is None else f'{pred:.2f}'} | {c.get('feasible')} | "
                      f"{'-' if acc is None else f'{acc:.2%}'} |")
+    if deployed:
+        lines += ["", "After the search (partition with 8-bit values over the radio, exits, export; `deploy.json` of "
+                  "each choice): predicted latency with the real payloads, worst case and mean with the exits.", "",
+                  "| choice | devices / boundaries | worst / mean latency (ms) | exits | test acc. split (change) | "
+                  "bundle max abs diff (TorchScript) |", "| --- | --- | --- | --- | --- | --- |"]
+        for name, d in deployed.items():
+            e = d.get("exits") or {}
+            units, devs = e.get("units", []), e.get("devices", [])
+            ex = ", ".join(f"unit {u} on {dev}" for u, dev in zip(units, devs, strict=True)) or "none"
+            if e.get("units"):
+                ex += f" ({-100 * e['mac_reduction']:+.1f} % MACs, {e['acc_change_pp']:+.2f} pp)"
+            mean = d.get("mean_latency_ms") or d["predicted_latency_ms"]
+            verify = (d.get("verify") or {}).get("torchscript", {}).get("max_abs_diff")
+            lines.append(f"| `{name}` | {' -> '.join(d['devices'])} {d['boundaries']} | "
+                         f"{d['predicted_latency_ms']:.2f} / {mean:.2f} | {ex} | {d['test_acc_split']:.2%} "
+                         f"({d['acc_change_pp']:+.2f} pp) | {'-' if verify is None else f'{verify:.2g}'} |")
     (RESULTS / "quickstart.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
