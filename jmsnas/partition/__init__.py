@@ -11,11 +11,14 @@
   ``distilled_bottleneck`` compressor, a student head with a bottleneck (paper 002).
 - ``export`` / ``bundle``: ``bundle/`` with one TorchScript and one ONNX file per device and a
   hashed ``manifest.json``; loading, running and verifying it without jmsnas classes.
+- ``branched``: a network with parallel branches (``BranchedNet``): its payload sizes for
+  ``plan_branched``, and its bundle, one part per device of the mesh.
 """
 
 from __future__ import annotations
 
 from jmsnas.partition.bottleneck import AutoencoderFit, fit_autoencoder, make_autoencoder
+from jmsnas.partition.branched import BranchedNet, branched_sizes, calibrate_branched, export_branched_bundle
 from jmsnas.partition.bundle import Bundle, BundleCheck, BundleError, load_bundle, run_bundle, verify_bundle
 from jmsnas.partition.chain import ChainSplit, best_chain_split, chain_latency, sent_bytes
 from jmsnas.partition.compress import COMPRESSORS, Compressor, build_codec, calibrate, compressed_bytes
@@ -35,6 +38,7 @@ from jmsnas.partition.split import (
 __all__ = [
     "COMPRESSORS",
     "AutoencoderFit",
+    "BranchedNet",
     "Bundle",
     "BundleCheck",
     "BundleError",
@@ -46,6 +50,8 @@ __all__ = [
     "DistilledFit",
     "TensorSpec",
     "best_chain_split",
+    "branched_sizes",
+    "calibrate_branched",
     "build_codec",
     "calibrate",
     "calibrate_plan",
@@ -53,6 +59,7 @@ __all__ = [
     "compressed_bytes",
     "cut_tensors",
     "device_parts",
+    "export_branched_bundle",
     "export_bundle",
     "fit_autoencoder",
     "fit_student_head",

@@ -4,6 +4,9 @@ Every file's sha256 is checked against ``manifest.json`` before anything is load
 are opened with ``torch.jit.load`` or onnxruntime only, so no jmsnas class and no pickle of
 ours is involved. ``verify_bundle`` compares a bundle with the unsplit model it came from.
 
+A bundle of a branched plan (``branched.export_branched_bundle``) names, per part, the ``sources``
+of its inputs (earlier parts' outputs); ``Bundle.run`` follows them.
+
 A bundle with early exits (``manifest["exits"]``) has parts that return an exit's logits before
 their wire tensors. ``Bundle.run`` computes every part for every sample (the exit logits are set
 aside), ``Bundle.run_exits`` is the runtime's decision: after each exit the samples whose top-1
@@ -46,8 +49,13 @@ class Bundle:
     def run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Run every device in order on network input ``x``; returns the last device's outputs."""
         values: tuple[torch.Tensor, ...] = (x,)
+        produced: list[tuple[torch.Tensor, ...]] = []
         for m, runner in enumerate(self.runners):
+            sources = self.manifest["parts"][m].get("sources")
+            if sources is not None:  # a branched bundle: inputs from named earlier parts (-1: the input)
+                values = tuple(x if j < 0 else produced[j][k] for j, k in sources)
             values = runner(values)
+            produced.append(values)
             if self.exit_of(m) is not None:
                 values = values[1:]  # the exit's logits; the rest goes on the wire
         return values

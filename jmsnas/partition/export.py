@@ -11,8 +11,9 @@ here) checks every hash first, then opens the files with ``torch.jit.load`` (Tor
 restricted loader) or onnxruntime. The batch axis is dynamic where the graph allows it (the
 manifest writes ``null`` for a dynamic axis); every other axis is the example input's.
 
-Only sequential plans (a chain, or one path through a mesh) are exported; a branched plan
-(``plan_branched``) is not.
+``export_bundle`` takes sequential plans (a chain, or one path through a mesh); a branched plan
+(``plan_branched``) of a ``branched.BranchedNet`` is exported by ``branched.export_branched_bundle``
+in the same format.
 
 Early exits (``exits``, from ``jmsnas.exits``): a device with an exit returns its exit's logits
 first (named ``e{m}.logits``), then what goes on the wire. The graph has no data-dependent control
@@ -245,18 +246,31 @@ def _entry(
     ins: tuple[list[str], tuple[torch.Tensor, ...]],
     outs: tuple[list[str], tuple[torch.Tensor, ...]],
 ) -> dict[str, Any]:
+    return {
+        **_entry_files(out, stem, plan.segments[m].device, ins, outs),
+        "decoder": None if m == 0 else _codec_entry(plan, m - 1),
+        "encoder": None if m == len(plan.cuts) else _codec_entry(plan, m),
+    }
+
+
+def _entry_files(
+    out: Path,
+    stem: str,
+    device: str,
+    ins: tuple[list[str], tuple[torch.Tensor, ...]],
+    outs: tuple[list[str], tuple[torch.Tensor, ...]],
+) -> dict[str, Any]:
+    """A part's manifest entry without its codecs: device, files with their sha256, input and output tensors."""
     files = {
         b: {"path": f"{stem}{ext}", "sha256": sha256_file(out / f"{stem}{ext}")}
         for b, ext in (("torchscript", ".pt"), ("onnx", ".onnx"))
     }
     in_shapes, out_shapes = _onnx_shapes(out / f"{stem}.onnx")
     return {
-        "device": plan.segments[m].device,
+        "device": device,
         "files": files,
         "inputs": [_tensor_entry(n, t, d) for n, t, d in zip(*ins, in_shapes, strict=True)],
         "outputs": [_tensor_entry(n, t, d) for n, t, d in zip(*outs, out_shapes, strict=True)],
-        "decoder": None if m == 0 else _codec_entry(plan, m - 1),
-        "encoder": None if m == len(plan.cuts) else _codec_entry(plan, m),
     }
 
 

@@ -270,6 +270,7 @@ def plan_branched(
     join_input_bytes: float,
     topology: Topology,
     compressors: _Compressors | None = None,
+    memory_bytes: tuple[Sequence[float], Sequence[Sequence[float]], Sequence[float]] | None = None,
 ) -> DeploymentPlan:
     """The best placement of a network with parallel branches on a mesh (eq. (2)), exactly.
 
@@ -284,11 +285,14 @@ def plan_branched(
         join_input_bytes: size of the merged branch outputs, which the join relays if it runs no layer.
         topology: a mesh.
         compressors: per sending device, a compressor name; others send raw.
-
-    Memory limits are not checked here (``plan_sequential`` checks them).
+        memory_bytes: ``(pre, branches, post)``: the memory each layer needs (per branch a list);
+            None: no memory limit is checked. Each device holds only its own layers (every device of
+            a mesh is in exactly one part), so the pre and post splits are memory-constrained chain
+            DPs and a branch must fit its device.
 
     Raises:
-        ValueError: not a mesh, or the number of branches differs from the branch devices.
+        ValueError: not a mesh, the number of branches differs from the branch devices, or no
+            placement fits the memory limits.
     """
     if topology.kind != "mesh" or len(branches) != len(topology.branches):
         raise ValueError(
@@ -297,8 +301,14 @@ def plan_branched(
         )
     comp = dict(compressors or {})
     root = str(topology.root)
-    pre_part = _Part("pre", pre[0], pre[1], input_bytes, None)
-    post_part = _Part("post", post[0], post[1], join_input_bytes, None)
+    pre_mem, branch_mem, post_mem = memory_bytes if memory_bytes is not None else (None, None, None)
+    if branch_mem is not None:
+        for i, (name, mem) in enumerate(zip(topology.branches, branch_mem, strict=True)):
+            cap = topology.device(name).memory_limit_bytes
+            if cap is not None and float(sum(mem)) > cap:
+                raise ValueError(f"branch {i} needs {float(sum(mem)):g} B but its device {name!r} has {cap} B")
+    pre_part = _Part("pre", pre[0], pre[1], input_bytes, pre_mem)
+    post_part = _Part("post", post[0], post[1], join_input_bytes, post_mem)
     pre_path, post_path = (*topology.chain_before, root), topology.chain_after
     pre_split = _split_part(pre_part, pre_path, topology, comp)
     post_split = _split_part(post_part, post_path, topology, comp)

@@ -28,14 +28,15 @@ def _chain(rng: np.random.Generator, n_dev: int) -> Topology:
     return build_topology("chain", [Device(n) for n in names], _links(rng, list(zip(names, names[1:], strict=False))))
 
 
-def _mesh(rng: np.random.Generator, n_before: int, n_branches: int, n_after: int) -> Topology:
+def _mesh(rng: np.random.Generator, n_before: int, n_branches: int, n_after: int,
+          memory: dict[str, int] | None = None) -> Topology:
     before, branches = [f"p{i}" for i in range(n_before)], [f"b{i}" for i in range(n_branches)]
     after = [f"a{i}" for i in range(n_after)]
     head = [*before, "root"]
     pairs = list(zip(head, head[1:], strict=False))
     pairs += [("root", b) for b in branches] + [(b, after[0]) for b in branches]
     pairs += list(zip(after, after[1:], strict=False))
-    devices = [Device(n) for n in [*before, "root", *branches, *after]]
+    devices = [Device(n, memory_bytes=(memory or {}).get(n)) for n in [*before, "root", *branches, *after]]
     return build_topology("mesh", devices, _links(rng, pairs))
 
 
@@ -124,6 +125,45 @@ def test_branched_plan_is_brute_force_optimum(seed: int) -> None:
             best = min(best, topo.completion_latency_ms(compute, _compress(sent, compressors)))
     assert plan.total_latency_ms == pytest.approx(best, rel=1e-9, abs=1e-9)
     assert set(plan.devices) == set(names)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_branched_plan_with_memory_limits_is_brute_force_optimum(seed: int) -> None:
+    rng = np.random.default_rng(300 + seed)
+    n_before, n_branches, n_after = int(rng.integers(0, 2)), 2, int(rng.integers(1, 3))
+    names = [*(f"p{i}" for i in range(n_before)), "root", "b0", "b1", *(f"a{i}" for i in range(n_after))]
+    memory = {n: int(rng.integers(5, 25)) for n in names}
+    topo = _mesh(rng, n_before, n_branches, n_after, memory)
+    n_pre, n_post = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    pre, post = _random_layers(rng, names, n_pre), _random_layers(rng, names, n_post)
+    branches = [(rng.uniform(0, 10, 1).tolist(), rng.integers(1, 5000, 1).astype(float)) for _ in range(2)]
+    mem_pre, mem_post = rng.integers(1, 12, n_pre).tolist(), rng.integers(1, 12, n_post).tolist()
+    mem_branches = [rng.integers(1, 8, 1).tolist() for _ in range(2)]
+    inp, join_inp = float(rng.integers(1, 5000)), float(rng.integers(1, 5000))
+    pre_path, post_path = (*topo.chain_before, "root"), topo.chain_after
+
+    def fits(path: Sequence[str], mem: Sequence[int], bounds: tuple[int, ...]) -> bool:
+        return all(sum(mem[bounds[m]:bounds[m + 1]]) <= memory[name] for m, name in enumerate(path))
+
+    best = math.inf
+    if all(sum(m) <= memory[b] for m, b in zip(mem_branches, topo.branches, strict=True)):
+        for bp in _all_boundaries(n_pre, len(pre_path)):
+            for bq in _all_boundaries(n_post, len(post_path)):
+                if not (fits(pre_path, mem_pre, bp) and fits(post_path, mem_post, bq)):
+                    continue
+                compute, sent = segment_costs(pre_path, pre[0], bp, pre[1], inp)
+                c2, s2 = segment_costs(post_path, post[0], bq, post[1], join_inp)
+                compute |= c2 | {b: float(sum(lat)) for b, (lat, _) in zip(topo.branches, branches, strict=True)}
+                sent |= s2 | {b: float(out[-1]) for b, (_, out) in zip(topo.branches, branches, strict=True)}
+                best = min(best, topo.completion_latency_ms(compute, sent))
+    args = (pre, branches, post, inp, join_inp, topo)
+    if math.isinf(best):
+        with pytest.raises(ValueError):
+            plan_branched(*args, memory_bytes=(mem_pre, mem_branches, mem_post))
+        return
+    plan = plan_branched(*args, memory_bytes=(mem_pre, mem_branches, mem_post))
+    assert plan.total_latency_ms == pytest.approx(best, rel=1e-9, abs=1e-9)
+    assert plan_branched(*args).total_latency_ms <= plan.total_latency_ms + 1e-9  # limits can only cost time
 
 
 def test_branched_plan_rejects_a_chain() -> None:
