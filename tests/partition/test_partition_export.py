@@ -115,3 +115,26 @@ def test_two_tensor_cut_with_quantization_exports_and_runs(tmp_path: Path) -> No
         (logits,) = run_bundle(tmp_path / "bundle", other, backend)
         assert logits.shape == expected.shape
         assert (logits - expected).abs().max() < 0.1  # 8-bit cut: close, not exact
+
+
+def test_torchvision_resnet_bundle_reproduces_the_model(tmp_path: Path) -> None:
+    """A model the user brings: torchvision's resnet18, cut by the planner inside two residual blocks."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    gm = trace_units(model)
+    names = [u.name for u in units(gm)]
+    cuts = [names.index("layer1_0_conv2"), names.index("layer3_0_conv2")]  # each inside a residual block
+    n = len(names)
+    owner = [sum(i >= c for c in cuts) for i in range(n)]
+    lat = {f"d{m}": [1.0 if owner[i] == m else 90.0 for i in range(n)] for m in range(3)}
+    plan = plan_sequential(lat, unit_output_bytes(model, x), 4.0 * x.numel() / 2, _chain(3))
+    assert plan.boundaries() == [0, *cuts, n]
+    plan = plan.with_cut_tensors(cut_tensors(model, x, plan.boundaries()))
+    assert [len(c.tensors) for c in plan.cuts] == [2, 2]  # the block's input rides along for its skip
+    export_bundle(split_graph(gm, plan.boundaries()), plan, x, tmp_path / "bundle")
+    inputs = [x, torch.randn(3, 3, 32, 32)]
+    assert verify_bundle(tmp_path / "bundle", model, inputs, "torchscript").max_abs_diff <= 1e-5
+    assert verify_bundle(tmp_path / "bundle", model, inputs, "onnx").max_abs_diff <= 1e-4
