@@ -46,8 +46,8 @@ from jmsnas.exits.deploy import exit_heads_by_device
 from jmsnas.partition.baselines import baselines
 from jmsnas.partition.bottleneck import fit_autoencoder, make_autoencoder
 from jmsnas.partition.bundle import load_bundle, verify_bundle
-from jmsnas.partition.compress import LEARNED, Compressor
-from jmsnas.partition.costs import arch_costs, latency_models, plan_arch
+from jmsnas.partition.compress import LEARNED
+from jmsnas.partition.costs import arch_costs, experiment_compressors, latency_models, plan_arch
 from jmsnas.partition.distilled import fit_student_head, make_student_head
 from jmsnas.partition.export import calibrate_plan, export_bundle
 from jmsnas.partition.plan import DeploymentPlan, plan_fixed
@@ -85,10 +85,6 @@ def check_partition(exp: Experiment) -> None:
                               file=exp.path, field=f"partition.compressors[{i}].kind")
 
 
-def _compressor(c: CompressorConfig, dims: int) -> Compressor:
-    return Compressor(c.kind, c.bits, c.channel_fraction, 1.0 / 2**dims)
-
-
 def load_choice(choice_dir: Path) -> tuple[ArchSpec, nn.Module]:
     """The network of a choice folder: ``arch.json`` and the weights in ``model.pt`` (no pickle)."""
     spec = ArchSpec.load_json(choice_dir / "arch.json")
@@ -115,16 +111,14 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
     spec, model = load_choice(choice_dir)
     models = latency_models(exp.topology, cfg.profiles_dir or DEFAULT_PROFILES_DIR)
     costs = arch_costs(spec, models)
-    plan = plan_arch(costs, exp.topology)  # the path and boundaries; compressors are set on it below
     given = list(cfg.partition.compressors) if cfg.partition is not None else []
-    comp = {plan.devices[m]: _compressor(c, spec.dims) for m, c in enumerate(given[:len(plan.cuts)])}
-    plan = plan_arch(costs, exp.topology, comp)
+    plan = plan_arch(costs, exp.topology, experiment_compressors(exp, spec.dims))  # as the search predicted it
     dm = datamodule or JmsnasDataModule(cfg.dataset, seed=cfg.seed)
     dm.setup()
     exit_heads = None
     if cfg.exits is not None:
         t_const_ms = _t_const(exp, choice_dir, t_const_ms)
-        plan, exit_heads = _split_with_exits(exp, plan, spec, model, dm, costs, given, seed, t_const_ms)
+        plan, exit_heads = _split_with_exits(exp, plan, spec, model, dm, costs, seed, t_const_ms)
     train_x = [x for x, _ in dm.train_dataloader()]
     calib = train_x[:8]
     segments: list[nn.Module] = list(split_archnet(model, plan.boundaries()))
@@ -195,7 +189,7 @@ def _t_const(exp: Experiment, choice_dir: Path, t_const_ms: float | None) -> flo
 
 
 def _split_with_exits(exp: Experiment, plan: DeploymentPlan, spec: ArchSpec, model: nn.Module, dm: JmsnasDataModule,
-                      costs, given: Sequence[CompressorConfig], seed: int, t_const_ms: float):
+                      costs, seed: int, t_const_ms: float):
     """The split to put exits on: paper 001 maps the network onto the devices together with its exits.
 
     The latency-optimal split without exits often runs everything on one device and leaves no inner
@@ -212,7 +206,7 @@ def _split_with_exits(exp: Experiment, plan: DeploymentPlan, spec: ArchSpec, mod
     heads = None if cfg.exits.joint_finetune else first.heads  # fine-tuned heads belong to a fine-tuned backbone
     if not first.exits or (tuple(p.path) == tuple(plan.devices) and tuple(p.boundaries) == tuple(plan.boundaries())):
         return plan, heads or None
-    comp = {p.path[m]: _compressor(c, spec.dims) for m, c in enumerate(given[:len(p.path) - 1])}
+    comp = {p.path[m]: c for m, c in enumerate(experiment_compressors(exp, spec.dims)[:len(p.path) - 1])}
     return plan_fixed(costs.latency_ms, costs.output_bytes, costs.input_bytes, exp.topology, p.path, p.boundaries,
                       comp), heads
 

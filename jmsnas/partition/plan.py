@@ -383,10 +383,29 @@ def _settings(comp: _Compressors, sender: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _CompressedLink:
-    """A link whose payload is first shrunk by a compressor (duck-types ``Link.latency_ms``)."""
+    """A link whose payload is first shrunk by a compressor (duck-types ``Link``: ``src``, ``dst``, ``latency_ms``)."""
 
     link: Link
     compressor: str | Compressor
 
+    @property
+    def src(self) -> str:
+        return self.link.src
+
+    @property
+    def dst(self) -> str:
+        return self.link.dst
+
     def latency_ms(self, payload_bytes: float) -> float:
         return self.link.latency_ms(as_compressor(self.compressor).wire_bytes(payload_bytes))
+
+
+def path_links(topology: Topology, path: Sequence[str], compressors: Sequence[str | Compressor] = ()) -> list:
+    """The links along ``path``, link m carrying compressor ``compressors[m]`` (missing: ``none``).
+
+    This is how an experiment's ``partition.compressors`` (one per cut, in path order) reach every
+    latency prediction: the search's, the morphism children's and the deploy stage's.
+    """
+    pairs = list(zip(path, path[1:], strict=False))
+    return [_CompressedLink(topology.link(a, b), compressors[m] if m < len(compressors) else "none")
+            for m, (a, b) in enumerate(pairs)]

@@ -14,12 +14,13 @@ carries over the cut (``partition.costs.cut_bytes``, part of ``arch_costs``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from jmsnas.config import DEFAULT_PROFILES_DIR, Experiment
 from jmsnas.latency.model import LatencyModel
-from jmsnas.partition.costs import arch_costs, latency_models, plan_arch
+from jmsnas.partition.compress import Compressor
+from jmsnas.partition.costs import arch_costs, experiment_compressors, latency_models, plan_arch
 from jmsnas.partition.plan import DeploymentPlan
 from jmsnas.space.arch import ArchSpec
 from jmsnas.topology import Topology
@@ -58,14 +59,17 @@ class ArchLatencyModel:
         models: a latency model per device name.
     """
 
-    def __init__(self, topology: Topology, models: Mapping[str, LatencyModel]) -> None:
+    def __init__(self, topology: Topology, models: Mapping[str, LatencyModel],
+                 compressors: Sequence[str | Compressor] = ()) -> None:
         self.topology = topology
         self.models = dict(models)
+        self.compressors = list(compressors)
 
     @classmethod
     def for_experiment(cls, exp: Experiment) -> ArchLatencyModel:
-        """The experiment's topology with its devices' latency models (measured profiles are fitted once)."""
-        return cls(exp.topology, latency_models(exp.topology, exp.config.profiles_dir or DEFAULT_PROFILES_DIR))
+        """The experiment's topology, its devices' latency models and its compressors at the cuts."""
+        return cls(exp.topology, latency_models(exp.topology, exp.config.profiles_dir or DEFAULT_PROFILES_DIR),
+                   experiment_compressors(exp, exp.search_space.dims))
 
     def __call__(self, spec: ArchSpec) -> ArchLatency:
         """Place ``spec`` on the topology.
@@ -75,7 +79,7 @@ class ArchLatencyModel:
         """
         costs = arch_costs(spec, self.models)  # skip connections crossing a cut included
         try:
-            plan = plan_arch(costs, self.topology)
+            plan = plan_arch(costs, self.topology, self.compressors)
         except ValueError as exc:
             raise DoesNotFit(str(exc)) from None
         return ArchLatency(float(plan.total_latency_ms), plan, costs.latency_ms)

@@ -13,7 +13,9 @@ network runs on one source-to-sink path; the predictor takes the best path (ever
 mesh is a chain: source, root, one branch, join, sink).
 
 The layers of the split are ``[stem, searchable layers..., head]``. A cut after layer n carries
-its output as float32 (compression at the cuts comes later, with the partition stage).
+its output as float32, shrunk by the experiment's compressor at that cut when it has one
+(``partition.compressors``, one per cut in path order; learned kinds by their estimated code size),
+so the search predicts the latency the deploy stage will plan.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import torch
 from jmsnas.latency.model import LatencyModel
 from jmsnas.latency.payload import BYTES_PER_PARAM, payload_bytes
 from jmsnas.partition.chain import best_chain_split, chain_latency, sent_bytes
+from jmsnas.partition.compress import Compressor
+from jmsnas.partition.plan import path_links
 from jmsnas.space.macs import describe_head, describe_op, describe_stem
 from jmsnas.space.spec import SearchSpace
 from jmsnas.topology import Topology
@@ -62,11 +66,14 @@ class ExpectedLatency:
         num_classes: classifier outputs (sizes the head).
         input_shape: input shape without batch; default: the space's.
         max_layers_per_device: optional cap per device of the chain (paper 003's pinned split).
+        compressors: one per cut in path order (``partition.path_links``); missing cuts send float32.
     """
 
     def __init__(self, space: SearchSpace, topology: Topology, models: Mapping[str, LatencyModel], num_classes: int,
-                 input_shape: Sequence[int] | None = None, max_layers_per_device: Sequence[int] | None = None) -> None:
+                 input_shape: Sequence[int] | None = None, max_layers_per_device: Sequence[int] | None = None,
+                 compressors: Sequence[str | Compressor] = ()) -> None:
         self.topology = topology
+        self.compressors = list(compressors)
         self.devices = [d.name for d in topology.devices]
         self.max_layers_per_device = max_layers_per_device
         shape = space.resolve_input_shape(None if input_shape is None else tuple(input_shape))
@@ -109,7 +116,7 @@ class ExpectedLatency:
         best = None
         for path in self.topology.paths():
             cols = [self.devices.index(d) for d in path]
-            links = [self.topology.link(a, b) for a, b in zip(path, path[1:], strict=False)]
+            links = path_links(self.topology, path, self.compressors)
             caps = [self.topology.device(d).memory_limit_bytes for d in path]
             split = best_chain_split(tau[:, cols].detach().cpu().numpy(), self.output_bytes, self.input_bytes, links,
                                      memory, caps, self.max_layers_per_device)

@@ -19,6 +19,7 @@ import torch
 from jmsnas.config import DEFAULT_PROFILES_DIR, Experiment, MorphismConfig, ProxylessConfig
 from jmsnas.data import JmsnasDataModule
 from jmsnas.latency.model import latency_model_for
+from jmsnas.partition.costs import experiment_compressors
 from jmsnas.space.arch import build_model
 from jmsnas.space.supernet import Supernet
 from jmsnas.strategies.latency import ExpectedLatency, LatencyPenalty, derive_within
@@ -50,7 +51,8 @@ def expected_latency(exp: Experiment, num_classes: int, input_shape: tuple[int, 
     profiles = exp.config.profiles_dir or DEFAULT_PROFILES_DIR
     models = {d.name: latency_model_for(d, profiles) for d in exp.topology.devices}
     cap = strategy.max_layers_per_device if strategy.split == "pinned" else None
-    return ExpectedLatency(exp.search_space, exp.topology, models, num_classes, input_shape, cap)
+    return ExpectedLatency(exp.search_space, exp.topology, models, num_classes, input_shape, cap,
+                           experiment_compressors(exp, exp.search_space.dims))
 
 
 def _trainer(run_dir: Path, name: str, epochs: int, progress: bool, **kwargs) -> pl.Trainer:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from jmsnas.latency.model import AnalyticLatencyModel
+from jmsnas.partition.compress import Compressor
 from jmsnas.partition.costs import cut_bytes
 from jmsnas.space import morph
 from jmsnas.space.arch import ArchSpec, build_model
@@ -29,10 +30,11 @@ def _chain(memory: int = 10**9):
     return topology, {d.name: AnalyticLatencyModel(d.name, d.analytic) for d in devices}
 
 
-def test_plain_networks_match_the_supernet_predictor() -> None:
+@pytest.mark.parametrize("compressors", [(), (Compressor("quantize", 8), Compressor("autoencoder", 8, 0.25, 0.5))])
+def test_plain_networks_match_the_supernet_predictor(compressors) -> None:
     topology, models = _chain()
-    expected = ExpectedLatency(SPACE, topology, models, num_classes=10)
-    model = ArchLatencyModel(topology, models)
+    expected = ExpectedLatency(SPACE, topology, models, num_classes=10, compressors=compressors)
+    model = ArchLatencyModel(topology, models, compressors)
     for choice in itertools.islice(itertools.product(*[range(len(s.candidates)) for s in SPACE.layers()]), 0, None,
                                    53):
         spec = ArchSpec.from_choices(SPACE, [s.candidates[i] for s, i in zip(SPACE.layers(), choice, strict=True)], 10)

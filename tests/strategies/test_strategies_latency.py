@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from jmsnas.latency.model import AnalyticLatencyModel
+from jmsnas.partition.compress import Compressor
+from jmsnas.partition.costs import arch_costs, plan_arch
 from jmsnas.space.arch import ArchSpec
 from jmsnas.space.macs import arch_descriptors
 from jmsnas.space.spec import load_search_space
@@ -29,8 +32,11 @@ def _models(devices: list[Device]) -> dict[str, AnalyticLatencyModel]:
     return {d.name: AnalyticLatencyModel(d.name, d.analytic) for d in devices}
 
 
-def _brute_force(topology, models, spec: ArchSpec) -> float:
-    """Min over every path and every contiguous assignment of eq. (1)/(2), straight from the topology."""
+def _brute_force(topology, models, spec: ArchSpec, shrink: tuple[int, ...] = ()) -> float:
+    """Min over every path and every contiguous assignment of eq. (1)/(2), straight from the topology.
+
+    ``shrink[m]``: cut m of a path sends ``ceil(bytes / shrink[m])`` (4: 8-bit values, 8: 4-bit ones).
+    """
     descs = arch_descriptors(spec)
     out_bytes = [4.0 * d.output_numel for d in descs]
     best = float("inf")
@@ -38,14 +44,20 @@ def _brute_force(topology, models, spec: ArchSpec) -> float:
         lat = {m: list(models[m].predict(descs)) for m in path}
         for cuts in itertools.combinations_with_replacement(range(len(descs) + 1), len(path) - 1):
             compute, sent = segment_costs(path, lat, [0, *cuts, len(descs)], out_bytes, 4.0 * descs[0].input_numel)
+            for m, factor in enumerate(shrink[:len(path) - 1]):
+                sent[path[m]] = math.ceil(sent[path[m]] / factor)
             sub = build_topology("chain", [topology.device(m) for m in path],
                                  [topology.link(a, b) for a, b in itertools.pairwise(path)])
             best = min(best, sub.completion_latency_ms(compute, sent))
     return best
 
 
-@pytest.mark.parametrize("kind", ["chain", "mesh"])
-def test_discrete_networks_match_brute_force(kind) -> None:
+@pytest.mark.parametrize(("kind", "compressors", "shrink"), [
+    ("chain", (), ()), ("mesh", (), ()),
+    ("chain", (Compressor("quantize", 8), Compressor("quantize", 4)), (4, 8)),
+    ("mesh", (Compressor("quantize", 4),), (8,)),
+])
+def test_discrete_networks_match_brute_force(kind, compressors, shrink) -> None:
     if kind == "chain":
         devices = _devices({"mcu": 2e6, "phone": 5e7, "cloud": 1e9})
         links = [Link("mcu", "phone", 0.05, 4.0), Link("phone", "cloud", 2.0, 20.0)]
@@ -55,12 +67,14 @@ def test_discrete_networks_match_brute_force(kind) -> None:
                  Link("b2", "cloud", 5.0)]
     topology = build_topology(kind, devices, links)
     models = _models(devices)
-    predictor = ExpectedLatency(SPACE, topology, models, num_classes=10)
+    predictor = ExpectedLatency(SPACE, topology, models, num_classes=10, compressors=compressors)
     for choice in itertools.islice(itertools.product(*[range(len(s.candidates)) for s in SPACE.layers()]), 0, None,
                                    37):
         spec = ArchSpec.from_choices(SPACE, [s.candidates[i] for s, i in zip(SPACE.layers(), choice, strict=True)], 10)
         estimate = predictor.for_choices(choice)
-        assert float(estimate.total_ms) == pytest.approx(_brute_force(topology, models, spec), rel=1e-5)
+        assert float(estimate.total_ms) == pytest.approx(_brute_force(topology, models, spec, shrink), rel=1e-5)
+        plan = plan_arch(arch_costs(spec, models), topology, list(compressors))  # the deploy stage's planner
+        assert plan.total_latency_ms == pytest.approx(float(estimate.total_ms), rel=1e-5)
         assert sum(estimate.device_ms.values()) + sum(estimate.link_ms.values()) == pytest.approx(
             float(estimate.total_ms), rel=1e-5)
 
