@@ -75,7 +75,7 @@ def main() -> int:
         lines.append(f"| {c['t_const_ms']:g} | {'-' if pred is None else f'{pred:.2f}'} | {c.get('feasible')} | "
                      f"{'-' if acc is None else f'{acc:.2%}'} |")
     if deployed:
-        lines += ["", "After the search (partition with 8-bit values over the radio, exits, export; `deploy.json` of "
+        lines += ["", "After the search (partition with the experiment's compressors, exits, export; `deploy.json` of "
                   "each choice): predicted latency with the real payloads, worst case and mean with the exits.", "",
                   "| choice | devices / boundaries | worst / mean latency (ms) | exits | test acc. split (change) | "
                   "bundle max abs diff (TorchScript) |", "| --- | --- | --- | --- | --- | --- |"]
