@@ -193,15 +193,17 @@ def _split_with_exits(exp: Experiment, plan: DeploymentPlan, spec: ArchSpec, mod
     """The split to put exits on: paper 001 maps the network onto the devices together with its exits.
 
     The latency-optimal split without exits often runs everything on one device and leaves no inner
-    boundary for an exit. So ``augment`` first enumerates every split with its exits (links
-    uncompressed); when its choice has exits, that split becomes the plan, with the experiment's
-    compressors. Returns the plan and the heads trained for it (reused by the second, exact pass).
+    boundary for an exit. So ``augment`` first enumerates every split with its exits (links priced
+    with the experiment's compressors, payloads estimated); when its choice has exits, that split
+    becomes the plan, with those compressors. Returns the plan and the heads trained for it (reused
+    by the second, exact pass).
     """
     cfg = exp.config
     print(f"exits       enumerating splits with exits on {' -> '.join(plan.devices)}, T_const {t_const_ms:g} ms ...",
           flush=True)
     first = augment(model, dm, cfg.exits, exp.topology, t_const_ms=t_const_ms, spec=spec,
-                    profiles_dir=cfg.profiles_dir or DEFAULT_PROFILES_DIR, seed=seed)
+                    profiles_dir=cfg.profiles_dir or DEFAULT_PROFILES_DIR, seed=seed,
+                    compressors=experiment_compressors(exp, spec.dims))
     p = first.placement
     heads = None if cfg.exits.joint_finetune else first.heads  # fine-tuned heads belong to a fine-tuned backbone
     if not first.exits or (tuple(p.path) == tuple(plan.devices) and tuple(p.boundaries) == tuple(plan.boundaries())):

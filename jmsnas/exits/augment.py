@@ -44,6 +44,7 @@ from jmsnas.exits.report import ExitsResult, evaluate_eenn
 from jmsnas.exits.thresholds import CascadeStats, Objective, ThresholdSearch, confidence, objective_value
 from jmsnas.exits.thresholds import search_thresholds as _search
 from jmsnas.exits.train import ExitOutputs, default_loss_weights, exit_outputs, joint_finetune, train_heads
+from jmsnas.partition.compress import Compressor
 from jmsnas.partition.plan import DeploymentPlan
 from jmsnas.space.arch import ArchSpec
 from jmsnas.topology import Topology
@@ -132,7 +133,7 @@ def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topol
             head_latency: HeadLatency | None = None, spec: ArchSpec | None = None,
             profiles_dir: str | Path | None = None, run_dir: str | Path | None = None, seed: int = 0,
             cache_features: bool | None = None, trained_heads: Mapping[int, ExitHead] | None = None,
-            progress: bool = False) -> ExitsResult:
+            progress: bool = False, compressors: Sequence[str | Compressor] = ()) -> ExitsResult:
     """Make ``model`` an early-exit network for ``topology`` (the module docstring lists the steps).
 
     Args:
@@ -157,6 +158,8 @@ def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topol
             ``augment`` or ``train.train_heads``): reused as they are, as paper 001 reuses trained
             exits across candidates; other locations are trained as usual.
         progress: print what happens.
+        compressors: without a plan, one per cut in path order: the enumerated splits price each link
+            with its compressor, as the planner does (a plan brings its own payloads).
 
     Raises:
         ConfigError: inconsistent plan / boundaries / latencies, or a model exits cannot be added to.
@@ -189,7 +192,7 @@ def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topol
     path = plan.devices if plan is not None else None
     link_ms = (lambda m, raw: plan.cuts[m].link_ms) if plan is not None else None
     placements = enumerate_placements(graph, topology, unit_ms, head_ms, head_params, list(heads), fixed, path,
-                                      link_ms, result_to_sink=cfg.result_at == "sink")
+                                      link_ms, result_to_sink=cfg.result_at == "sink", compressors=compressors)
     ok = feasible(placements, t_const_ms)
     originals = [p for p in placements if not p.exits and p.fits_memory] or [p for p in placements if not p.exits]
     original = min(originals, key=lambda p: p.worst_latency_ms)

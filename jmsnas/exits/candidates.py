@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from jmsnas.exits.graph import BlockGraph
+from jmsnas.partition.compress import Compressor
+from jmsnas.partition.plan import path_links
 from jmsnas.topology import Topology
 
 #: ``(device name, exit location) -> ms`` of running the head of that location on that device.
@@ -176,7 +178,7 @@ def enumerate_placements(graph: BlockGraph, topology: Topology, unit_latency_ms:
                          head_latency: HeadLatency, head_params: Mapping[int, int], locations: Sequence[int],
                          boundaries: Sequence[int] | None = None, path: Sequence[str] | None = None,
                          link_latency: LinkLatency | None = None, memory_bytes: Sequence[float] | None = None,
-                         result_to_sink: bool = False) -> list[Placement]:
+                         result_to_sink: bool = False, compressors: Sequence[str | Compressor] = ()) -> list[Placement]:
     """Every candidate: each split (the given one, or all of ``split_options`` on every path) with each exit subset.
 
     Args:
@@ -191,6 +193,8 @@ def enumerate_placements(graph: BlockGraph, topology: Topology, unit_latency_ms:
         link_latency: for a fixed split, ms per cut (e.g. the plan's compressed payloads).
         memory_bytes: per unit memory need.
         result_to_sink: an exited sample's logits still travel to the last device.
+        compressors: enumerated splits: one per cut in path order, shrinking what each link carries
+            (as the planner prices them); a fixed split uses ``link_latency``.
 
     Returns:
         Placements, including the ones without exits (the original network's).
@@ -200,13 +204,17 @@ def enumerate_placements(graph: BlockGraph, topology: Topology, unit_latency_ms:
     paths = [tuple(path or topology.paths()[0])] if boundaries is not None else topology.paths()
     for p in paths:
         splits = [tuple(boundaries)] if boundaries is not None else split_options(graph, len(p))
+        if boundaries is not None:
+            links = link_latency
+        else:
+            wrapped = path_links(topology, p, compressors)
+            links = lambda m, raw, wrapped=wrapped: wrapped[m].latency_ms(raw)  # noqa: E731
         for b in splits:
             options = exit_options(graph, b, allowed)
             for r in range(len(options) + 1):
                 for subset in itertools.combinations(options, r):
                     out.append(place(graph, topology, p, b, subset, unit_latency_ms, head_latency, head_params,
-                                     link_latency if boundaries is not None else None, memory_bytes,
-                                     result_to_sink))
+                                     links, memory_bytes, result_to_sink))
     return out
 
 

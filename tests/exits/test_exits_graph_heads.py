@@ -124,3 +124,25 @@ def test_head_config_round_trip() -> None:
     copy.load_state_dict(head.state_dict())
     x = torch.randn(2, 8, 16, 16)
     assert torch.equal(head.eval()(x), copy.eval()(x))
+
+
+def test_enumerated_splits_price_links_with_the_compressors() -> None:
+    import math
+
+    from exits_specs import chain3, tiny_1d_spec
+
+    from jmsnas.exits.candidates import enumerate_placements
+    from jmsnas.partition.compress import Compressor
+    from jmsnas.space.arch import build_model
+
+    graph = block_graph(build_model(tiny_1d_spec()), (1, 40))
+    topo = chain3()
+    lat = {d.name: [1.0] * graph.num_units for d in topo.devices}
+    args = (graph, topo, lat, lambda device, loc: 0.0, dict.fromkeys(graph.locations, 10), graph.locations)
+    raw = enumerate_placements(*args)
+    packed = enumerate_placements(*args, compressors=[Compressor("quantize", 8)])  # first cut only
+    assert len(raw) == len(packed) > 10
+    for r, p in zip(raw, packed, strict=True):
+        assert (r.path, r.boundaries, r.exits) == (p.path, p.boundaries, p.exits)
+        by_hand = topo.link("a", "b").latency_ms(math.ceil(r.payload_bytes[0] / 4))  # one byte per float32
+        assert p.link_ms[0] == pytest.approx(by_hand) and p.link_ms[1] == r.link_ms[1]
