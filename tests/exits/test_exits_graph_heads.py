@@ -146,3 +146,28 @@ def test_enumerated_splits_price_links_with_the_compressors() -> None:
         assert (r.path, r.boundaries, r.exits) == (p.path, p.boundaries, p.exits)
         by_hand = topo.link("a", "b").latency_ms(math.ceil(r.payload_bytes[0] / 4))  # one byte per float32
         assert p.link_ms[0] == pytest.approx(by_hand) and p.link_ms[1] == r.link_ms[1]
+
+
+def test_timm_model_gets_capped_heads_and_a_cascade_that_reproduces_it() -> None:
+    """A model the user brings from timm: traced, blocks collapsed, heads under the cap, exits run for real."""
+    import timm
+
+    from jmsnas.exits.cascade import EarlyExitNet
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=10).eval()
+    g = block_graph(model, (3, 32, 32))
+    assert g.total_macs == count_macs(model, (3, 32, 32))
+    assert g.blueprint.num_classes == 10 and len(g.locations) >= 4
+    cap = 0.05 * g.total_macs
+    heads = [build_exit_head(g.feature_shapes[loc], g.blueprint, cap) for loc in g.locations[:2]]
+    assert all(h is not None and h.macs <= cap for h in heads)
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        never = EarlyExitNet.build(g, g.locations[:2], heads, [1.1, 1.1])  # no softmax reaches 1.1
+        logits, index = never(x)
+        torch.testing.assert_close(logits, model(x), rtol=0, atol=1e-5)
+        assert index.tolist() == [2] * 6
+        always = EarlyExitNet.build(g, g.locations[:2], heads, [0.0, 0.0])
+        logits, index = always(x)
+        assert index.tolist() == [0] * 6 and torch.equal(logits, always.all_exits(x)[0])

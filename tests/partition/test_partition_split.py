@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torchvision
@@ -58,6 +60,30 @@ def test_resnet_cut_inside_residual_block_carries_two_tensors(resnet: torch.nn.M
     assert [tuple(t.shape) for t in first] == [s.shape for s in specs[0]]
     (logits,) = run_segments(segments, x)
     assert (logits - resnet(x)).abs().max() <= 1e-5
+
+
+def test_timm_model_splits_anywhere_and_reproduces_logits() -> None:
+    """A timm model a user brings: every cut position of its trace (some inside residual blocks) is exact."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=10).eval()
+    gm = trace_units(model)
+    n = len(units(gm))
+    x = torch.randn(2, 3, 32, 32)
+    sizes = unit_output_bytes(model, x[:1])
+    cuttable = [b for b in range(1, n) if math.isfinite(sizes[b - 1])]  # the others would send a non-tensor
+    assert len(cuttable) > n // 2
+    multi = [b for b in cuttable if len(live_values(gm, b)) > 1]
+    assert multi  # cuts inside residual blocks exist and carry every live tensor
+    spread = [cuttable[len(cuttable) * k // 4] for k in (1, 2, 3)]
+    with torch.no_grad():
+        expected = model(x)
+        for boundaries in ([0, multi[0], multi[len(multi) // 2], n], [0, *spread, n]):
+            segments = split_graph(gm, boundaries)
+            sent = segments[0](x[:1])
+            assert sum(v.numel() * v.element_size() for v in sent) == sizes[boundaries[1] - 1]
+            torch.testing.assert_close(run_segments(segments, x)[0], expected, rtol=0, atol=1e-5)
 
 
 def test_unit_output_bytes_counts_every_live_tensor(resnet: torch.nn.Module) -> None:
