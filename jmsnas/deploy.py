@@ -22,7 +22,9 @@ from jmsnas.errors import ConfigError, JmsnasError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jmsnas.deploy", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m jmsnas.deploy",
+                                     description="Plan, compress, add exits to, export and verify one chosen network "
+                                     "(a folder with arch.json and model.pt) on the experiment's devices.")
     parser.add_argument("experiment", help="experiment YAML: topology, dataset, exits, partition, export")
     parser.add_argument("choice", help="folder with arch.json and model.pt")
     parser.add_argument("--force", action="store_true", help="replace plan.json, deploy.json and bundle/ if present")
