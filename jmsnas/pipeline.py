@@ -46,10 +46,10 @@ from jmsnas.exits.deploy import exit_heads_by_device
 from jmsnas.partition.baselines import baselines
 from jmsnas.partition.bottleneck import fit_autoencoder, make_autoencoder
 from jmsnas.partition.bundle import load_bundle, verify_bundle
-from jmsnas.partition.compress import LEARNED
+from jmsnas.partition.compress import LEARNED, Compressor
 from jmsnas.partition.costs import arch_costs, experiment_compressors, latency_models, plan_arch
 from jmsnas.partition.distilled import fit_student_head, make_student_head
-from jmsnas.partition.export import calibrate_plan, export_bundle
+from jmsnas.partition.export import calibrate_plan, device_parts, export_bundle
 from jmsnas.partition.plan import DeploymentPlan, plan_fixed
 from jmsnas.partition.split import cut_tensors, run_segments, split_archnet
 from jmsnas.space.arch import ArchSpec, build_model
@@ -112,13 +112,14 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
     models = latency_models(exp.topology, cfg.profiles_dir or DEFAULT_PROFILES_DIR)
     costs = arch_costs(spec, models)
     given = list(cfg.partition.compressors) if cfg.partition is not None else []
-    plan = plan_arch(costs, exp.topology, experiment_compressors(exp, spec.dims))  # as the search predicted it
+    compressors = experiment_compressors(exp, spec.dims)
+    plan = plan_arch(costs, exp.topology, compressors)  # as the search predicted it
     dm = datamodule or JmsnasDataModule(cfg.dataset, seed=cfg.seed)
     dm.setup()
     exit_heads = None
     if cfg.exits is not None:
         t_const_ms = _t_const(exp, choice_dir, t_const_ms)
-        plan, exit_heads = _split_with_exits(exp, plan, spec, model, dm, costs, seed, t_const_ms)
+        plan, exit_heads = _split_with_exits(exp, plan, spec, model, dm, costs, compressors, seed, t_const_ms)
     train_x = [x for x, _ in dm.train_dataloader()]
     calib = train_x[:8]
     segments: list[nn.Module] = list(split_archnet(model, plan.boundaries()))
@@ -145,7 +146,7 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
     if learned_params:
         plan = plan.with_compressor_params([learned_params.get(k, c.compressor_params)
                                             for k, c in enumerate(plan.cuts)])
-    plan = _with_real_payloads(plan, segments, codecs, calib[0][:1], exp, costs, spec)
+    plan = _with_real_payloads(plan, segments, codecs, calib[0][:1], exp)
     exits = None
     if cfg.exits is not None:
         exits, plan, segments, model = _exits(exp, choice_dir, plan, spec, model, dm, calib, seed, t_const_ms,
@@ -189,7 +190,7 @@ def _t_const(exp: Experiment, choice_dir: Path, t_const_ms: float | None) -> flo
 
 
 def _split_with_exits(exp: Experiment, plan: DeploymentPlan, spec: ArchSpec, model: nn.Module, dm: JmsnasDataModule,
-                      costs, seed: int, t_const_ms: float):
+                      costs, compressors: Sequence[Compressor], seed: int, t_const_ms: float):
     """The split to put exits on: paper 001 maps the network onto the devices together with its exits.
 
     The latency-optimal split without exits often runs everything on one device and leaves no inner
@@ -202,15 +203,13 @@ def _split_with_exits(exp: Experiment, plan: DeploymentPlan, spec: ArchSpec, mod
     print(f"exits       enumerating splits with exits on {' -> '.join(plan.devices)}, T_const {t_const_ms:g} ms ...",
           flush=True)
     first = augment(model, dm, cfg.exits, exp.topology, t_const_ms=t_const_ms, spec=spec,
-                    profiles_dir=cfg.profiles_dir or DEFAULT_PROFILES_DIR, seed=seed,
-                    compressors=experiment_compressors(exp, spec.dims))
+                    profiles_dir=cfg.profiles_dir or DEFAULT_PROFILES_DIR, seed=seed, compressors=compressors)
     p = first.placement
     heads = None if cfg.exits.joint_finetune else first.heads  # fine-tuned heads belong to a fine-tuned backbone
     if not first.exits or (tuple(p.path) == tuple(plan.devices) and tuple(p.boundaries) == tuple(plan.boundaries())):
         return plan, heads or None
-    comp = {p.path[m]: c for m, c in enumerate(experiment_compressors(exp, spec.dims)[:len(p.path) - 1])}
     return plan_fixed(costs.latency_ms, costs.output_bytes, costs.input_bytes, exp.topology, p.path, p.boundaries,
-                      comp), heads
+                      compressors), heads
 
 
 def _exits(exp: Experiment, choice_dir: Path, plan: DeploymentPlan, spec: ArchSpec, model: nn.Module,
@@ -302,11 +301,8 @@ def _distilled(segments: list[nn.Module], plan: DeploymentPlan, spec: ArchSpec, 
                                                  **fit.params}, note
 
 
-def _with_real_payloads(plan: DeploymentPlan, segments, codecs, x: torch.Tensor, exp: Experiment, costs,
-                        spec: ArchSpec) -> DeploymentPlan:
+def _with_real_payloads(plan: DeploymentPlan, segments, codecs, x: torch.Tensor, exp: Experiment) -> DeploymentPlan:
     """The plan with the bytes each cut really sends and the latency they give (estimates replaced)."""
-    from jmsnas.partition.export import device_parts
-
     cuts, values = [], (x,)
     parts = device_parts(plan, segments, codecs)
     with torch.no_grad():
@@ -330,8 +326,6 @@ class _Pipeline(nn.Module):
 
     def __init__(self, segments, plan: DeploymentPlan, codecs) -> None:
         super().__init__()
-        from jmsnas.partition.export import device_parts
-
         self.parts = nn.ModuleList(device_parts(plan, segments, codecs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

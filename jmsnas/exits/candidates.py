@@ -204,11 +204,7 @@ def enumerate_placements(graph: BlockGraph, topology: Topology, unit_latency_ms:
     paths = [tuple(path or topology.paths()[0])] if boundaries is not None else topology.paths()
     for p in paths:
         splits = [tuple(boundaries)] if boundaries is not None else split_options(graph, len(p))
-        if boundaries is not None:
-            links = link_latency
-        else:
-            wrapped = path_links(topology, p, compressors)
-            links = lambda m, raw, wrapped=wrapped: wrapped[m].latency_ms(raw)  # noqa: E731
+        links = link_latency if boundaries is not None else _priced(path_links(topology, p, compressors))
         for b in splits:
             options = exit_options(graph, b, allowed)
             for r in range(len(options) + 1):
@@ -216,6 +212,11 @@ def enumerate_placements(graph: BlockGraph, topology: Topology, unit_latency_ms:
                     out.append(place(graph, topology, p, b, subset, unit_latency_ms, head_latency, head_params,
                                      links, memory_bytes, result_to_sink))
     return out
+
+
+def _priced(links: Sequence) -> LinkLatency:
+    """``(cut m, raw bytes) -> ms`` over links that may compress (``partition.plan.path_links``)."""
+    return lambda m, raw: links[m].latency_ms(raw)
 
 
 def feasible(placements: Sequence[Placement], t_const_ms: float | None) -> list[Placement]:

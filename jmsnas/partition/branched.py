@@ -29,7 +29,14 @@ from torch import nn
 
 from jmsnas.partition.bundle import FORMAT, MANIFEST
 from jmsnas.partition.compress import LEARNED, build_codec, calibrate
-from jmsnas.partition.export import DevicePart, _entry_files, _onnx_max_abs_diff, _save_onnx, _save_torchscript
+from jmsnas.partition.export import (
+    DevicePart,
+    _codec_entry,
+    _entry_files,
+    _onnx_max_abs_diff,
+    _save_onnx,
+    _save_torchscript,
+)
 from jmsnas.partition.plan import DeploymentPlan
 from jmsnas.partition.split import LayerSegment
 
@@ -217,7 +224,10 @@ def calibrate_branched(plan: DeploymentPlan, model: BranchedNet, inputs: Sequenc
 
 def branched_parts(plan: DeploymentPlan, model: BranchedNet) -> list[tuple[DevicePart, list[tuple[int, int]]]]:
     """Per device in plan order: its part (decoders, segment, encoder) and the sources of its inputs."""
-    nodes = _graph(model, plan)
+    return _parts(plan, _graph(model, plan))
+
+
+def _parts(plan: DeploymentPlan, nodes: Sequence[_Node]) -> list[tuple[DevicePart, list[tuple[int, int]]]]:
     codecs = [build_codec(c.compressor, c.compressor_params) for c in plan.cuts]
     none_enc, none_dec = build_codec("none", {})
     out = []
@@ -241,7 +251,8 @@ def export_branched_bundle(model: BranchedNet, plan: DeploymentPlan, example_inp
     model.eval()
     produced: list[tuple[torch.Tensor, ...]] = []
     entries = []
-    parts, nodes = branched_parts(plan, model), _graph(model, plan)
+    nodes = _graph(model, plan)
+    parts = _parts(plan, nodes)
     for m, (part, sources) in enumerate(parts):
         values = tuple(example_input if j < 0 else produced[j][k] for j, k in sources)
         with torch.no_grad():
@@ -266,6 +277,4 @@ def export_branched_bundle(model: BranchedNet, plan: DeploymentPlan, example_inp
 
 
 def _codec(plan: DeploymentPlan, cut: int) -> dict:
-    c = plan.cuts[cut]
-    return {"cut": cut, "src": c.src, "dst": c.dst, "compressor": c.compressor, "params": c.compressor_params,
-            "payload_bytes": c.payload_bytes}
+    return {**_codec_entry(plan, cut), "src": plan.cuts[cut].src, "dst": plan.cuts[cut].dst}

@@ -8,17 +8,17 @@ models the search uses, so a plan, a baseline and the search agree on what a lay
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from jmsnas.config import Experiment
 from jmsnas.latency.model import LatencyModel, latency_model_for
 from jmsnas.latency.payload import BYTES_PER_PARAM, payload_bytes
 from jmsnas.partition.compress import Compressor
-from jmsnas.partition.plan import DeploymentPlan, plan_sequential
+from jmsnas.partition.plan import CompressorsArg, DeploymentPlan, plan_sequential
 from jmsnas.space.arch import ArchSpec
 from jmsnas.space.macs import arch_descriptors
-from jmsnas.topology import Topology, build_topology
+from jmsnas.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,7 @@ def cut_bytes(spec: ArchSpec, output_bytes: Sequence[float]) -> list[float]:
             for n, out in enumerate(output_bytes)]
 
 
-def plan_arch(
-    costs: LayerCosts, topology: Topology,
-    compressors: Mapping[str, str | Compressor] | Sequence[str | Compressor] | None = None,
-) -> DeploymentPlan:
+def plan_arch(costs: LayerCosts, topology: Topology, compressors: CompressorsArg | None = None) -> DeploymentPlan:
     """The best sequential plan of a network with ``costs`` (chain DP; on a mesh, the best path).
 
     Args:
@@ -84,26 +81,8 @@ def plan_arch(
     Raises:
         ValueError: no placement fits the devices' memory.
     """
-    if compressors is None or isinstance(compressors, Mapping):
-        return plan_sequential(costs.latency_ms, costs.output_bytes, costs.input_bytes, topology, costs.memory_bytes,
-                               compressors)
-    best, error = None, None
-    for path in topology.paths():
-        comp = {path[m]: c for m, c in enumerate(list(compressors)[:len(path) - 1])}
-        chain = topology if topology.kind == "chain" else build_topology(
-            "chain", [topology.device(d) for d in path], [topology.link(a, b) for a, b in zip(path, path[1:],
-                                                                                              strict=False)])
-        try:
-            plan = plan_sequential(costs.latency_ms, costs.output_bytes, costs.input_bytes, chain, costs.memory_bytes,
-                                   comp)
-        except ValueError as exc:
-            error = exc
-            continue
-        if best is None or plan.total_latency_ms < best.total_latency_ms:
-            best = plan
-    if best is None:
-        raise ValueError(f"no path of the {topology.kind} fits: {error}")
-    return replace(best, topology_kind=topology.kind)
+    return plan_sequential(costs.latency_ms, costs.output_bytes, costs.input_bytes, topology, costs.memory_bytes,
+                           compressors)
 
 
 def experiment_compressors(exp: Experiment, dims: int) -> list[Compressor]:

@@ -31,6 +31,17 @@ from jmsnas.partition.compress import Compressor, as_compressor
 from jmsnas.topology import Link, Topology
 
 _Compressors = Mapping[str, "str | Compressor"]
+#: Per sending device name, or one per cut in path order (an experiment's ``partition.compressors``).
+CompressorsArg = Mapping[str, "str | Compressor"] | Sequence["str | Compressor"]
+
+
+def _on_path(compressors: CompressorsArg | None, path: Sequence[str]) -> dict[str, str | Compressor]:
+    """``compressors`` keyed by sending device on ``path``: a sequence gives cut m to ``path[m]``."""
+    if compressors is None:
+        return {}
+    if isinstance(compressors, Mapping):
+        return dict(compressors)
+    return {path[m]: c for m, c in enumerate(list(compressors)[:len(path) - 1])}
 
 
 @dataclass(frozen=True)
@@ -191,7 +202,7 @@ def plan_sequential(
     input_bytes: float,
     topology: Topology,
     memory_bytes_per_layer: Sequence[float] | None = None,
-    compressors: _Compressors | None = None,
+    compressors: CompressorsArg | None = None,
 ) -> DeploymentPlan:
     """The best contiguous placement of a sequential network (eq. (1); on a mesh, the best path).
 
@@ -202,7 +213,8 @@ def plan_sequential(
         topology: the devices and links; device memory limits come from ``Device.memory_limit_bytes``.
         memory_bytes_per_layer: ``[N]`` memory each layer needs; None: no memory limit is checked.
         compressors: per sending device, a compressor kind (``compress.COMPRESSORS``) or ``Compressor``;
-            others send raw.
+            or a sequence, one per cut in path order, applied to each path of a mesh in turn. Others
+            send raw.
 
     Returns:
         The plan; on ties between mesh paths, the first path of ``topology.paths()``.
@@ -211,12 +223,11 @@ def plan_sequential(
         ValueError: no placement fits the memory limits, or inconsistent lengths.
     """
     part = _Part("main", layer_latency_ms, layer_output_bytes, input_bytes, memory_bytes_per_layer)
-    comp = dict(compressors or {})
     best: tuple[ChainSplit, tuple[str, ...]] | None = None
     error: ValueError | None = None
     for path in topology.paths():
         try:
-            split = _split_part(part, path, topology, comp)
+            split = _split_part(part, path, topology, _on_path(compressors, path))
         except ValueError as exc:
             error = exc
             continue
@@ -225,7 +236,7 @@ def plan_sequential(
     if best is None:
         raise ValueError(f"no path of the {topology.kind} fits: {error}")
     split, path = best
-    segments, cuts = _describe(part, path, split, topology, comp)
+    segments, cuts = _describe(part, path, split, topology, _on_path(compressors, path))
     return DeploymentPlan(topology.kind, tuple(segments), tuple(cuts), split.latency_ms)
 
 
@@ -236,23 +247,24 @@ def plan_fixed(
     topology: Topology,
     path: Sequence[str],
     boundaries: Sequence[int],
-    compressors: _Compressors | None = None,
+    compressors: CompressorsArg | None = None,
 ) -> DeploymentPlan:
     """The plan of a placement chosen by hand: ``layers[boundaries[m]:boundaries[m + 1]]`` on ``path[m]``.
 
     Its latency is eq. (1) for those boundaries (baselines such as device-only, cloud-only and a single
-    split are placements of this kind). Memory limits are not checked.
+    split are placements of this kind). Memory limits are not checked. ``compressors`` as for
+    ``plan_sequential``.
 
     Raises:
         ValueError: boundaries that are not ``len(path) + 1`` non-decreasing ints from 0 to N.
     """
     part = _Part("main", layer_latency_ms, layer_output_bytes, input_bytes, None)
-    comp = dict(compressors or {})
+    comp = _on_path(compressors, path)
     b = [int(v) for v in boundaries]
     n = len(layer_output_bytes)
     if len(b) != len(path) + 1 or b[0] != 0 or b[-1] != n or any(x > y for x, y in zip(b, b[1:], strict=False)):
         raise ValueError(f"boundaries must be {len(path) + 1} non-decreasing ints from 0 to {n}, got {b}")
-    links = [_CompressedLink(topology.link(a, c), comp.get(a, "none")) for a, c in zip(path, path[1:], strict=False)]
+    links = path_links(topology, path, [comp.get(a, "none") for a in path[:-1]])
     total = 0.0
     for m, name in enumerate(path):
         total += float(sum(layer_latency_ms[name][b[m]:b[m + 1]]))
@@ -338,7 +350,7 @@ def _split_part(
     n_layers = len(part.output_bytes)
     if any(len(t) != n_layers for t in tau):
         raise ValueError(f"every device needs {n_layers} layer latencies for part {part.name!r}")
-    links = [_CompressedLink(topology.link(a, b), comp.get(a, "none")) for a, b in zip(path, path[1:], strict=False)]
+    links = path_links(topology, path, [comp.get(a, "none") for a in path[:-1]])
     matrix = [[tau[m][n] for m in range(len(path))] for n in range(n_layers)]
     caps = [topology.device(name).memory_limit_bytes for name in path] if part.memory_bytes is not None else None
     if n_layers == 0:

@@ -28,7 +28,6 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from jmsnas.space.ops import CANDIDATES
 from jmsnas.space.spec import SearchSpace
 from jmsnas.strategies.arch_latency import ArchLatencyModel, DoesNotFit
 from jmsnas.strategies.children import ChildData, ChildJob, ChildResult, WithTeacher, fit, train_child
-from jmsnas.strategies.run import SearchOutcome, retrain
+from jmsnas.strategies.run import SearchOutcome, retrain_and_record
 from jmsnas.strategies.teacher import load_or_train_teacher, teacher_logits
 
 Runner = Callable[[Callable[[Any, Any], Any], Any, Sequence[Any]], list]
@@ -258,14 +257,6 @@ def run_morphism(exp: Experiment, strategy: MorphismConfig, seed: int, run_dir: 
     if strategy.retrain.init == "scratch":
         pl.seed_everything(seed, workers=True, verbose=False)
         net = build_model(spec)
-    t0 = time.perf_counter()
-    val_acc, test_acc = retrain(net, dm, strategy, run_dir, progress)
-    retrain_wall = time.perf_counter() - t0
-    torch.save(net.state_dict(), run_dir / "model.pt")
-    outcome = SearchOutcome(
-        arch=spec.to_dict(), compact=spec.compact(), t_const_ms=strategy.t_const_ms,
-        predicted_latency_ms=estimate.latency_ms, feasible=estimate.latency_ms <= strategy.t_const_ms,
-        split=estimate.split(), search_val_acc=float(state["val_acc"]), val_acc=val_acc, test_acc=test_acc,
-        search_wall_s=float(state["wall_s"]), retrain_wall_s=retrain_wall, seed=seed)
-    (run_dir / "outcome.json").write_text(json.dumps(asdict(outcome), indent=2))
-    return outcome
+    return retrain_and_record(net, spec, dm, strategy, run_dir, progress, predicted_ms=estimate.latency_ms,
+                              split=estimate.split(), search_val_acc=state["val_acc"], search_wall_s=state["wall_s"],
+                              seed=seed)

@@ -20,7 +20,7 @@ from jmsnas.config import DEFAULT_PROFILES_DIR, Experiment, MorphismConfig, Prox
 from jmsnas.data import JmsnasDataModule
 from jmsnas.latency.model import latency_model_for
 from jmsnas.partition.costs import experiment_compressors
-from jmsnas.space.arch import build_model
+from jmsnas.space.arch import ArchSpec, build_model
 from jmsnas.space.supernet import Supernet
 from jmsnas.strategies.latency import ExpectedLatency, LatencyPenalty, derive_within
 from jmsnas.strategies.proxyless import SupernetSearch
@@ -97,17 +97,26 @@ def run_proxyless(exp: Experiment, strategy: ProxylessConfig, seed: int, run_dir
     spec.save_json(run_dir / "arch.json")
     estimate = predictor.for_choices(paths)
     net = supernet.export_subnet(paths) if strategy.retrain.init == "inherit" else build_model(spec)
+    split = {"path": list(estimate.path), "boundaries": list(estimate.boundaries), "device_ms": estimate.device_ms,
+             "link_ms": estimate.link_ms}
+    return retrain_and_record(net, spec, dm, strategy, run_dir, progress, predicted_ms=float(estimate.total_ms),
+                              split=split, search_val_acc=search_val_acc, search_wall_s=search_wall, seed=seed)
+
+
+def retrain_and_record(net: torch.nn.Module, spec: ArchSpec, dm: JmsnasDataModule,
+                       strategy: ProxylessConfig | MorphismConfig, run_dir: Path, progress: bool, *,
+                       predicted_ms: float, split: dict, search_val_acc: float, search_wall_s: float,
+                       seed: int) -> SearchOutcome:
+    """Stage 2 of either strategy and its record: retrain ``net``, write ``model.pt`` and ``outcome.json``."""
     start = time.perf_counter()
     val_acc, test_acc = retrain(net, dm, strategy, run_dir, progress)
     retrain_wall = time.perf_counter() - start
     torch.save(net.state_dict(), run_dir / "model.pt")
     outcome = SearchOutcome(
         arch=spec.to_dict(), compact=spec.compact(), t_const_ms=strategy.t_const_ms,
-        predicted_latency_ms=float(estimate.total_ms), feasible=float(estimate.total_ms) <= strategy.t_const_ms,
-        split={"path": list(estimate.path), "boundaries": list(estimate.boundaries), "device_ms": estimate.device_ms,
-               "link_ms": estimate.link_ms},
-        search_val_acc=search_val_acc, val_acc=val_acc, test_acc=test_acc, search_wall_s=search_wall,
-        retrain_wall_s=retrain_wall, seed=seed)
+        predicted_latency_ms=float(predicted_ms), feasible=float(predicted_ms) <= strategy.t_const_ms, split=split,
+        search_val_acc=float(search_val_acc), val_acc=val_acc, test_acc=test_acc,
+        search_wall_s=float(search_wall_s), retrain_wall_s=retrain_wall, seed=seed)
     (run_dir / "outcome.json").write_text(json.dumps(asdict(outcome), indent=2))
     return outcome
 
