@@ -8,8 +8,12 @@
     other random networks) and measure them end to end on this machine under the profile's
     thread count, timed as the profile's ops are (`jmsnas.latency.timing`: round-robin blocks,
     median of block minima), because these machines are noisy. Reported: median and
-    95th-percentile absolute relative error, share within ±10 % (nn-Meter's measure); also
-    without the calibration, to show what it corrects.
+    95th-percentile absolute relative error, shares within ±10 % (nn-Meter's measure) and ±5 %,
+    Spearman's rank correlation; also without the calibration, to show what it corrects.
+(c) The noise floor first: every network is timed twice; the share of networks whose two timings
+    agree within ±10 % is ``retest.within_10pct``. A run whose noise floor is below 95 % is marked
+    ``valid: false``: the machine could not support a fidelity figure then (something else ran).
+    Every timing runs under the contention guard (`jmsnas.latency.guard`).
 
 Usage (the profiles must exist, measured on this machine)::
 
@@ -33,13 +37,17 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 import numpy as np  # noqa: E402
 
 from jmsnas.config import DEFAULT_PROFILES_DIR  # noqa: E402
+from jmsnas.latency.guard import ContentionError, ContentionGuard, machine_load  # noqa: E402
 from jmsnas.latency.model import (
     ProfiledLatencyModel,  # noqa: E402
     row_descriptor,  # noqa: E402
 )
-from jmsnas.latency.ops import build_module, example_input  # noqa: E402
-from jmsnas.latency.profiler import measurement_conditions, read_rows, time_network_and_parts  # noqa: E402
-from jmsnas.latency.timing import time_interleaved  # noqa: E402
+from jmsnas.latency.profiler import (  # noqa: E402
+    measurement_conditions,
+    read_rows,
+    time_network_and_parts,
+    verify_profile,
+)
 from jmsnas.space.arch import ArchSpec  # noqa: E402
 from jmsnas.space.macs import arch_descriptors  # noqa: E402
 from jmsnas.space.spec import load_search_space  # noqa: E402
@@ -48,9 +56,17 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 
 
+#: A run is valid when the same networks timed twice agree within ±10 % for at least this share.
+NOISE_FLOOR_MIN = 0.95
+
+
 def _errors(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
+    from scipy.stats import spearmanr
+
     rel = np.abs(pred - meas) / meas
-    return {"within_10pct": float(np.mean(rel <= 0.10)), "median_abs_rel_err": float(np.median(rel)),
+    rho = float(spearmanr(pred, meas).statistic) if len(meas) > 2 else float("nan")
+    return {"within_10pct": float(np.mean(rel <= 0.10)), "within_5pct": float(np.mean(rel <= 0.05)),
+            "spearman": rho, "median_abs_rel_err": float(np.median(rel)),
             "p95_abs_rel_err": float(np.percentile(rel, 95)),
             "mean_signed_rel_err": float(np.mean((pred - meas) / meas))}
 
@@ -71,22 +87,19 @@ def sample_specs(space, n: int, seed: int) -> list[ArchSpec]:
     return [ArchSpec.from_choices(space, [rng.choice(s.candidates) for s in space.layers()], 10) for _ in range(n)]
 
 
-def measure_nets(specs: list[ArchSpec], meta: dict, chunk: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Whole-network times, and the sums of their layers' times measured together with them."""
-    pairs = [p for i in range(0, len(specs), chunk) for p in time_network_and_parts(specs[i:i + chunk], meta)]
+def measure_nets(specs: list[ArchSpec], meta: dict, guard: ContentionGuard,
+                 chunk: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-network times, and the sums of their layers' times measured together with them (guarded)."""
+    pairs = [p for i in range(0, len(specs), chunk) for p in time_network_and_parts(specs[i:i + chunk], meta, guard)]
     return np.array([w for w, _ in pairs]), np.array([p for _, p in pairs])
 
 
-def drift(rows: list[dict[str, str]], meta: dict, n: int, seed: int) -> dict[str, float]:
-    """Re-time a sample of the profile's op rows now: how far has the machine moved since profiling?"""
-    sample = [rows[i] for i in np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)]
-    descs = [row_descriptor(r) for r in sample]
-    now = time_interleaved([build_module(d) for d in descs], [example_input(d) for d in descs],
-                           blocks=meta["blocks"], block_size=meta["block_size"], warmup=meta["warmup"],
-                           threads=meta["threads"])
-    ratio = np.array([t for t, _ in now]) / np.array([float(r["latency_ms"]) for r in sample])
-    return {"n_ops": len(sample), "median_ratio_now_vs_profile": float(np.median(ratio)),
-            "within_10pct": float(np.mean(np.abs(ratio - 1) <= 0.10))}
+def drift(csv_path: Path, n: int, seed: int) -> dict[str, float]:
+    """Re-time a sample of the profile's op rows now (``python -m jmsnas.profile --verify``'s measure)."""
+    report = verify_profile(csv_path, n_ops=n, seed=seed, progress=False)
+    return {"n_ops": report.n_ops, "median_ratio_now_vs_profile": report.median_ratio,
+            "within_10pct": report.within_10pct, "holds": report.holds,
+            "speed_index_profile_ms": report.speed_index_profile_ms, "speed_index_now_ms": report.speed_index_now_ms}
 
 
 def bench_device(name: str, n_nets: int, seed: int) -> dict:
@@ -94,6 +107,7 @@ def bench_device(name: str, n_nets: int, seed: int) -> dict:
     meta = json.loads(csv_path.with_suffix(".json").read_text())
     rows = read_rows(csv_path)
     model = ProfiledLatencyModel.from_csv(csv_path)
+    guard = ContentionGuard()
     out: dict = {"device": name, "threads": meta["threads"], "profile_rows": len(rows),
                  "ops": held_out_ops(rows, name, seed), "spaces": {}}
     all_pred, all_meas, all_reg = [], [], []
@@ -102,8 +116,8 @@ def bench_device(name: str, n_nets: int, seed: int) -> dict:
         specs = sample_specs(space, n_nets, seed)
         pred = np.array([model.predict(arch_descriptors(s)).sum() for s in specs])
         reg = np.array([model.predict(arch_descriptors(s), calibrated=False).sum() for s in specs])
-        meas, parts = measure_nets(specs, meta)
-        again, _ = measure_nets(specs, meta)  # the same networks re-timed: the noise floor of the measure itself
+        meas, parts = measure_nets(specs, meta, guard)
+        again, _ = measure_nets(specs, meta, guard)  # the same networks re-timed: the noise floor of the measure
         n_layers = np.array([len(s.blocks) + 2 for s in specs])
         out["spaces"][space_name] = {"n_nets": len(specs), **_errors(pred, meas),
                                      "uncalibrated": _errors(reg, meas),
@@ -117,30 +131,54 @@ def bench_device(name: str, n_nets: int, seed: int) -> dict:
         all_reg.append(reg)
     pred, meas, reg = (np.concatenate(a) for a in (all_pred, all_meas, all_reg))
     nets = _errors(pred, meas)
-    out.update({"ops_within_10pct": out["ops"]["within_10pct"], "nets_within_10pct": nets["within_10pct"],
+    retest = min(sp["retest"]["within_10pct"] for sp in out["spaces"].values())
+    out.update({**{k: nets[k] for k in ("within_10pct", "within_5pct", "spearman")},
+                "retest": {"within_10pct": retest}, "valid": retest >= NOISE_FLOOR_MIN,
+                "guard": guard.stats.to_dict(), "speed_index_ms": guard.speed_index.get("networks"),
+                "ops_within_10pct": out["ops"]["within_10pct"], "nets_within_10pct": nets["within_10pct"],
                 "nets_median_abs_rel_err": nets["median_abs_rel_err"], "nets_p95_abs_rel_err": nets["p95_abs_rel_err"],
                 "n_nets": len(meas), "nets_uncalibrated": _errors(reg, meas),
                 "calibration": {"scale": model.scale, "overhead_ms_per_op": model.overhead_ms},
-                "drift": drift(rows, meta, 64, seed)})
+                "drift": drift(csv_path, 64, seed)})
     return out
 
 
+def bench_device_or_refusal(name: str, n_nets: int, seed: int) -> dict:
+    """`bench_device`, or, when the contention guard found no quiet window, an invalid entry saying so."""
+    try:
+        return bench_device(name, n_nets, seed)
+    except ContentionError as exc:
+        nan = float("nan")
+        return {"device": name, "valid": False, "refused": exc.message, "retest": {"within_10pct": nan},
+                **dict.fromkeys(("within_10pct", "within_5pct", "spearman", "ops_within_10pct", "nets_within_10pct",
+                                 "nets_median_abs_rel_err", "nets_p95_abs_rel_err"), nan), "n_nets": 0, "spaces": {}}
+
+
 def to_markdown(results: list[dict], env: dict, command: str) -> str:
+    valid = all(r["valid"] for r in results)
+    floor = " / ".join(f"{r['device']} {r['retest']['within_10pct']:.0%}" for r in results)
     lines = ["# Latency fidelity", "", f"Command: `{command}`", "",
              f"Hardware: {env['processor']}, {env['cpu_count']} cores; torch {env['torch']}; {env['date']}.", "",
-             "| device | ops within ±10 % (held-out rows) | nets within ±10 % | median abs. rel. err. | "
-             "p95 abs. rel. err. | nets |", "| --- | --- | --- | --- | --- | --- |"]
+             f"Run **{'valid' if valid else 'INVALID'}**: the noise floor (the same networks timed twice, share "
+             f"within ±10 % of each other) is {floor} "
+             f"(needs ≥ {NOISE_FLOOR_MIN:.0%}).", "",
+             "| device | ops within ±10 % (held-out rows) | nets within ±10 % | within ±5 % | Spearman ρ | "
+             "median abs. rel. err. | p95 abs. rel. err. | nets |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
+        if "refused" in r:
+            lines.append(f"| {r['device']} | refused: {r['refused']} | | | | | | |")
+            continue
         lines.append(f"| {r['device']} | {r['ops_within_10pct']:.1%} ({r['ops']['n_ops']} rows) | "
-                     f"{r['nets_within_10pct']:.1%} | {r['nets_median_abs_rel_err']:.1%} | "
-                     f"{r['nets_p95_abs_rel_err']:.1%} | {r['n_nets']} |")
+                     f"{r['nets_within_10pct']:.1%} | {r['within_5pct']:.1%} | {r['spearman']:.3f} | "
+                     f"{r['nets_median_abs_rel_err']:.1%} | {r['nets_p95_abs_rel_err']:.1%} | {r['n_nets']} |")
     lines += ["", "Per search space (prediction = sum of calibrated per-op predictions; *uncalibrated* is the plain "
-              "sum of per-op times):", "", "| device | space | nets within ±10 % | median err. | p95 err. | "
-              "mean signed err. | uncalibrated: within ±10 % / mean signed err. | median measured ms |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "sum of per-op times):", "", "| device | space | nets within ±10 % | within ±5 % | Spearman ρ | "
+              "median err. | p95 err. | mean signed err. | uncalibrated: within ±10 % / mean signed err. | "
+              "median measured ms |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         for space, s in r["spaces"].items():
-            lines.append(f"| {r['device']} | {space} | {s['within_10pct']:.1%} | {s['median_abs_rel_err']:.1%} | "
+            lines.append(f"| {r['device']} | {space} | {s['within_10pct']:.1%} | {s['within_5pct']:.1%} | "
+                         f"{s['spearman']:.3f} | {s['median_abs_rel_err']:.1%} | "
                          f"{s['p95_abs_rel_err']:.1%} | {s['mean_signed_rel_err']:+.1%} | "
                          f"{s['uncalibrated']['within_10pct']:.1%} / {s['uncalibrated']['mean_signed_rel_err']:+.1%} | "
                          f"{s['measured_ms_median']:.3f} |")
@@ -156,6 +194,12 @@ def to_markdown(results: list[dict], env: dict, command: str) -> str:
     lines += ["", "Noise floor: the same networks timed a second time in this run, share within ±10 % of the first: "
               + "; ".join(f"{r['device']} {sp}: {s['retest']['within_10pct']:.0%}" for r in results
                           for sp, s in r["spaces"].items())]
+    results = [r for r in results if "refused" not in r]
+    lines += ["", "Contention guard (reference workload timed with every block; see `jmsnas.latency.guard`): "
+              + "; ".join(f"{r['device']}: speed index (networks) {r['speed_index_ms']:.4f} ms, "
+                          f"{r['guard']['checks']} checks, "
+                          f"{r['guard']['remeasured_blocks']} blocks re-measured, worst reference ratio "
+                          f"{r['guard']['worst_reference_ratio']:.3f}" for r in results)]
     lines += ["", "Drift: a sample of the profile's op rows re-timed during this run (ratio now / profile): "
               + "; ".join(f"{r['device']}: median ratio {r['drift']['median_ratio_now_vs_profile']:.2f}, "
                           f"{r['drift']['within_10pct']:.0%} within ±10 %" for r in results)]
@@ -175,12 +219,16 @@ def main() -> int:
     if args.smoke:
         args.n_nets = 3
     start = time.time()
-    results = [bench_device(n, args.n_nets, args.seed) for n in args.device_name]
+    load = machine_load()
+    if load is not None and load.warning():
+        print(load.warning(), file=sys.stderr)
+    results = [bench_device_or_refusal(n, args.n_nets, args.seed) for n in args.device_name]
     env = {**measurement_conditions(1, "cpu"), "date": time.strftime("%Y-%m-%d")}
     command = "python benchmarks/latency_fidelity.py " + " ".join(sys.argv[1:])
     head = results[0]
     payload = {**{k: head[k] for k in ("device", "ops_within_10pct", "nets_within_10pct", "nets_median_abs_rel_err",
                                        "nets_p95_abs_rel_err", "n_nets")},
+               "valid": all(r["valid"] for r in results),
                "by_device": results, "environment": env, "command": command, "wall_s": time.time() - start,
                "smoke": args.smoke}
     if not args.smoke:

@@ -273,6 +273,9 @@ class ExportConfig(Strict):
     """Export of each chosen network as bundle/: a TorchScript and an ONNX file per device, manifest.json."""
 
     verify: bool = Field(True, description="run the exported parts against the unsplit model and record the figures")
+    measure: bool = Field(True, description="time every exported part that runs on a device with a measured profile "
+                                            "on this machine (ONNX Runtime and TorchScript, batch 1) and write the "
+                                            "figures beside the predictions (deploy.json: latency_measured)")
 
 
 # --- the experiment --------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from jmsnas.partition.compress import LEARNED, Compressor
 from jmsnas.partition.costs import arch_costs, experiment_compressors, latency_models, plan_arch
 from jmsnas.partition.distilled import fit_student_head, make_student_head
 from jmsnas.partition.export import calibrate_plan, device_parts, export_bundle
+from jmsnas.partition.measure import measure_parts, profile_meta
 from jmsnas.partition.plan import DeploymentPlan, plan_fixed
 from jmsnas.partition.split import cut_tensors, run_segments, split_archnet
 from jmsnas.space.arch import ArchSpec, build_model
@@ -177,6 +178,9 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
                 c.compressor != "none" for c in plan.cuts))
             if heads:
                 result["verify"]["exits"] = _verify_exits(choice_dir / BUNDLE_DIR, exits, test[:4])
+        if cfg.export.measure:
+            profiles = {d.name: profile_meta(d, cfg.profiles_dir or DEFAULT_PROFILES_DIR) for d in exp.topology.devices}
+            result["latency_measured"] = measure_parts(choice_dir / BUNDLE_DIR, plan, test[0][0], profiles)
         result["bundle"] = BUNDLE_DIR
     (choice_dir / DEPLOY_JSON).write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -391,6 +395,29 @@ def exits_line(d: dict) -> str | None:
             f"{e['mean_latency_ms']:.4g} ms (worst {e['worst_latency_ms']:.4g} ms)")
 
 
+def measured_markdown(m: dict) -> list[str]:
+    """Measured beside predicted latency per part, with the parts off by more than the flag threshold marked."""
+    lines = ["", f"Latency of the exported parts on this machine ({m['method']}):", "",
+             "| part | device | predicted [ms] | ONNX Runtime [ms] | TorchScript [ms] | |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for p in m["parts"]:
+        if p["status"] != "measured":
+            lines.append(f"| {p['part']} | {p['device']} | {p['predicted_ms']:.4g} | {p['status']} | | |")
+            continue
+        if p["onnx_rel_err"] is None:
+            lines.append(f"| {p['part']} | {p['device']} | {p['predicted_ms']:.4g} | {p['onnx_ms']:.4g} | "
+                         f"{p['torchscript_ms']:.4g} | relays only (no layers planned) |")
+            continue
+        flag = f"**off by more than {100 * m['flag_above']:.0f} %**" if p["flagged"] else "ok"
+        lines.append(f"| {p['part']} | {p['device']} | {p['predicted_ms']:.4g} | {p['onnx_ms']:.4g} "
+                     f"({100 * p['onnx_rel_err']:+.0f} %) | {p['torchscript_ms']:.4g} "
+                     f"({100 * p['torchscript_rel_err']:+.0f} %) | {flag} |")
+    t = m["total"]
+    lines.append(f"| total | | {t['predicted_ms']:.4g} | {t['onnx_ms']:.4g} | {t['torchscript_ms']:.4g} | "
+                 f"{t['note']} |")
+    return lines
+
+
 def deployment_markdown(done: Sequence[dict]) -> str:
     """The "Deployment" section of ``report.md``."""
     lines = ["## Deployment", "",
@@ -435,5 +462,7 @@ def deployment_markdown(done: Sequence[dict]) -> str:
                              f"{100 * v['exits']['torchscript']['same_exit']:.1f} % of "
                              f"{v['exits']['torchscript']['samples']} samples (TorchScript), "
                              f"{100 * v['exits']['onnx']['same_exit']:.1f} % (ONNX).")
+        if "latency_measured" in d:
+            lines += measured_markdown(d["latency_measured"])
         lines += [*(f"- {n}" for n in d.get("notes", [])), ""]
     return "\n".join(lines)

@@ -150,3 +150,48 @@ def test_deploy_command_runs_one_choice_and_refuses_to_overwrite(tiny_experiment
     assert "--force" in capsys.readouterr().err
     assert deploy_main([str(path), str(tmp_path)]) == 2
     assert "arch.json" in capsys.readouterr().err
+
+
+def test_deploy_json_puts_measured_beside_predicted_for_a_measured_device(tiny_experiment, write_experiment,
+                                                                          tmp_path: Path, monkeypatch) -> None:
+    """Device b has a profile measured here: its exported part is timed; a is analytic: labelled."""
+    import jmsnas.partition.measure as measure
+    from jmsnas.latency.guard import ContentionGuard
+    from jmsnas.latency.profiler import profile_search_spaces
+    from jmsnas.pipeline import deployment_markdown
+    from jmsnas.space.spec import load_search_space
+
+    profiles = tmp_path / "profiles"
+    profile_search_spaces([load_search_space(tiny_experiment["search_space"])], "here", profiles, grid=False,
+                          blocks=2, block_size=1, warmup=0, calibration_nets=0, progress=False)
+    topology = tiny_experiment["topology"]
+    topology["devices"] = [{"name": "a", "analytic": {"macs_per_s": 1.0e4, "memory_bytes": 1048576}},
+                           {"name": "b", "profile": "here"}]  # a is too slow to run anything: b runs the network
+    topology["links"] = topology["links"][:1]
+    tiny_experiment.update(partition={"compressors": []}, export={"verify": False}, profiles_dir=str(profiles))
+    # the suite shares its cores with other work: the guard must not turn this test into a timing test
+    monkeypatch.setattr(measure, "ContentionGuard", lambda: ContentionGuard(tolerance=100.0))
+    exp = load_experiment(write_experiment(tiny_experiment))
+    choice = _choice(tmp_path, exp)
+    result = deploy_choice(exp, choice)
+    plan = DeploymentPlan.from_json(choice / "plan.json")
+    m = result["latency_measured"]
+    assert [p["device"] for p in m["parts"]] == plan.devices == ["a", "b"]
+    assert [p["predicted_ms"] for p in m["parts"]] == [s.compute_ms for s in plan.segments]
+    assert plan.segments[1].compute_ms > 0, plan.boundaries()
+    a, c = m["parts"]
+    assert a["status"] == "analytic: not measured" and "onnx_ms" not in a
+    assert c["status"] == "measured" and c["onnx_ms"] > 0 and c["torchscript_ms"] > 0
+    assert c["onnx_rel_err"] == pytest.approx(c["onnx_ms"] / c["predicted_ms"] - 1)
+    assert c["flagged"] == (abs(c["onnx_rel_err"]) > 0.15 or abs(c["torchscript_rel_err"]) > 0.15)
+    t = m["total"]  # measured total = predicted total with c's predicted compute replaced by its measured one
+    assert t["predicted_ms"] == pytest.approx(plan.total_latency_ms)
+    assert t["onnx_ms"] == pytest.approx(plan.total_latency_ms - c["predicted_ms"] + c["onnx_ms"])
+    assert json.loads((choice / "deploy.json").read_text())["latency_measured"]["parts"][1]["status"] == "measured"
+    text = deployment_markdown([{**result, "dir": "best/t5ms", "t_const_ms": 5.0}])
+    assert "analytic: not measured" in text and f"{c['onnx_ms']:.4g}" in text
+
+    meta = json.loads((profiles / "here.json").read_text())  # a profile of another machine is not timed here
+    other = measure.measure_parts(choice / "bundle", plan, torch.randn(1, 1, 40),
+                                  {"a": None, "b": {**meta, "processor": "another CPU"}})
+    assert other["parts"][1]["status"] == "profile from another machine: not measured here"

@@ -6,15 +6,22 @@ process): a fitted model is never stored, so a profile stays readable across sci
 (nn-Meter's pickled predictors broke exactly this way). Where the exact op and shape were measured,
 the measured value is used instead of the regressor's estimate (``use_measured``).
 
-Additivity: ops timed alone do not add up to the network they form. On this project's 2-core
-CPUs a whole network took 15-20 % longer than the sum of its ops timed in isolation (an op timed
-alone runs with its weights, activations and allocator state hot; in a network the ops evict
-each other, and the forward adds its own calls). The profile therefore also times random whole
-networks together with their own layers (``NAME.networks.csv``; together, so that the machine's
-drift over minutes cancels), and the model fits ``network ≈ scale · Σ layer + overhead · #layers``
-to them by non-negative least squares; every op prediction is then ``scale · op + overhead``, so
-per-layer latencies stay additive (as the split planner and the search need) and their sum
-matches whole networks. ``calibrated=False`` gives the raw per-op figures.
+Additivity: ops timed alone do not add up to the network they form (an op timed alone runs with
+its weights, activations and allocator state hot; in a network the ops evict each other, and the
+forward adds its own calls). The profile therefore also times random whole networks
+(``NAME.networks.csv``), and the model fits ``network ≈ scale · Σ predicted op + overhead · #ops``
+to them by non-negative least squares, where the predicted ops are this model's own uncalibrated
+predictions; every op prediction is then ``scale · op + overhead``, so per-layer latencies stay
+additive (as the split planner and the search need) and their sum matches whole networks.
+``calibrated=False`` gives the raw per-op figures.
+
+What was measured (5-fold cross-validation on the 120 calibration networks of each shipped profile,
+measured 2026-12-01): fitting the calibration to the *predicted* sums (what the model is used with)
+put 50 % / 47 % of held-out networks within ±10 % on cpu-1t / cpu-2t, with a mean signed error of
++5.5 % / +2.5 %; fitting it to the *measured* sums of the networks' own layers (the earlier method) gave
+46 % / 36 % and +10.6 % / +13.9 %, the plain sum 26 % / 48 % and -9.2 % / -1.1 %; one calibration per
+dimensionality (1-D, 2-D) did worse (38 % / 43 %). The noise of that machine limits all of these
+figures (`benchmarks/results/latency_fidelity.md`).
 
 An *analytic* device is described by throughput (paper 001 §4's hardware description: MAC/s,
 memory size and speed). An op then costs a fixed overhead plus the larger of its compute time
@@ -87,13 +94,13 @@ class ProfiledLatencyModel:
         rows: rows of the profile CSV (strings, as `csv.DictReader` gives them).
         meta: the profile's JSON metadata (how it was measured).
         seed: seed of the regressor's subsampling, for repeatable fits.
-        networks: per calibration network ``(sum of its layers' ms, number of layers, whole network ms)``.
+        networks: per calibration network ``(its ops, whole network ms measured)``.
     """
 
     kind: Literal["measured"] = "measured"
 
     def __init__(self, name: str, rows: Sequence[dict[str, str]], meta: dict | None = None, seed: int = 0,
-                 networks: Sequence[tuple[float, int, float]] | None = None) -> None:
+                 networks: Sequence[tuple[Sequence[OpDescriptor], float]] | None = None) -> None:
         from sklearn.ensemble import GradientBoostingRegressor
 
         if len(rows) < 5:
@@ -109,14 +116,16 @@ class ProfiledLatencyModel:
         self.regressor = GradientBoostingRegressor(n_estimators=400, max_depth=4, learning_rate=0.05,
                                                    subsample=0.8, random_state=seed)
         self.regressor.fit(_feature_matrix(feats, self.feature_names), y)
-        self.scale, self.overhead_ms = self._calibrate(networks or [])
+        self.scale, self.overhead_ms = 1.0, 0.0
+        self.scale, self.overhead_ms = self._calibrate(
+            [(float(self.predict(ops, calibrated=False).sum()), len(ops), whole) for ops, whole in networks or []])
 
     @staticmethod
     def _calibrate(networks: Sequence[tuple[float, int, float]]) -> tuple[float, float]:
-        """Non-negative least squares ``(scale, overhead)`` of ``whole ≈ scale · Σ layers + overhead · #layers``.
+        """Non-negative least squares ``(scale, overhead)`` of ``whole ≈ scale · Σ ops + overhead · #ops``.
 
         Args:
-            networks: per network ``(sum of its layers' ms, number of layers, whole network ms)``.
+            networks: per network ``(sum of its predicted op ms, number of ops, whole network ms)``.
         """
         if len(networks) < 3:
             return 1.0, 0.0
@@ -178,7 +187,14 @@ def _load_cached(path: Path, mtime_ns: int) -> ProfiledLatencyModel:
 
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    networks = [(float(r["layers_ms"]), len(json.loads(r["arch"])["blocks"]) + 2, float(r["latency_ms"]))
+    if meta.get("complete") is False:
+        raise ConfigError("latency profile is incomplete (its run was interrupted or stopped for lack of a quiet "
+                          f"window); run `python -m jmsnas.profile --device-name {path.stem} ...` again to finish it",
+                          file=meta_path)
+    from jmsnas.space.arch import ArchSpec
+    from jmsnas.space.macs import arch_descriptors
+
+    networks = [(arch_descriptors(ArchSpec.from_dict(json.loads(r["arch"]))), float(r["latency_ms"]))
                 for r in read_rows(networks_path(path), NETWORK_COLUMNS)]
     return ProfiledLatencyModel(path.stem, read_rows(path), meta, networks=networks)
 

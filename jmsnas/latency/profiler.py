@@ -10,6 +10,13 @@ version, threads, processor or GPU, date, search spaces). Rows are appended and 
 chunk, so an interrupted run resumes where it stopped: rows already in the CSV are not measured
 again. A run that would mix measurement conditions (other threads, device, torch) into an existing
 profile is refused.
+
+Every chunk is measured under a `jmsnas.latency.guard.ContentionGuard`: a reference workload is
+timed around it, a chunk measured while the reference ran more than ``tolerance`` slower than at the
+start is measured again, and a run that gets no quiet window stops with `ContentionError` (the
+profile stays marked ``complete: false``; the latency model refuses an incomplete profile). The
+reference's speed at the start is the profile's ``speed_index_ms`` in ``NAME.json``; a resumed run
+keeps it as its yardstick, so rows measured on different days are held to the same speed.
 """
 
 from __future__ import annotations
@@ -21,12 +28,15 @@ import os
 import platform
 import random
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
 
 from jmsnas.errors import JmsnasError
+from jmsnas.latency.guard import DEFAULT_TOLERANCE, ContentionGuard, machine_load
 from jmsnas.latency.ops import (
     PROFILE_NUM_CLASSES,
     build_module,
@@ -91,8 +101,13 @@ def read_rows(csv_path: Path, columns: Sequence[str] = CSV_COLUMNS) -> list[dict
     return [r for r in rows if None not in r and all(r.get(c) not in (None, "") for c in needed)]
 
 
-def _open_profile(csv_path: Path, json_path: Path, conditions: dict, space_names: list[str]) -> list[dict]:
-    """Check an existing profile can be resumed under these conditions; rewrite its CSV without a torn line."""
+def _open_profile(csv_path: Path, json_path: Path, conditions: dict, space_names: list[str],
+                  guard: ContentionGuard | None) -> list[dict]:
+    """Check an existing profile can be resumed under these conditions; rewrite its CSV without a torn line.
+
+    With a guard, the profile's stored speed index becomes the guard's yardstick; a machine that is now
+    faster than that by more than the tolerance means the stored rows were measured slow: refused.
+    """
     rows = read_rows(csv_path)
     if json_path.is_file():
         meta = json.loads(json_path.read_text())
@@ -102,11 +117,15 @@ def _open_profile(csv_path: Path, json_path: Path, conditions: dict, space_names
             raise JmsnasError(f"cannot add rows measured under other conditions ({detail}); use another "
                               "--device-name or --overwrite", file=json_path)
         space_names = sorted(set(meta.get("search_spaces", [])) | set(space_names))
+        if rows and guard is not None and meta.get("speed_index_ms"):  # rows of one profile: one yardstick
+            guard.speed_index.update({k: float(v) for k, v in meta.get("speed_index_by_phase", {}).items()})
+            guard.speed_index_ms = float(meta["speed_index_ms"])
     with csv_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    _write_json(json_path, {**conditions, "search_spaces": space_names, "complete": False, "rows": len(rows)})
+    _write_json(json_path, {**conditions, "search_spaces": space_names, "complete": False, "rows": len(rows),
+                            "guarded": guard is not None})
     return rows
 
 
@@ -131,6 +150,7 @@ def profile_search_spaces(
     grid: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    guard: ContentionGuard | None = None,
 ) -> Path:
     """Time every op of ``spaces`` (exact shapes, plus the grid) and write ``out_dir/device_name.csv``.
 
@@ -148,9 +168,13 @@ def profile_search_spaces(
         grid: also time scaled variants around each exact shape.
         overwrite: start the profile afresh instead of resuming it.
         progress: show a progress bar.
+        guard: the contention guard every chunk is measured under (None: unguarded, marked so in the JSON).
 
     Returns:
         The CSV path.
+
+    Raises:
+        ContentionError: no quiet window came for a chunk (the rows measured before are kept).
     """
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise JmsnasError("--device cuda was asked for but torch sees no CUDA device", field="--device")
@@ -160,7 +184,11 @@ def profile_search_spaces(
         for path in (csv_path, json_path, networks_path(csv_path)):
             path.unlink(missing_ok=True)
     conditions = measurement_conditions(threads, device)
-    done = {r["key"] for r in _open_profile(csv_path, json_path, conditions, [s.config.name for s in spaces])}
+    load = machine_load() if guard is not None else None
+    if load is not None and load.warning():
+        print(load.warning())
+    opened = _open_profile(csv_path, json_path, conditions, [s.config.name for s in spaces], guard)
+    done = {r["key"] for r in opened}
     todo: list[tuple[OpDescriptor, int, bool]] = []
     for space in spaces:
         exact = space_descriptors(space)
@@ -169,12 +197,23 @@ def profile_search_spaces(
         todo += [(d, bs, descriptor_key(d) in exact_keys) for d in descs for bs in batch_sizes]
     todo = list({descriptor_key(d, bs): (d, bs, e) for d, bs, e in todo if descriptor_key(d, bs) not in done}.values())
     timing = {"device": device, "threads": threads, "warmup": warmup, "blocks": blocks, "block_size": block_size}
-    _measure(todo, csv_path, timing, progress, skipped=len(done))
-    if calibration_nets:
-        measure_networks(spaces, calibration_nets, networks_path(csv_path), timing, progress)
-    meta = json.loads(json_path.read_text())
-    _write_json(json_path, {**meta, **timing, "complete": True, "rows": len(read_rows(csv_path)),
-                            "batch_sizes": list(batch_sizes), "calibration_nets_per_space": calibration_nets})
+    complete = False
+    try:
+        _measure(todo, csv_path, timing, progress, skipped=len(done), guard=guard)
+        if calibration_nets:
+            measure_networks(spaces, calibration_nets, networks_path(csv_path), timing, progress, guard=guard)
+        complete = True
+    finally:  # the speed index is kept even when the run stops, so that a resumed run keeps the yardstick
+        meta = json.loads(json_path.read_text())
+        guard_info: dict[str, object] = {}
+        if guard is not None:
+            guard_info["guard"] = {**guard.stats.to_dict(), "tolerance": guard.tolerance}
+            if guard.speed_index_ms is not None:
+                guard_info["speed_index_ms"] = guard.speed_index_ms
+            guard_info["speed_index_by_phase"] = guard.speed_index
+        extra = {"complete": True, "batch_sizes": list(batch_sizes),
+                 "calibration_nets_per_space": calibration_nets} if complete else {}
+        _write_json(json_path, {**meta, **timing, "rows": len(read_rows(csv_path)), **guard_info, **extra})
     return csv_path
 
 
@@ -189,13 +228,24 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _time(modules: list, inputs: list, timing: dict) -> list[tuple[float, float]]:
-    return time_interleaved(modules, inputs, blocks=timing["blocks"], block_size=timing["block_size"],
-                            warmup=timing["warmup"], threads=timing["threads"])
+def _time(modules: list, inputs: list, timing: dict, guard: ContentionGuard | None = None,
+          what: str = "a block", phase: str = "ops") -> list[tuple[float, float]]:
+    """Time ``modules`` round-robin; with a guard, its reference workload is timed with them (see `guard`)."""
+
+    def block(reference: nn.Module, x: torch.Tensor) -> tuple[list[tuple[float, float]], float]:
+        times = time_interleaved([*modules, reference.to(timing["device"])], [*inputs, x.to(timing["device"])],
+                                 blocks=timing["blocks"], block_size=timing["block_size"], warmup=timing["warmup"],
+                                 threads=timing["threads"])
+        return times[:-1], times[-1][0]
+
+    if guard is None:
+        return time_interleaved(modules, inputs, blocks=timing["blocks"], block_size=timing["block_size"],
+                                warmup=timing["warmup"], threads=timing["threads"])
+    return guard.measure(block, what, phase)
 
 
 def _measure(todo: list[tuple[OpDescriptor, int, bool]], csv_path: Path, timing: dict, progress: bool,
-             skipped: int) -> None:
+             skipped: int, guard: ContentionGuard | None = None) -> None:
     repeats = timing["blocks"] * timing["block_size"]
     with csv_path.open("a", newline="") as fh, _progress(progress) as bar:
         task = bar.add_task(f"profiling ops ({csv_path.stem})", total=len(todo) + skipped, completed=skipped)
@@ -203,7 +253,8 @@ def _measure(todo: list[tuple[OpDescriptor, int, bool]], csv_path: Path, timing:
         for chunk in _chunks(todo, CHUNK):
             modules = [build_module(d).to(timing["device"]) for d, _, _ in chunk]
             inputs = [example_input(d, bs, timing["device"]) for d, bs, _ in chunk]
-            for (desc, bs, exact), (median, spread) in zip(chunk, _time(modules, inputs, timing), strict=True):
+            times = _time(modules, inputs, timing, guard, f"ops {chunk[0][0].op}...")
+            for (desc, bs, exact), (median, spread) in zip(chunk, times, strict=True):
                 writer.writerow(_row(desc, bs, exact, median, spread, repeats))
             fh.flush()
             bar.advance(task, len(chunk))
@@ -220,7 +271,8 @@ def calibration_specs(space: SearchSpace, n: int, seed: int = CALIBRATION_SEED) 
             for _ in range(n)]
 
 
-def time_network_and_parts(specs: Sequence[ArchSpec], timing: dict) -> list[tuple[float, float]]:
+def time_network_and_parts(specs: Sequence[ArchSpec], timing: dict,
+                           guard: ContentionGuard | None = None) -> list[tuple[float, float]]:
     """Per network: its whole-forward time and the sum of its layers' times, all timed together.
 
     The layers (the network's own modules, on their real inputs) and the networks run round-robin
@@ -239,13 +291,14 @@ def time_network_and_parts(specs: Sequence[ArchSpec], timing: dict) -> list[tupl
                 inputs.append(x)
                 owners.append(i)
                 x = layer(x)
-    times = [t for t, _ in _time(modules, inputs, timing)]
+    times = [t for t, _ in _time(modules, inputs, timing, guard, "whole networks", "networks")]
     whole = [t for t, o in zip(times, owners, strict=True) if o == -1]
     parts = [sum(t for t, o in zip(times, owners, strict=True) if o == i) for i in range(len(specs))]
     return list(zip(whole, parts, strict=True))
 
 
-def measure_networks(spaces: Sequence[SearchSpace], n: int, path: Path, timing: dict, progress: bool) -> None:
+def measure_networks(spaces: Sequence[SearchSpace], n: int, path: Path, timing: dict, progress: bool,
+                     guard: ContentionGuard | None = None) -> None:
     """Time ``n`` random whole networks per space, and their layers with them, into ``path`` (resumable)."""
     done = {r["key"] for r in read_rows(path, NETWORK_COLUMNS)}
     specs = [(s.config.name, spec) for s in spaces for spec in calibration_specs(s, n)]
@@ -257,10 +310,79 @@ def measure_networks(spaces: Sequence[SearchSpace], n: int, path: Path, timing: 
             writer.writeheader()
         task = bar.add_task(f"profiling networks ({path.stem})", total=len(specs), completed=len(specs) - len(todo))
         for chunk in _chunks(todo, NETWORK_CHUNK):
-            for (name, spec), (whole, parts) in zip(chunk, time_network_and_parts([s for _, s in chunk], timing),
-                                                    strict=True):
+            pairs = time_network_and_parts([s for _, s in chunk], timing, guard)
+            for (name, spec), (whole, parts) in zip(chunk, pairs, strict=True):
                 writer.writerow({"key": f"{name}|{spec.compact()}", "space": name, "arch": json.dumps(spec.to_dict()),
                                  "latency_ms": f"{whole:.6g}", "layers_ms": f"{parts:.6g}",
                                  "repeats": timing["blocks"] * timing["block_size"]})
             fh.flush()
             bar.advance(task, len(chunk))
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """How a profile's rows compare with the same ops re-timed now (ratio now / profile)."""
+
+    n_ops: int
+    median_ratio: float
+    within_10pct: float
+    holds: bool
+    speed_index_profile_ms: float | None = None
+    speed_index_now_ms: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def drift_report(rows: Sequence[dict[str, str]], now_ms: Sequence[float], *, tolerance: float = 0.10,
+                 min_within: float = 0.8, speed_index_profile_ms: float | None = None,
+                 speed_index_now_ms: float | None = None) -> DriftReport:
+    """Compare profile rows with their re-timed latencies.
+
+    The profile *holds* when the median ratio is within ``tolerance`` of 1 and at least ``min_within``
+    of the rows are within ``tolerance`` each (a quiet machine of the profile's kind re-times ~98 % of
+    rows within ±10 %).
+    """
+    if not rows or len(rows) != len(now_ms):
+        raise ValueError(f"need as many re-timed values as rows, at least one; got {len(now_ms)} for {len(rows)}")
+    ratio = np.asarray(now_ms, dtype=float) / np.array([float(r["latency_ms"]) for r in rows])
+    median = float(np.median(ratio))
+    within = float(np.mean(np.abs(ratio - 1.0) <= tolerance))
+    return DriftReport(len(rows), median, within, abs(median - 1.0) <= tolerance and within >= min_within,
+                       speed_index_profile_ms, speed_index_now_ms)
+
+
+def verify_profile(csv_path: Path, n_ops: int = 64, seed: int = 0, tolerance: float | None = DEFAULT_TOLERANCE,
+                   progress: bool = True) -> DriftReport:
+    """Re-time a random sample of a profile's rows here, under its thread count and timing; report the drift.
+
+    Raises:
+        JmsnasError: the profile is missing or was measured on another device kind.
+    """
+    from jmsnas.latency.model import row_descriptor
+
+    rows = [r for r in read_rows(csv_path) if r["batch_size"] == "1"]
+    json_path = csv_path.with_suffix(".json")
+    if not rows or not json_path.is_file():
+        raise JmsnasError("no profile to verify (need NAME.csv with rows and NAME.json)", file=csv_path)
+    meta = json.loads(json_path.read_text())
+    if meta.get("device", "cpu") != "cpu" and not torch.cuda.is_available():
+        raise JmsnasError(f"the profile was measured on {meta['device']!r}, which this machine lacks", file=json_path)
+    sample = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), min(n_ops, len(rows))))]
+    timing = {"device": meta.get("device", "cpu"), "threads": int(meta.get("threads", 1)),
+              "warmup": int(meta.get("warmup", 5)), "blocks": int(meta.get("blocks", 10)),
+              "block_size": int(meta.get("block_size", 10))}
+    # a fresh guard: its speed index is the machine's *now*, which the report compares with the profile's
+    guard = ContentionGuard(tolerance=tolerance) if tolerance is not None else None
+    now: list[float] = []
+    with _progress(progress) as bar:
+        task = bar.add_task(f"re-timing {csv_path.stem}", total=len(sample))
+        for chunk in _chunks(sample, CHUNK):
+            descs = [row_descriptor(r) for r in chunk]
+            modules = [build_module(d).to(timing["device"]) for d in descs]
+            inputs = [example_input(d, 1, timing["device"]) for d in descs]
+            now += [t for t, _ in _time(modules, inputs, timing, guard, "re-timed rows")]
+            bar.advance(task, len(chunk))
+    stored = meta.get("speed_index_ms")
+    return drift_report(sample, now, speed_index_profile_ms=float(stored) if stored else None,
+                        speed_index_now_ms=guard.speed_index_ms if guard is not None else None)

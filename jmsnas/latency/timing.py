@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -39,37 +39,67 @@ def time_interleaved(modules: Sequence[nn.Module], inputs: Sequence[torch.Tensor
     Returns:
         ``(estimate_ms, spread_ms)`` per module, in order.
     """
+    modes = [m.training for m in modules]
+    cuda = any(x.is_cuda for x in inputs)
+    calls = [_forward(m, x, cuda) for m, x in zip(modules, inputs, strict=True)]
+    try:
+        for m in modules:
+            m.eval()
+        with torch.inference_mode():
+            return time_callables(calls, blocks=blocks, block_size=block_size, warmup=warmup, threads=threads)
+    finally:
+        for m, mode in zip(modules, modes, strict=True):
+            m.train(mode)
+
+
+def time_callables(calls: Sequence[Callable[[], object]], *, blocks: int = 10, block_size: int = 10,
+                   warmup: int = 5, threads: int | None = None,
+                   clock: Callable[[], int] = time.perf_counter_ns) -> list[tuple[float, float]]:
+    """`time_interleaved` for any zero-argument callables (an ONNX Runtime session's run, a TorchScript part).
+
+    Args:
+        calls: what to time; each call is one run (it must synchronise a GPU itself).
+        blocks: blocks per callable; the estimate is the median over blocks.
+        block_size: timed calls per block; a block keeps its minimum.
+        warmup: untimed calls per callable first.
+        threads: ``torch.set_num_threads`` while timing (restored afterwards).
+        clock: nanosecond clock (tests pass a fake one).
+
+    Returns:
+        ``(estimate_ms, spread_ms)`` per callable, in order.
+    """
     if blocks < 1 or block_size < 1 or warmup < 0:
         raise ValueError(f"need blocks >= 1, block_size >= 1, warmup >= 0; got {blocks}, {block_size}, {warmup}")
-    old_threads, modes = torch.get_num_threads(), [m.training for m in modules]
-    cuda = any(x.is_cuda for x in inputs)
-    minima: list[list[float]] = [[] for _ in modules]
+    old_threads = torch.get_num_threads()
+    minima: list[list[float]] = [[] for _ in calls]
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        with torch.inference_mode():
-            for m, x in zip(modules, inputs, strict=True):
-                m.eval()
-                for _ in range(warmup):
-                    m(x)
-            for _ in range(blocks):
-                for i, (m, x) in enumerate(zip(modules, inputs, strict=True)):
-                    minima[i].append(min(_once(m, x, cuda) for _ in range(block_size)))
+        for call in calls:
+            for _ in range(warmup):
+                call()
+        for _ in range(blocks):
+            for i, call in enumerate(calls):
+                minima[i].append(min(_once(call, clock) for _ in range(block_size)))
     finally:
         torch.set_num_threads(old_threads)
-        for m, mode in zip(modules, modes, strict=True):
-            m.train(mode)
     return [_summary(mins) for mins in minima]
 
 
-def _once(module: nn.Module, x: torch.Tensor, cuda: bool) -> float:
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter_ns()
-    module(x)
-    if cuda:
-        torch.cuda.synchronize()
-    return (time.perf_counter_ns() - start) / 1e6
+def _forward(module: nn.Module, x: torch.Tensor, cuda: bool) -> Callable[[], object]:
+    def call() -> object:
+        out = module(x)
+        if cuda:
+            torch.cuda.synchronize()
+        return out
+
+    return call
+
+
+def _once(call: Callable[[], object], clock: Callable[[], int]) -> float:
+    start = clock()
+    call()
+    return (clock() - start) / 1e6
 
 
 def _summary(values: list[float]) -> tuple[float, float]:

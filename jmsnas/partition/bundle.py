@@ -46,14 +46,21 @@ class Bundle:
     manifest: dict[str, Any]
     runners: tuple[Runner, ...]
 
-    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Run every device in order on network input ``x``; returns the last device's outputs."""
+    def run(self, x: torch.Tensor, record: list[tuple[torch.Tensor, ...]] | None = None) -> tuple[torch.Tensor, ...]:
+        """Run every device in order on network input ``x``; returns the last device's outputs.
+
+        Args:
+            x: the network input.
+            record: when given, each part's input tensors are appended to it, in order.
+        """
         values: tuple[torch.Tensor, ...] = (x,)
         produced: list[tuple[torch.Tensor, ...]] = []
         for m, runner in enumerate(self.runners):
             sources = self.manifest["parts"][m].get("sources")
             if sources is not None:  # a branched bundle: inputs from named earlier parts (-1: the input)
                 values = tuple(x if j < 0 else produced[j][k] for j, k in sources)
+            if record is not None:
+                record.append(values)
             values = runner(values)
             produced.append(values)
             if self.exit_of(m) is not None:

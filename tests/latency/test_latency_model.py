@@ -95,7 +95,7 @@ def test_network_calibration_recovers_scale_and_overhead() -> None:
         ops = arch_descriptors(spec)
         parts = sum(_known_latency_ms(o) for o in ops)
         nets.append((parts, len(ops), 1.2 * parts + 0.015 * len(ops), ops))
-    model = ProfiledLatencyModel("calibrated", rows, networks=[n[:3] for n in nets])
+    model = ProfiledLatencyModel("calibrated", rows, networks=[(ops, whole) for _, _, whole, ops in nets])
     assert model.scale == pytest.approx(1.2, rel=0.02) and model.overhead_ms == pytest.approx(0.015, abs=2e-3)
     _, _, measured, ops = nets[0]
     assert model.predict(ops).sum() == pytest.approx(measured, rel=0.02)

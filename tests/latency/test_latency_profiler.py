@@ -34,7 +34,7 @@ def test_space_descriptors_cover_every_allowed_candidate() -> None:
 def test_tiny_profile_writes_rows_and_resumes(tmp_path: Path, monkeypatch) -> None:
     space = load_search_space(TINY)
     expected = {descriptor_key(d) for d in space_descriptors(space)}
-    assert main(["--search-space", str(TINY), "--device-name", "tiny", "--no-grid", "--blocks", "3",
+    assert main(["--search-space", str(TINY), "--device-name", "tiny", "--no-grid", "--no-guard", "--blocks", "3",
                  "--block-size", "1", "--warmup", "0", "--calibration-nets", "3", "--out-dir", str(tmp_path)]) == 0
     csv_path = tmp_path / "tiny.csv"
     rows = profiler.read_rows(csv_path)
@@ -57,7 +57,7 @@ def test_tiny_profile_writes_rows_and_resumes(tmp_path: Path, monkeypatch) -> No
         return real(modules, inputs, **kw)
 
     monkeypatch.setattr(profiler, "time_interleaved", counting)
-    assert main(["--search-space", str(TINY), "--device-name", "tiny", "--no-grid", "--blocks", "3",
+    assert main(["--search-space", str(TINY), "--device-name", "tiny", "--no-grid", "--no-guard", "--blocks", "3",
                  "--block-size", "1", "--warmup", "0", "--calibration-nets", "3", "--out-dir", str(tmp_path)]) == 0
     assert len(timed) == 2  # only the two missing rows were measured again (the networks were all there)
     assert {r["key"] for r in profiler.read_rows(csv_path)} == expected
