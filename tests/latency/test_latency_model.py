@@ -98,7 +98,8 @@ def test_network_calibration_recovers_scale_and_overhead() -> None:
     model = ProfiledLatencyModel("calibrated", rows, networks=[(ops, whole) for _, _, whole, ops in nets])
     assert model.scale == pytest.approx(1.2, rel=0.02) and model.overhead_ms == pytest.approx(0.015, abs=2e-3)
     _, _, measured, ops = nets[0]
-    assert model.predict(ops).sum() == pytest.approx(measured, rel=0.02)
+    assert model.predict(ops, calibrated=True).sum() == pytest.approx(measured, rel=0.02)
+    assert np.array_equal(model.predict(ops), model.predict(ops, calibrated=False))  # not applied by default
     assert model.predict(ops, calibrated=False).sum() == pytest.approx(measured / 1.2 - 0.015 * len(ops) / 1.2,
                                                                       rel=0.02)
     assert ProfiledLatencyModel("plain", rows).scale == 1.0  # no networks: no calibration
