@@ -143,6 +143,11 @@ class ProxylessConfig(Strict):
     penalty: Literal["two_sided", "one_sided"] = "two_sided"
     split: Literal["searched", "pinned"] = "searched"
     max_layers_per_device: list[PositiveInt] | None = None
+    weight_sharing: Literal["entangled", "separate"] = Field(
+        "entangled", description="entangled: a layer's MBConv candidates are slices of one shared MBConv "
+        "(jmsnas.space.entangled); separate: one module per candidate")
+    bn_calibration_batches: int = Field(20, ge=0, description="training batches the derived network's BatchNorm "
+                                        "statistics are re-estimated on before it is validated (0: shared statistics)")
     retrain: RetrainConfig = RetrainConfig()
 
     @model_validator(mode="after")

@@ -35,10 +35,13 @@ differ by the factor ``R / (2 (R - 1))``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from jmsnas.space.entangled import EntangledCandidate
 
 
 class MixedOp(nn.Module):
@@ -46,20 +49,23 @@ class MixedOp(nn.Module):
 
     Args:
         candidates: the R candidate modules; all map the same input shape to the same output shape.
+        shared: weights the candidates share (`jmsnas.space.entangled.SharedMBConv`), registered here once.
 
     Attributes:
         candidates: the candidate modules, in order.
+        shared: the shared weights, or None.
         alpha: architecture logits, shape ``[R]``, initialised to 0 (uniform ``p``).
         gates: the gate tensor of the last ``arch_forward`` (``None`` before one, or after
             ``set_alpha_grad`` consumed it); entry k belongs to ``gate_paths[k]``.
         gate_paths: the paths of the last ``arch_forward``, active path first.
     """
 
-    def __init__(self, candidates: Sequence[nn.Module]) -> None:
+    def __init__(self, candidates: Sequence[nn.Module], shared: nn.Module | None = None) -> None:
         super().__init__()
         if not candidates:
             raise ValueError("a MixedOp needs at least one candidate")
         self.candidates = nn.ModuleList(candidates)
+        self.shared = shared
         self.alpha = nn.Parameter(torch.zeros(len(candidates)))
         self.gates: torch.Tensor | None = None
         self.gate_paths: tuple[int, ...] | None = None
@@ -77,6 +83,11 @@ class MixedOp(nn.Module):
         """Entropy ``-sum_i p_i log p_i`` of the path distribution (nats), differentiable."""
         log_p = torch.log_softmax(self.alpha, dim=0)
         return -(log_p.exp() * log_p).sum()
+
+    def export_candidate(self, i: int) -> nn.Module:
+        """A standalone copy of candidate ``i`` with its weights (an entangled one: its slices), no shared storage."""
+        cand = self.candidates[int(i)]
+        return cand.export() if isinstance(cand, EntangledCandidate) else copy.deepcopy(cand)
 
     def argmax(self) -> int:
         """Index of the most probable candidate (the first one on ties)."""

@@ -6,6 +6,10 @@
 ``derive`` / ``to_arch_spec`` read off the most probable network, and ``export_subnet`` returns a
 standalone ``ArchNet`` carrying the supernet's trained weights (``preserve_weight=True``).
 
+``recalibrate_bn`` re-estimates the BatchNorm statistics of one path before it is evaluated (SPOS,
+Once-for-All): weight sharing leaves each BatchNorm with running statistics averaged over every path
+that ran through it, which are not the evaluated path's (`jmsnas.strategies.proxyless` has the numbers).
+
 ``expected_layer_latency`` is paper 003 §IV-B: ``E[tau_n^m] = sum_i p_i U_n^m(v_i)``, the
 expected execution latency of layer n on device m, differentiable in ``alpha``; it replaces
 ``tau_n^m`` in eq. (1) / (2) to give the latency term of eq. (4).
@@ -13,18 +17,69 @@ expected execution latency of layer n on device m, differentiable in ``alpha``; 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
 from jmsnas.space.arch import ArchNet, ArchSpec, build_model
+from jmsnas.space.entangled import entangled_candidates
 from jmsnas.space.mixed import MixedOp
 from jmsnas.space.ops import Head, Stem, build_op
 from jmsnas.space.spec import LayerSlot, SearchSpace
 
 Paths = Sequence[int | Sequence[int]]
 """Per searchable layer, one path index (weight step) or an active-first pair (architecture step)."""
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable, n: int) -> int:
+    """Re-estimate every BatchNorm's running statistics of ``model`` on ``n`` batches; nothing else changes.
+
+    The running statistics are reset and then accumulated with cumulative averaging (``momentum=None``):
+    afterwards ``running_mean`` is the mean of the ``n`` batch means and ``running_var`` the mean of the
+    ``n`` unbiased batch variances of each BatchNorm's input, ``num_batches_tracked`` is ``n``. During
+    the ``n`` forward passes only the BatchNorm layers are in training mode (dropout is off, as at
+    inference); no gradient is taken, so parameters are untouched. Every module's training flag and
+    every BatchNorm's momentum are restored afterwards.
+
+    Args:
+        model: the network, called as ``model(x)`` (e.g. ``Supernet.export_subnet(paths)``).
+        batches: ``(x, ...)`` tuples or input tensors, e.g. a training ``DataLoader``.
+        n: how many batches to use (fewer when ``batches`` runs out).
+
+    Returns:
+        The number of batches used.
+
+    Raises:
+        ValueError: ``n`` < 1 (the statistics would be reset to their defaults).
+    """
+    if n < 1:
+        raise ValueError(f"recalibrate_bn needs at least one batch, got n={n}")
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    flags = {m: m.training for m in model.modules()}
+    momenta = {m: m.momentum for m in norms}
+    device = next(model.parameters()).device
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    used = 0
+    try:
+        for batch in batches:
+            if used >= n:
+                break
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(x.to(device))
+            used += 1
+    finally:
+        for m, flag in flags.items():
+            m.train(flag)
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+    return used
 
 
 class Supernet(nn.Module):
@@ -34,6 +89,8 @@ class Supernet(nn.Module):
         space: the search space.
         num_classes: classifier outputs.
         input_shape: input shape without batch; default: the search space's.
+        weight_sharing: ``entangled`` (default): the MBConv candidates of a layer are slices of one
+            shared MBConv (`jmsnas.space.entangled`, which says why); ``separate``: one module each.
 
     Attributes:
         stem: the fixed first layer.
@@ -42,7 +99,8 @@ class Supernet(nn.Module):
         slots: the search space's layers (shapes and candidate names).
     """
 
-    def __init__(self, space: SearchSpace, num_classes: int, input_shape: tuple[int, ...] | None = None) -> None:
+    def __init__(self, space: SearchSpace, num_classes: int, input_shape: tuple[int, ...] | None = None,
+                 weight_sharing: Literal["entangled", "separate"] = "entangled") -> None:
         super().__init__()
         cfg = space.config
         self.space = space
@@ -50,11 +108,17 @@ class Supernet(nn.Module):
         self.input_shape = space.resolve_input_shape(input_shape)
         self.slots: list[LayerSlot] = space.layers(self.input_shape)
         self.stem = Stem(self.input_shape[0], cfg.stem.channels, cfg.stem.kernel_size, cfg.stem.stride, cfg.dims)
-        self.layers = nn.ModuleList(
-            MixedOp([build_op(name, s.in_channels, s.out_channels, s.stride, cfg.dims) for name in s.candidates])
-            for s in self.slots
-        )
+        self.layers = nn.ModuleList(self._layer(s, cfg.dims, weight_sharing) for s in self.slots)
         self.head = Head(self.slots[-1].out_channels, cfg.head.channels, num_classes, cfg.head.dropout, cfg.dims)
+
+    @staticmethod
+    def _layer(slot: LayerSlot, dims: int, weight_sharing: str) -> MixedOp:
+        if weight_sharing == "entangled":
+            return MixedOp(*entangled_candidates(list(slot.candidates), slot.in_channels, slot.out_channels,
+                                                 slot.stride, dims))
+        if weight_sharing != "separate":
+            raise ValueError(f"weight_sharing must be 'entangled' or 'separate', got {weight_sharing!r}")
+        return MixedOp([build_op(n, slot.in_channels, slot.out_channels, slot.stride, dims) for n in slot.candidates])
 
     def forward(self, x: torch.Tensor, paths: Paths) -> torch.Tensor:
         """Run the chosen path(s) of every searchable layer (see ``MixedOp.forward``).
@@ -144,7 +208,7 @@ class Supernet(nn.Module):
         net = build_model(self.to_arch_spec(paths=paths))
         net.stem.load_state_dict(self.stem.state_dict())
         for block, layer, i in zip(net.blocks, self.layers, paths, strict=True):
-            block.load_state_dict(layer.candidates[i].state_dict())
+            block.load_state_dict(layer.export_candidate(i).state_dict())
         net.head.load_state_dict(self.head.state_dict())
         ref = next(self.parameters())
         return net.to(device=ref.device, dtype=ref.dtype).train(self.training)

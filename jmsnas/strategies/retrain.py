@@ -12,6 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+@torch.no_grad()
+def accuracy(model: nn.Module, batches) -> float:
+    """Top-1 accuracy of ``model`` (in its current mode) over ``(x, y)`` batches."""
+    device = next(model.parameters()).device
+    correct = total = 0
+    for x, y in batches:
+        correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
+        total += len(y)
+    return correct / total
+
+
 class Classifier(pl.LightningModule):
     """Cross-entropy training of a classifier with SGD (Nesterov) and a cosine schedule.
 

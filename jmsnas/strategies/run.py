@@ -24,12 +24,17 @@ from jmsnas.space.arch import ArchSpec, build_model
 from jmsnas.space.supernet import Supernet
 from jmsnas.strategies.latency import ExpectedLatency, LatencyPenalty, derive_within
 from jmsnas.strategies.proxyless import SupernetSearch
-from jmsnas.strategies.retrain import Classifier
+from jmsnas.strategies.retrain import Classifier, accuracy
 
 
 @dataclass
 class SearchOutcome:
-    """What one search run found and how well it does."""
+    """What one search run found and how well it does.
+
+    ``search_val_acc`` is the chosen network's validation accuracy with its weights from the search (the
+    supernet strategy's: inherited from the supernet, BatchNorm statistics re-estimated for it), before
+    retraining; ``val_acc`` and ``test_acc`` are after retraining.
+    """
 
     arch: dict
     compact: str
@@ -80,23 +85,27 @@ def run_proxyless(exp: Experiment, strategy: ProxylessConfig, seed: int, run_dir
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = datamodule or JmsnasDataModule(exp.config.dataset, seed=exp.config.seed)
     info = dm.info()
-    supernet = Supernet(exp.search_space, info.num_classes, info.input_shape)
+    supernet = Supernet(exp.search_space, info.num_classes, info.input_shape, strategy.weight_sharing)
     predictor = expected_latency(exp, info.num_classes, info.input_shape, strategy)
     penalty = LatencyPenalty(strategy.lambda2, strategy.t_const_ms, one_sided=strategy.penalty == "one_sided")
     system = SupernetSearch(supernet, predictor, penalty, weight_lr=strategy.weight_lr, arch_lr=strategy.arch_lr,
                             weight_decay=strategy.lambda1, warmup_epochs=strategy.warmup_epochs,
-                            epochs=strategy.epochs, seed=seed)
+                            epochs=strategy.epochs, seed=seed, bn_calibration_batches=strategy.bn_calibration_batches)
     start = time.perf_counter()
     _trainer(run_dir, "search", strategy.epochs, progress, callbacks=callbacks).fit(system, datamodule=dm,
                                                                                    ckpt_path=ckpt_path)
     search_wall = time.perf_counter() - start
-    search_val_acc = float(system.trainer.callback_metrics.get("val_acc", torch.tensor(float("nan"))))
 
     paths = derive_within(supernet.probs(), predictor, strategy.t_const_ms)
     spec = supernet.to_arch_spec(paths=paths)
     spec.save_json(run_dir / "arch.json")
     estimate = predictor.for_choices(paths)
-    net = supernet.export_subnet(paths) if strategy.retrain.init == "inherit" else build_model(spec)
+    net = system.derived_network(paths)  # the supernet's weights, BatchNorm statistics of this network
+    search_val_acc = accuracy(net, dm.val_dataloader())
+    net.train()
+    if strategy.retrain.init == "scratch":
+        pl.seed_everything(seed, workers=True, verbose=False)
+        net = build_model(spec)
     split = {"path": list(estimate.path), "boundaries": list(estimate.boundaries), "device_ms": estimate.device_ms,
              "link_ms": estimate.link_ms}
     return retrain_and_record(net, spec, dm, strategy, run_dir, progress, predicted_ms=float(estimate.total_ms),

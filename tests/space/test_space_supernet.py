@@ -62,7 +62,7 @@ def test_export_subnet_matches_single_path_forward(dims: int) -> None:
         paths = net.sample_paths(gen)
         sub = net.export_subnet(paths)
         assert isinstance(sub, ArchNet) and not sub.training
-        chosen = [layer.candidates[i] for layer, i in zip(net.layers, paths, strict=True)]
+        chosen = [layer.export_candidate(i) for layer, i in zip(net.layers, paths, strict=True)]
         assert [type(b) for b in sub.blocks] == [type(c) for c in chosen]
         with torch.no_grad():
             torch.testing.assert_close(sub(x), net(x, paths), rtol=0, atol=1e-6)
