@@ -187,6 +187,9 @@ class MorphismConfig(Strict):
     start_op: str = Field("mb_k3_e3", description="start network: the op of its one layer per stage")
     parallel_children: PositiveInt = Field(2, description="under Ray Tune: children trained at once, one "
                                            "Ray task (resources_per_trial) each")
+    acceptance: Literal["fair", "paper"] = Field(
+        "fair", description="fair: the parent trains child_epochs more beside its children and that score is the "
+        "bar (NASH); paper: the parent's score from when it was accepted (paper 000)")
     # Paper 000 retrains the found architecture from scratch on hard labels.
     retrain: RetrainConfig = RetrainConfig(init="scratch")
 

@@ -10,7 +10,12 @@ softened labels and judged by the softened validation loss (`jmsnas.strategies.c
    on the experiment's topology breaks T_const, or that fits no placement in the devices' memory,
    is dropped untrained (`jmsnas.strategies.arch_latency`); up to ten draws per wanted child.
 3. The children are trained (``child_epochs``, cosine) and scored, in parallel when a ``runner``
-   is given (Ray tasks under Tune); the best replaces the parent if its score is lower.
+   is given (Ray tasks under Tune); the best replaces the parent if its score is lower
+   (`accepted_child`). With ``acceptance: fair`` (the default) the parent is trained for the same
+   ``child_epochs`` beside its children, as NASH does, and that new score is the one to beat: a child
+   is accepted for its architecture, not for the extra training it got. When none beats it, the
+   parent goes on with its extra training. ``acceptance: paper`` is paper 000's rule: the parent's
+   score from when it was accepted, although every child has trained ``child_epochs`` longer.
 4. After ``iterations`` (few, so the network stays small, as paper 000 does), the parent is the
    result: ``arch.json``, retrained on hard labels (paper 000: from scratch) and tested exactly
    like the supernet strategy's network, with the same ``outcome.json``.
@@ -37,6 +42,7 @@ import torch
 from jmsnas.config import Experiment, MorphismConfig
 from jmsnas.data import JmsnasDataModule
 from jmsnas.errors import ConfigError
+from jmsnas.io import atomic_write
 from jmsnas.space.arch import ArchNet, ArchSpec, BlockSpec, HeadSpec, StemSpec, build_model
 from jmsnas.space.morph import random_morphism
 from jmsnas.space.ops import CANDIDATES
@@ -81,18 +87,12 @@ def deepen_ops(space: SearchSpace) -> list[str]:
 # --- state ---------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_state(state_dir: Path, state: dict, net: ArchNet) -> None:
     """Write the parent's weights, then ``state.json`` naming them (both atomically), then drop older weights."""
     state_dir.mkdir(parents=True, exist_ok=True)
     weights = f"parent-{state['iteration']}.pt"
-    _atomic_write(state_dir / weights, lambda p: torch.save(net.state_dict(), p))
-    _atomic_write(state_dir / "state.json", lambda p: p.write_text(json.dumps({**state, "weights": weights},
+    atomic_write(state_dir / weights, lambda p: torch.save(net.state_dict(), p))
+    atomic_write(state_dir / "state.json", lambda p: p.write_text(json.dumps({**state, "weights": weights},
                                                                                indent=2)))
     for old in state_dir.glob("parent-*.pt"):
         if old.name != weights:
@@ -146,6 +146,34 @@ def _metrics(state: dict, t_const_ms: float, **extra: Any) -> dict:
             "retrained": 0, **extra}
 
 
+def accepted_child(child_scores: Sequence[float], parent_score: float,
+                   trained_parent_score: float | None = None) -> int | None:
+    """The child that replaces the parent, or None: the lowest score, when strictly below the bar.
+
+    Args:
+        child_scores: each child's score after its ``child_epochs`` (lower is better).
+        parent_score: the parent's score from when it was accepted (paper 000's bar).
+        trained_parent_score: the parent's score after the same ``child_epochs`` of extra training; given,
+            it is the bar (NASH's fair comparison), else ``parent_score`` is.
+    """
+    bar = parent_score if trained_parent_score is None else trained_parent_score
+    best = min(range(len(child_scores)), key=lambda k: child_scores[k], default=None)
+    return best if best is not None and child_scores[best] < bar else None
+
+
+def _train_generation(spec: ArchSpec, net: ArchNet, children: list[tuple], data: ChildData, seed: int,
+                      iteration: int, strategy: MorphismConfig,
+                      runner: Runner) -> tuple[list[ChildResult], ChildResult | None]:
+    """Train the children, and the parent beside them under the fair rule; ``(children's results, parent's)``."""
+    base = seed * 10_007 + iteration * 101
+    jobs = [ChildJob(k, s.to_dict(), n.state_dict(), base + k) for k, (s, n, _, _) in enumerate(children)]
+    fair = strategy.acceptance == "fair" and bool(children)
+    if fair:  # the parent as one more competitor; its seed differs from every child's
+        jobs.append(ChildJob(len(children), spec.to_dict(), net.state_dict(), base + strategy.children))
+    results: list[ChildResult] = runner(train_child, data, jobs) if jobs else []
+    return (results[:-1], results[-1]) if fair else (results, None)
+
+
 def hill_climb(start: ArchSpec, data: ChildData, strategy: MorphismConfig, seed: int, latency: ArchLatencyModel,
                ops: Sequence[str], state_dir: Path, *, runner: Runner = sequential_runner,
                report: Report | None = None,
@@ -170,23 +198,25 @@ def hill_climb(start: ArchSpec, data: ChildData, strategy: MorphismConfig, seed:
         t0 = time.perf_counter()
         iteration = state["iteration"] + 1
         children, dropped = _draw_children(spec, net, strategy, latency, ops, seed, iteration)
-        jobs = [ChildJob(k, s.to_dict(), n.state_dict(), seed * 10_007 + iteration * 101 + k)
-                for k, (s, n, _, _) in enumerate(children)]
-        results: list[ChildResult] = runner(train_child, data, jobs) if jobs else []
-        best = min(results, key=lambda r: r.score, default=None)
-        accepted = best is not None and best.score < state["score"]
-        if accepted:
-            spec = children[best.index][0]
+        results, parent = _train_generation(spec, net, children, data, seed, iteration, strategy, runner)
+        pick = accepted_child([r.score for r in results], state["score"], parent and parent.score)
+        accepted = pick is not None
+        record = {"iteration": iteration, "accepted": pick, "dropped": dropped, "pid": os.getpid(),
+                  "acceptance": strategy.acceptance, "parent_score_before": state["score"],
+                  "parent": None if parent is None else {"score": parent.score, "val_acc": parent.val_acc,
+                                                         "wall_s": parent.wall_s, "pid": parent.pid},
+                  "children": [{"morphs": c[2], "compact": c[0].compact(), "latency_ms": c[3], "score": r.score,
+                                "val_acc": r.val_acc, "wall_s": r.wall_s, "pid": r.pid}
+                               for c, r in zip(children, results, strict=True)]}
+        winner = results[pick] if accepted else parent
+        if winner is not None:  # the accepted child, or the parent with its extra training
+            if accepted:
+                spec = children[pick][0]
+                state.update(arch=spec.to_dict(), compact=spec.compact(), latency_ms=children[pick][3])
             net = build_model(spec)
-            net.load_state_dict(best.state)
-            state.update(arch=spec.to_dict(), compact=spec.compact(), score=best.score, val_acc=best.val_acc,
-                         latency_ms=children[best.index][3])
-        state["history"].append({
-            "iteration": iteration, "accepted": best.index if accepted else None, "dropped": dropped,
-            "pid": os.getpid(),
-            "children": [{"morphs": c[2], "compact": c[0].compact(), "latency_ms": c[3], "score": r.score,
-                          "val_acc": r.val_acc, "wall_s": r.wall_s, "pid": r.pid}
-                         for c, r in zip(children, results, strict=True)]})
+            net.load_state_dict(winner.state)
+            state.update(score=winner.score, val_acc=winner.val_acc)
+        state["history"].append(record)
         state["iteration"] = iteration
         state["wall_s"] += time.perf_counter() - t0
         save_state(state_dir, state, net)
