@@ -205,7 +205,29 @@ class MorphismConfig(Strict):
         return self
 
 
-StrategyConfig = Annotated[ProxylessConfig | MorphismConfig, Field(discriminator="name")]
+class RandomConfig(Strict):
+    """Latency-constrained random search (Li & Talwalkar 2019): the baseline a search must beat.
+
+    Networks of the search space are drawn uniformly (one candidate per layer) and kept only when
+    their predicted latency on the topology fits ``t_const_ms``; each is trained for
+    ``sample_epochs``, the best by validation accuracy is retrained.
+    """
+
+    name: Literal["random"]
+    t_const_ms: PositiveFloat
+    num_candidates: PositiveInt = Field(8, description="networks drawn within T_const and trained")
+    sample_epochs: PositiveInt = Field(3, description="epochs each candidate is trained before they are compared")
+    max_rejections: PositiveInt = Field(1000, description="draws in a row that break T_const (or fit no memory) "
+                                        "before sampling stops")
+    time_budget_s: PositiveFloat | None = Field(None, description="wall-clock seconds of candidate training; no "
+                                                "candidate starts once spent (the first always does)")
+    sample_lr: PositiveFloat = Field(0.05, description="initial SGD learning rate of a candidate (cosine to 0)")
+    lambda1: float = Field(4e-5, ge=0, description="weight decay of candidates and retraining")
+    # Li & Talwalkar train the chosen architecture from scratch; `inherit` continues from its sample training.
+    retrain: RetrainConfig = RetrainConfig(init="scratch")
+
+
+StrategyConfig = Annotated[ProxylessConfig | MorphismConfig | RandomConfig, Field(discriminator="name")]
 
 
 # --- tune ------------------------------------------------------------------------------------

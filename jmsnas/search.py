@@ -18,7 +18,7 @@ from jmsnas.errors import JmsnasError, StageNotBuiltError
 #: Pipeline stages that exist in this version, by the experiment section that enables them.
 BUILT_STAGES: dict[str, bool] = {"strategy": True, "exits": True, "partition": True, "export": True}
 #: Search strategies that exist in this version (``strategy.name``).
-BUILT_STRATEGIES: tuple[str, ...] = ("proxyless", "morphism")
+BUILT_STRATEGIES: tuple[str, ...] = ("proxyless", "morphism", "random")
 
 
 def unbuilt_sections(exp: Experiment) -> list[str]:
@@ -56,6 +56,10 @@ def _device_text(exp: Experiment, name: str) -> str:
 
 
 def _strategy_text(strategy) -> str:
+    if strategy.name == "random":
+        budget = f", at most {strategy.time_budget_s:g} s" if strategy.time_budget_s is not None else ""
+        return (f"random ({strategy.num_candidates} networks within T_const x {strategy.sample_epochs} epochs"
+                f"{budget})")
     if strategy.name != "morphism":
         return strategy.name
     guide = (f"KD at T={strategy.temperature:g} from teacher {strategy.teacher.model!r}" if strategy.use_kd

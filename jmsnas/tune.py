@@ -16,6 +16,9 @@ children in parallel as Ray tasks inside the trial's placement group (one bundle
 while they train), and resumes from the climb state it saves in its trial directory. Its teacher is
 trained once per run, in ``runs/<name>/teacher/``, and shared by all trials.
 
+A ``random`` trial runs `run_random`: it reports after every trained candidate (the best one so far)
+and resumes from the ``random.json`` it rewrites after each.
+
 Repeats: sample ``i`` of ``num_samples`` runs with seed + ``i``, so repeats differ. A trial whose
 ``outcome.json`` is already complete reports it again instead of rerunning: Tune saves its own
 state at most every ~10 s, so a run killed just after a trial finished may ask to resume it.
@@ -50,8 +53,9 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from jmsnas import report
-from jmsnas.config import Experiment, ExperimentConfig, MorphismConfig, ResourcesConfig, load_experiment
+from jmsnas.config import Experiment, ExperimentConfig, MorphismConfig, RandomConfig, ResourcesConfig, load_experiment
 from jmsnas.errors import ConfigError, JmsnasError
+from jmsnas.io import write_json
 
 TUNE_DIR = "tune"
 TUNE_NAME = "search"
@@ -96,7 +100,8 @@ def trial_strategy(config: ExperimentConfig, overrides: dict[str, Any]) -> tuple
 def smoke_config(config: ExperimentConfig) -> ExperimentConfig:
     """``--smoke``: one epoch of search without warm-up, one of retraining, the first grid value of each key.
 
-    A morphism search: one iteration of at most two one-epoch children, a one-epoch teacher.
+    A morphism search: one iteration of at most two one-epoch children, a one-epoch teacher; a random
+    search: at most two one-epoch candidates.
     The run goes to ``<name>-smoke`` so that it never blocks the real run.
     """
     s = config.strategy
@@ -104,6 +109,8 @@ def smoke_config(config: ExperimentConfig) -> ExperimentConfig:
     if isinstance(s, MorphismConfig):
         short.update(iterations=1, children=min(s.children, 2), child_epochs=1,
                      teacher=s.teacher.model_copy(update={"epochs": 1}))
+    elif isinstance(s, RandomConfig):
+        short.update(num_candidates=min(s.num_candidates, 2), sample_epochs=1)
     else:
         short.update(epochs=1, warmup_epochs=0)
     strategy = s.model_copy(update=short)
@@ -146,12 +153,6 @@ class TrialSetup:
     run_dir: Path
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-
-
 def _finished_outcome(art: Path) -> dict | None:
     try:
         return json.loads((art / "outcome.json").read_text())
@@ -166,7 +167,7 @@ def _record_start(art: Path, trial_id: str, overrides: dict, seed: int, ckpt: st
                                                                "seed": seed, "starts": []}
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     data["starts"].append({"date": now, "from_checkpoint": ckpt, "reused_outcome": reused})
-    _write_json(path, data)
+    write_json(path, data)
 
 
 def final_metrics(outcome: dict, art: Path) -> dict:
@@ -198,6 +199,10 @@ def _run_trial(exp: Experiment, strategy: Any, seed: int, art: Path, setup: Tria
 
         return run_morphism(exp, strategy, seed, art, progress=False, teacher_dir=setup.run_dir / "teacher",
                             runner=ray_runner(exp.config.tune.resources_per_trial), report=tune.report)
+    if isinstance(strategy, RandomConfig):
+        from jmsnas.strategies.random_search import run_random
+
+        return run_random(exp, strategy, seed, art, progress=False, report=tune.report)
     from jmsnas.strategies.run import run_proxyless  # here: `--check` need not import the latency models
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -256,7 +261,7 @@ def prepare_run_dir(config: ExperimentConfig, run_dir: Path, *, resume: bool, ag
         info_path = run_dir / "run.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         info.setdefault("resumes", []).append(report.run_info(config.seed))
-        _write_json(info_path, info)
+        write_json(info_path, info)
         if (run_dir / "experiment.yaml").read_text() != _frozen_yaml(config, run_dir):
             print(f"note        the experiment changed since the run started; resuming with {run_dir}/experiment.yaml")
         return
@@ -267,7 +272,7 @@ def prepare_run_dir(config: ExperimentConfig, run_dir: Path, *, resume: bool, ag
         shutil.rmtree(experiment_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "experiment.yaml").write_text(_frozen_yaml(config, run_dir))
-    _write_json(run_dir / "run.json", report.run_info(config.seed))
+    write_json(run_dir / "run.json", report.run_info(config.seed))
 
 
 # --- Ray -----------------------------------------------------------------------------------------
@@ -344,10 +349,13 @@ def _trainable(config: ExperimentConfig, run_dir: Path):
 
 
 def _max_reports(config: ExperimentConfig) -> int:
-    """Reports of the longest trial: one per epoch (proxyless) or per iteration and start (morphism), and the last."""
+    """Reports of the longest trial: one per epoch (proxyless), per iteration and start (morphism) or per
+    candidate (random), and the last."""
     s, grid = config.strategy, config.tune.grid
     if isinstance(s, MorphismConfig):
         return max([s.iterations, *grid.get("iterations", [])]) + 2
+    if isinstance(s, RandomConfig):
+        return max([s.num_candidates, *grid.get("num_candidates", [])]) + 1
     return max([s.epochs, *grid.get("epochs", [])]) + 1
 
 

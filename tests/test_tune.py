@@ -160,6 +160,13 @@ def test_smoke_config_morphism(tiny_experiment: dict, write_experiment) -> None:
     assert (s.iterations, s.children, s.child_epochs, s.teacher.epochs, s.retrain.epochs) == (1, 2, 1, 1, 1)
 
 
+def test_smoke_config_random(tiny_experiment: dict, write_experiment) -> None:
+    tiny_experiment["strategy"] = {"name": "random", "t_const_ms": 3.0, "num_candidates": 5, "sample_epochs": 4}
+    smoke = smoke_config(load_experiment(write_experiment(tiny_experiment)).config)
+    s = smoke.strategy
+    assert (s.num_candidates, s.sample_epochs, s.retrain.epochs) == (2, 1, 1)
+
+
 def test_smoke_config(tiny_experiment: dict, write_experiment) -> None:
     tiny_experiment["tune"] = {"grid": {"t_const_ms": [3.0, 4.0], "lambda2": [0.1, 0.2]}, "num_samples": 2}
     smoke = smoke_config(load_experiment(write_experiment(tiny_experiment)).config)

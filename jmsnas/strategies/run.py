@@ -16,7 +16,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from jmsnas.config import DEFAULT_PROFILES_DIR, Experiment, MorphismConfig, ProxylessConfig
+from jmsnas.config import DEFAULT_PROFILES_DIR, Experiment, MorphismConfig, ProxylessConfig, RandomConfig
 from jmsnas.data import JmsnasDataModule
 from jmsnas.latency.model import latency_model_for
 from jmsnas.partition.costs import experiment_compressors
@@ -113,10 +113,10 @@ def run_proxyless(exp: Experiment, strategy: ProxylessConfig, seed: int, run_dir
 
 
 def retrain_and_record(net: torch.nn.Module, spec: ArchSpec, dm: JmsnasDataModule,
-                       strategy: ProxylessConfig | MorphismConfig, run_dir: Path, progress: bool, *,
+                       strategy: ProxylessConfig | MorphismConfig | RandomConfig, run_dir: Path, progress: bool, *,
                        predicted_ms: float, split: dict, search_val_acc: float, search_wall_s: float,
                        seed: int) -> SearchOutcome:
-    """Stage 2 of either strategy and its record: retrain ``net``, write ``model.pt`` and ``outcome.json``."""
+    """Stage 2 of every strategy and its record: retrain ``net``, write ``model.pt`` and ``outcome.json``."""
     start = time.perf_counter()
     val_acc, test_acc = retrain(net, dm, strategy, run_dir, progress)
     retrain_wall = time.perf_counter() - start
@@ -130,8 +130,8 @@ def retrain_and_record(net: torch.nn.Module, spec: ArchSpec, dm: JmsnasDataModul
     return outcome
 
 
-def retrain(net: torch.nn.Module, dm: JmsnasDataModule, strategy: ProxylessConfig | MorphismConfig, run_dir: Path,
-            progress: bool = True) -> tuple[float, float]:
+def retrain(net: torch.nn.Module, dm: JmsnasDataModule, strategy: ProxylessConfig | MorphismConfig | RandomConfig,
+            run_dir: Path, progress: bool = True) -> tuple[float, float]:
     """Stage 2: train ``net`` alone; return (validation accuracy, test accuracy)."""
     cfg = strategy.retrain
     system = Classifier(net, lr=cfg.lr, weight_decay=strategy.lambda1, epochs=cfg.epochs)
