@@ -50,7 +50,7 @@ def main() -> int:
                 d = json.loads(path.read_text())
                 deployed[c["best_dir"]] = {k: d.get(k) for k in (
                     "predicted_latency_ms", "mean_latency_ms", "devices", "boundaries", "cuts", "test_acc_split",
-                    "test_acc_unsplit", "acc_change_pp", "exits", "verify")}
+                    "test_acc_unsplit", "acc_change_pp", "exits", "verify", "latency_measured")}
     choices = summary["selections"]
     result = {
         "commit": commit, "setup_wall_s": setup_s, "run_wall_s": run_s,
@@ -90,6 +90,16 @@ def main() -> int:
             lines.append(f"| `{name}` | {' -> '.join(d['devices'])} {d['boundaries']} | "
                          f"{d['predicted_latency_ms']:.2f} / {mean:.2f} | {ex} | {d['test_acc_split']:.2%} "
                          f"({d['acc_change_pp']:+.2f} pp) | {'-' if verify is None else f'{verify:.2g}'} |")
+        lines += ["", "Exported parts timed on this machine where the device has a measured profile "
+                  "(`deploy.json: latency_measured`; predicted = the plan's compute of the part):", "",
+                  "| choice | device | predicted (ms) | ONNX Runtime (ms) | TorchScript (ms) | status |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name, d in deployed.items():
+            for part in (d.get("latency_measured") or {}).get("parts", []):
+                got = (f"{part['onnx_ms']:.3f} | {part['torchscript_ms']:.3f}" if "onnx_ms" in part else " | ")
+                flag = " (flagged: > 15 % off)" if part.get("flagged") else ""
+                lines.append(f"| `{name}` | {part['device']} | {part['predicted_ms']:.3f} | {got} | "
+                             f"{part['status']}{flag} |")
     (RESULTS / "quickstart.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
