@@ -66,11 +66,12 @@ def spread(t_const: float, n: int, epochs: int, seed: int) -> dict:
     exp = _experiment("random")
     dm = JmsnasDataModule(exp.config.dataset, seed=exp.config.seed)
     dm.setup()
-    sample = sample_within(exp.search_space, dm.num_classes, dm.input_shape, ArchLatencyModel.for_experiment(exp),
+    info = dm.info()
+    sample = sample_within(exp.search_space, info.num_classes, info.input_shape, ArchLatencyModel.for_experiment(exp),
                            t_const, n, 10_000, random.Random(f"spread/{seed}/{t_const}"))
     s = exp.config.strategy
     data = ChildData(train=dm.train_set, val=dm.val_set, batch_size=exp.config.dataset.batch_size, epochs=epochs,
-                     lr=s.retrain.lr, weight_decay=s.retrain.weight_decay, temperature=1.0, kd_weight=0.0,
+                     lr=s.sample_lr, weight_decay=s.lambda1, temperature=1.0, kd_weight=0.0,
                      use_kd=False)
     accs = []
     for k, (spec, _) in enumerate(sample.drawn):
