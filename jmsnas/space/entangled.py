@@ -13,8 +13,8 @@ layer's candidates. Candidate ``mb_k{K}_e{E}[_sc]`` uses the first ``in_channels
 channels of every weight and BatchNorm, and the centre K taps of every depthwise kernel (OFA's
 kernel slicing without its transformation matrices); the ``_sc`` variant adds the input to the same
 body. Every weight step trains the weights all candidates start from, so the same 20 epochs give
-97 % validation accuracy on a random path (after `recalibrate_bn`). BatchNorm running statistics are shared the same way, so
-they describe no single candidate: the derived network's are re-estimated before it is evaluated
+97 % validation accuracy on a random path (after `recalibrate_bn`). BatchNorm running statistics are
+shared the same way, so they describe no single candidate: the derived network's are re-estimated before it is evaluated
 (`jmsnas.space.supernet.recalibrate_bn`).
 
 `EntangledCandidate` is one candidate's view of the shared module (a `MixedOp` candidate);
