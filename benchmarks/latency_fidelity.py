@@ -149,15 +149,16 @@ def bench_device_or_refusal(name: str, n_nets: int, seed: int) -> dict:
     try:
         return bench_device(name, n_nets, seed)
     except ContentionError as exc:
-        nan = float("nan")
-        return {"device": name, "valid": False, "refused": exc.message, "retest": {"within_10pct": nan},
+        # None, not NaN: the JSON stays valid for strict parsers
+        return {"device": name, "valid": False, "refused": exc.message, "retest": {"within_10pct": None},
                 **dict.fromkeys(("within_10pct", "within_5pct", "spearman", "ops_within_10pct", "nets_within_10pct",
-                                 "nets_median_abs_rel_err", "nets_p95_abs_rel_err"), nan), "n_nets": 0, "spaces": {}}
+                                 "nets_median_abs_rel_err", "nets_p95_abs_rel_err"), None), "n_nets": 0, "spaces": {}}
 
 
 def to_markdown(results: list[dict], env: dict, command: str) -> str:
     valid = all(r["valid"] for r in results)
-    floor = " / ".join(f"{r['device']} {r['retest']['within_10pct']:.0%}" for r in results)
+    floor = " / ".join(f"{r['device']} {r['retest']['within_10pct']:.0%}" if "refused" not in r
+                       else f"{r['device']} refused" for r in results)
     lines = ["# Latency fidelity", "", f"Command: `{command}`", "",
              f"Hardware: {env['processor']}, {env['cpu_count']} cores; torch {env['torch']}; {env['date']}.", "",
              f"Run **{'valid' if valid else 'INVALID'}**: the noise floor (the same networks timed twice, share "

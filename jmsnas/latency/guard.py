@@ -56,6 +56,8 @@ from torch import nn
 from jmsnas.errors import JmsnasError
 
 T = TypeVar("T")
+#: A block of measurements: times its work together with the given reference call; ``(result, reference_ms)``.
+Block = Callable[[Callable[[], object]], tuple[T, float]]
 
 #: Default tolerance: a reference more than 15 % off the speed index means "not quiet" (a quiet
 #: 2-core VM of this project's kind moves it by up to ±12 %; see the module docstring).
@@ -81,10 +83,17 @@ class _MatrixPower(nn.Module):
         return torch.linalg.matrix_power(self.a, self.power) + x
 
 
-def reference_workload() -> tuple[nn.Module, torch.Tensor]:
-    """The reference: compute-bound with a small working set (108 KB), so that what the modules timed with it
-    leave in the caches moves it little; it moves with the CPU's speed (clock, a busy sibling, stolen time)."""
-    return _MatrixPower().eval(), torch.zeros(1)
+def reference_workload() -> Callable[[], object]:
+    """The reference, one call a run: compute-bound with a small working set (108 KB), so that what the modules
+    timed with it leave in the caches moves it little; it moves with the CPU's speed (clock, a busy sibling,
+    stolen time)."""
+    module, x = _MatrixPower().eval(), torch.zeros(1)
+
+    def call() -> object:
+        with torch.inference_mode():
+            return module(x)
+
+    return call
 
 
 @dataclass
@@ -122,7 +131,7 @@ class ContentionGuard:
         self.wait_s = wait_s
         self.speed_index: dict[str, float] = {} if speed_index_ms is None else {DEFAULT_PHASE: speed_index_ms}
         self.sleep = sleep
-        self.module, self.input = reference_workload()
+        self.reference = reference_workload()
         self.stats = GuardStats()
 
     @property
@@ -134,7 +143,7 @@ class ContentionGuard:
     def speed_index_ms(self, value: float) -> None:
         self.speed_index[DEFAULT_PHASE] = value
 
-    def ratio(self, reference_ms: float, phase: str = "ops") -> float:
+    def ratio(self, reference_ms: float, phase: str = DEFAULT_PHASE) -> float:
         """The reference's time in a block / the phase's speed index."""
         ratio = reference_ms / self.speed_index[phase]
         self.stats.checks += 1
@@ -142,21 +151,21 @@ class ContentionGuard:
             self.stats.worst_ratio = ratio
         return ratio
 
-    def _first(self, block: Callable[[nn.Module, torch.Tensor], tuple[T, float]], phase: str) -> T:
+    def _first(self, block: Block[T], phase: str) -> T:
         """The first block of a phase, measured three times: the median reference is the phase's speed index
         (one disturbed measurement at the start cannot set it), and the measurement closest to it is kept."""
-        runs = [block(self.module, self.input) for _ in range(3)]
+        runs = [block(self.reference) for _ in range(3)]
         index = self.speed_index[phase] = statistics.median(ref for _, ref in runs)
         for _, ref in runs:
             self.ratio(ref, phase)
         return min(runs, key=lambda run: abs(run[1] - index))[0]
 
-    def measure(self, block: Callable[[nn.Module, torch.Tensor], tuple[T, float]], what: str = "a block",
+    def measure(self, block: Block[T], what: str = "a block",
                 phase: str = DEFAULT_PHASE) -> T:
         """Measure ``block`` in a quiet window and return its result.
 
         Args:
-            block: called with the reference module and its input, which it must time together with its
+            block: called with the reference (a zero-argument callable), which it must time together with its
                 own work (as one more participant of its round-robin); returns ``(result, reference_ms)``.
             what: what is measured, for the error message.
             phase: the kind of block (blocks of one phase are timed with like modules; see the module docstring).
@@ -168,7 +177,7 @@ class ContentionGuard:
             return self._first(block, phase)
         ratio = 1.0
         for attempt in range(self.retries):
-            result, reference_ms = block(self.module, self.input)
+            result, reference_ms = block(self.reference)
             ratio = self.ratio(reference_ms, phase)
             if abs(ratio - 1.0) <= self.tolerance:
                 return result

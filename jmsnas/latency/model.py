@@ -127,7 +127,6 @@ class ProfiledLatencyModel:
         self.regressor = GradientBoostingRegressor(n_estimators=400, max_depth=4, learning_rate=0.05,
                                                    subsample=0.8, random_state=seed)
         self.regressor.fit(_feature_matrix(feats, self.feature_names), y)
-        self.scale, self.overhead_ms = 1.0, 0.0
         self.apply_calibration = apply_calibration
         self.scale, self.overhead_ms = self._calibrate(
             [(float(self.predict(ops, calibrated=False).sum()), len(ops), whole) for ops, whole in networks or []])

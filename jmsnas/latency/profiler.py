@@ -33,10 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from jmsnas.errors import JmsnasError
-from jmsnas.latency.guard import DEFAULT_TOLERANCE, ContentionGuard, machine_load
+from jmsnas.latency.guard import DEFAULT_PHASE, DEFAULT_TOLERANCE, ContentionGuard, machine_load
 from jmsnas.latency.ops import (
     PROFILE_NUM_CLASSES,
     build_module,
@@ -105,8 +104,8 @@ def _open_profile(csv_path: Path, json_path: Path, conditions: dict, space_names
                   guard: ContentionGuard | None) -> list[dict]:
     """Check an existing profile can be resumed under these conditions; rewrite its CSV without a torn line.
 
-    With a guard, the profile's stored speed index becomes the guard's yardstick; a machine that is now
-    faster than that by more than the tolerance means the stored rows were measured slow: refused.
+    With a guard, the profile's stored speed indices become the guard's yardstick: a machine that now runs
+    the reference faster or slower than when the stored rows were measured gets no quiet window.
     """
     rows = read_rows(csv_path)
     if json_path.is_file():
@@ -229,18 +228,16 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 def _time(modules: list, inputs: list, timing: dict, guard: ContentionGuard | None = None,
-          what: str = "a block", phase: str = "ops") -> list[tuple[float, float]]:
+          what: str = "a block", phase: str = DEFAULT_PHASE) -> list[tuple[float, float]]:
     """Time ``modules`` round-robin; with a guard, its reference workload is timed with them (see `guard`)."""
+    kw = {k: timing[k] for k in ("blocks", "block_size", "warmup", "threads")}
+    if guard is None:
+        return time_interleaved(modules, inputs, **kw)
 
-    def block(reference: nn.Module, x: torch.Tensor) -> tuple[list[tuple[float, float]], float]:
-        times = time_interleaved([*modules, reference.to(timing["device"])], [*inputs, x.to(timing["device"])],
-                                 blocks=timing["blocks"], block_size=timing["block_size"], warmup=timing["warmup"],
-                                 threads=timing["threads"])
+    def block(reference) -> tuple[list[tuple[float, float]], float]:
+        times = time_interleaved(modules, inputs, extra=[reference], **kw)
         return times[:-1], times[-1][0]
 
-    if guard is None:
-        return time_interleaved(modules, inputs, blocks=timing["blocks"], block_size=timing["block_size"],
-                                warmup=timing["warmup"], threads=timing["threads"])
     return guard.measure(block, what, phase)
 
 

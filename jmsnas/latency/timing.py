@@ -25,7 +25,8 @@ from torch import nn
 
 
 def time_interleaved(modules: Sequence[nn.Module], inputs: Sequence[torch.Tensor], *, blocks: int = 10,
-                     block_size: int = 10, warmup: int = 5, threads: int | None = None) -> list[tuple[float, float]]:
+                     block_size: int = 10, warmup: int = 5, threads: int | None = None,
+                     extra: Sequence[Callable[[], object]] = ()) -> list[tuple[float, float]]:
     """Median of block minima (ms) and its inter-quartile range, per module.
 
     Args:
@@ -35,9 +36,11 @@ def time_interleaved(modules: Sequence[nn.Module], inputs: Sequence[torch.Tensor
         block_size: timed forwards per block; a block keeps its minimum.
         warmup: untimed forwards per module first.
         threads: ``torch.set_num_threads`` while timing (restored afterwards).
+        extra: zero-argument callables timed with the modules, after them in the round-robin (the contention
+            guard's reference).
 
     Returns:
-        ``(estimate_ms, spread_ms)`` per module, in order.
+        ``(estimate_ms, spread_ms)`` per module, then per extra callable, in order.
     """
     modes = [m.training for m in modules]
     cuda = any(x.is_cuda for x in inputs)
@@ -46,7 +49,8 @@ def time_interleaved(modules: Sequence[nn.Module], inputs: Sequence[torch.Tensor
         for m in modules:
             m.eval()
         with torch.inference_mode():
-            return time_callables(calls, blocks=blocks, block_size=block_size, warmup=warmup, threads=threads)
+            return time_callables([*calls, *extra], blocks=blocks, block_size=block_size, warmup=warmup,
+                                  threads=threads)
     finally:
         for m, mode in zip(modules, modes, strict=True):
             m.train(mode)

@@ -28,7 +28,7 @@ import torch
 from jmsnas.latency.guard import ContentionError, ContentionGuard
 from jmsnas.latency.profiler import measurement_conditions
 from jmsnas.latency.timing import time_callables
-from jmsnas.partition.bundle import load_bundle
+from jmsnas.partition.bundle import Bundle, load_bundle
 from jmsnas.partition.plan import DeploymentPlan
 from jmsnas.topology import Device
 
@@ -46,9 +46,8 @@ def profile_meta(device: Device, profiles_dir: str | Path) -> dict[str, Any] | N
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def part_inputs(bundle_dir: Path, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-    """The input tensors of every part when the bundle runs on ``x`` (TorchScript, exits ignored)."""
-    bundle = load_bundle(bundle_dir, "torchscript")
+def part_inputs(bundle: Bundle, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """The input tensors of every part when the bundle runs on ``x`` (exits ignored)."""
     seen: list[tuple[torch.Tensor, ...]] = []
     bundle.run(x, record=seen)
     return seen
@@ -105,8 +104,9 @@ def measure_parts(bundle_dir: str | Path, plan: DeploymentPlan, x: torch.Tensor,
     """
     root = Path(bundle_dir)
     guard = guard or ContentionGuard()
-    manifest = load_bundle(root, "torchscript").manifest
-    inputs = part_inputs(root, x[:1])
+    bundle = load_bundle(root, "torchscript")
+    manifest = bundle.manifest
+    inputs = part_inputs(bundle, x[:1])
     parts = [_measure_part(root, m, entry, plan.segments[m].compute_ms, inputs[m], profiles.get(entry["device"]),
                            guard, flag_above) for m, entry in enumerate(manifest["parts"])]
     measured = {b: sum(p.get(f"{b}_ms", p["predicted_ms"]) for p in parts) for b in ("onnx", "torchscript")}
@@ -135,12 +135,8 @@ def _measure_part(root: Path, m: int, entry: Mapping[str, Any], predicted_ms: fl
     timing = {"blocks": int(meta.get("blocks", 10)), "block_size": int(meta.get("block_size", 10)),
               "warmup": int(meta.get("warmup", 5)), "threads": threads}
 
-    def block(reference: torch.nn.Module, x: torch.Tensor) -> tuple[list[tuple[float, float]], float]:
-        def ref() -> object:
-            with torch.inference_mode():
-                return reference(x)
-
-        times = time_callables([*calls, ref], **timing)
+    def block(reference: Callable[[], object]) -> tuple[list[tuple[float, float]], float]:
+        times = time_callables([*calls, reference], **timing)
         return times[:-1], times[-1][0]
 
     try:

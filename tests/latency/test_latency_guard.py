@@ -42,7 +42,7 @@ def test_block_is_remeasured_when_the_fake_clock_reports_the_reference_slowed() 
     steps = iter([1_400_000, 1_000_000, 900_000, 1_300_000, 1_050_000])
     blocks = []
 
-    def block(reference, x):
+    def block(reference):
         blocks.append(len(blocks))
         clock.step_ns = next(steps)
         (ref_ms, _), = time_callables([clock.run], blocks=3, block_size=2, warmup=1, clock=clock)
@@ -58,10 +58,10 @@ def _fake_machine(monkeypatch, reference_ms: list[float]) -> list[int]:
     """Replace the profiler's timing: every op takes 1 ms, the guard's reference (timed last) ``reference_ms[i]``."""
     calls: list[int] = []
 
-    def fake(modules, inputs, **kw):
+    def fake(modules, inputs, extra=(), **kw):
         ref = reference_ms[min(len(calls), len(reference_ms) - 1)]
         calls.append(len(modules))
-        return [(1.0, 0.0)] * (len(modules) - 1) + [(ref, 0.0)]
+        return [(1.0, 0.0)] * len(modules) + [(ref, 0.0)] * len(extra)
 
     monkeypatch.setattr(profiler, "time_interleaved", fake)
     return calls
