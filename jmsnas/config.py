@@ -322,8 +322,10 @@ class ExperimentConfig(Strict):
     exits: ExitsConfig | None = None
     partition: PartitionConfig | None = None
     export: ExportConfig | None = None
-    profiles_dir: Path | None = None
-    output_dir: Path | None = Field(None, description="runs are written to OUTPUT_DIR/<name>; default ./runs")
+    profiles_dir: Path | None = Field(None, description="where profile: NAME devices are looked up; resolved at load "
+                                      "(default: the shipped latency_profiles/)")
+    output_dir: Path | None = Field(None, description="runs are written to OUTPUT_DIR/<name>; resolved at load "
+                                    "(default: ./runs)")
 
 
 class Experiment:
@@ -337,8 +339,7 @@ class Experiment:
 
     @property
     def run_dir(self) -> Path:
-        base = self.config.output_dir if self.config.output_dir is not None else Path.cwd() / "runs"
-        return base / self.config.name
+        return self.config.output_dir / self.config.name
 
 
 def _resolve(base: Path, p: Path | None) -> Path | None:
@@ -350,8 +351,8 @@ def _resolve(base: Path, p: Path | None) -> Path | None:
 
 def _resolve_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
     updates: dict[str, Any] = {"search_space": _resolve(base, config.search_space),
-                               "profiles_dir": _resolve(base, config.profiles_dir),
-                               "output_dir": _resolve(base, config.output_dir)}
+                               "profiles_dir": _resolve(base, config.profiles_dir) or DEFAULT_PROFILES_DIR,
+                               "output_dir": _resolve(base, config.output_dir) or Path.cwd() / "runs"}
     dataset = config.dataset
     if hasattr(dataset, "root"):
         updates["dataset"] = dataset.model_copy(update={"root": _resolve(base, dataset.root)})
@@ -402,7 +403,7 @@ def load_experiment(path: str | Path, check_data: bool = True) -> Experiment:
     data = load_yaml_mapping(path)
     config = _resolve_paths(validate_or_raise(ExperimentConfig, data, file=path), path.parent)
     try:
-        devices = build_devices(config.topology, config.profiles_dir or DEFAULT_PROFILES_DIR, path)
+        devices = build_devices(config.topology, config.profiles_dir, path)
         links = [Link(**link.model_dump()) for link in config.topology.links]
         topology = build_topology(config.topology.kind, devices, links)
     except JmsnasError as exc:

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="replace plan.json, deploy.json and bundle/ if present")
     args = parser.parse_args(argv)
     try:
-        from jmsnas import pipeline
+        from jmsnas.stages import deploy as pipeline
 
         exp = load_experiment(args.experiment)
         pipeline.check_partition(exp)

@@ -46,6 +46,3 @@ class DatasetError(JmsnasError):
 class TopologyError(JmsnasError):
     """Devices and links do not form a valid chain or mesh."""
 
-
-class StageNotBuiltError(JmsnasError):
-    """The experiment enables a pipeline stage that jmsnas does not implement yet."""

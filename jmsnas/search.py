@@ -13,29 +13,18 @@ import sys
 from collections.abc import Sequence
 
 from jmsnas.config import Experiment, load_experiment
-from jmsnas.errors import JmsnasError, StageNotBuiltError
+from jmsnas.errors import ConfigError, JmsnasError
 
-#: Pipeline stages that exist in this version, by the experiment section that enables them.
-BUILT_STAGES: dict[str, bool] = {"strategy": True, "exits": True, "partition": True, "export": True}
 #: Search strategies that exist in this version (``strategy.name``).
 BUILT_STRATEGIES: tuple[str, ...] = ("proxyless", "morphism", "random")
 
 
-def unbuilt_sections(exp: Experiment) -> list[str]:
-    """Optional sections the experiment declares whose stage is not built yet."""
-    return [s for s in ("exits", "partition", "export") if getattr(exp.config, s) is not None and not BUILT_STAGES[s]]
-
-
 def check_stages(exp: Experiment) -> None:
-    """Reject a strategy or a stage that this version does not implement, naming the field."""
-    missing = unbuilt_sections(exp)
-    if missing:
-        raise StageNotBuiltError(f"the experiment enables stage(s) {missing} that this version of jmsnas does "
-                                 "not implement yet; remove the section(s)", file=exp.path, field=missing[0])
+    """Reject a strategy that this version does not implement, naming the field."""
     name = exp.config.strategy.name
     if name not in BUILT_STRATEGIES:
-        raise StageNotBuiltError(f"strategy {name!r} is not built in this version of jmsnas; use one of "
-                                 f"{', '.join(BUILT_STRATEGIES)}", file=exp.path, field="strategy.name")
+        raise ConfigError(f"strategy {name!r} is not built in this version of jmsnas; use one of "
+                          f"{', '.join(BUILT_STRATEGIES)}", file=exp.path, field="strategy.name")
 
 
 def _bytes_text(n: float) -> str:
@@ -110,7 +99,8 @@ def deploy_after_search(exp: Experiment, *, smoke: bool) -> None:
     """Partition, compress and export every feasible choice of the finished search (`jmsnas.pipeline`)."""
     import json
 
-    from jmsnas import pipeline, tune
+    from jmsnas import tune
+    from jmsnas.stages import deploy as pipeline
 
     config = tune.smoke_config(exp.config) if smoke else exp.config
     if smoke and config.partition is not None:
@@ -145,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         exp = load_experiment(args.experiment)
         check_stages(exp)
-        from jmsnas.pipeline import check_partition
+        from jmsnas.stages.deploy import check_partition
 
         check_partition(exp)
         from jmsnas import tune  # imports Ray: only once the experiment is known to be valid

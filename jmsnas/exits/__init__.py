@@ -16,10 +16,10 @@ from __future__ import annotations
 from jmsnas.exits.augment import augment, load_heads, save_result
 from jmsnas.exits.candidates import Placement, enumerate_placements
 from jmsnas.exits.cascade import EarlyExitNet, MacCounter
-from jmsnas.exits.deploy import export_eenn, plan_with_exits
+from jmsnas.exits.export import export_eenn, plan_with_exits
 from jmsnas.exits.graph import BlockGraph, ClassifierBlueprint, block_graph
 from jmsnas.exits.heads import ExitHead, HeadConfig, build_exit_head
-from jmsnas.exits.report import Evaluation, ExitsResult
+from jmsnas.exits.result import Evaluation, ExitsResult
 from jmsnas.exits.thresholds import CascadeStats, Objective, bellman_ford, exhaustive, search_thresholds
 
 __all__ = [

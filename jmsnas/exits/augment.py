@@ -33,19 +33,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from jmsnas.compress.quantize import Compressor
 from jmsnas.config import DEFAULT_PROFILES_DIR, ExitsConfig
 from jmsnas.errors import ConfigError
 from jmsnas.exits.candidates import HeadLatency, Placement, enumerate_placements, feasible
 from jmsnas.exits.cascade import EarlyExitNet
+from jmsnas.exits.costs import head_latency_fn, unit_latency_table
 from jmsnas.exits.graph import BlockGraph, block_graph
 from jmsnas.exits.heads import ExitHead, build_exit_head
-from jmsnas.exits.latency import head_latency_fn, unit_latency_table
-from jmsnas.exits.report import ExitsResult, evaluate_eenn
+from jmsnas.exits.result import ExitsResult, evaluate_eenn
 from jmsnas.exits.thresholds import CascadeStats, Objective, ThresholdSearch, confidence, objective_value
 from jmsnas.exits.thresholds import search_thresholds as _search
 from jmsnas.exits.train import ExitOutputs, default_loss_weights, exit_outputs, joint_finetune, train_heads
-from jmsnas.partition.compress import Compressor
-from jmsnas.partition.plan import DeploymentPlan
+from jmsnas.plan.artifact import DeploymentPlan
 from jmsnas.space.arch import ArchSpec
 from jmsnas.topology import Topology
 

@@ -33,9 +33,9 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from jmsnas.compress.quantize import Compressor
 from jmsnas.exits.graph import BlockGraph
-from jmsnas.partition.compress import Compressor
-from jmsnas.partition.plan import path_links
+from jmsnas.plan.planners import path_links
 from jmsnas.topology import Topology
 
 #: ``(device name, exit location) -> ms`` of running the head of that location on that device.

@@ -35,7 +35,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from jmsnas.errors import ConfigError
-from jmsnas.partition.split import live_values, split_graph, trace_units, units
+from jmsnas.export.split import live_values, split_graph, trace_units, units
 from jmsnas.space.ops import Head
 
 _MAC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)

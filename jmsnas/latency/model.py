@@ -54,7 +54,7 @@ import numpy as np
 from jmsnas.errors import ConfigError
 from jmsnas.latency.ops import descriptor_key, log_features
 from jmsnas.space.macs import OpDescriptor
-from jmsnas.topology import AnalyticSpec, Device
+from jmsnas.topology import AnalyticSpec, Device, Topology
 
 #: Bytes per tensor element moved by an analytic device (float32 inference).
 DEFAULT_BYTES_PER_ELEMENT = 4
@@ -218,3 +218,8 @@ def latency_model_for(device: Device, profiles_dir: str | Path) -> LatencyModel:
     if device.analytic is not None:
         return AnalyticLatencyModel(device.name, device.analytic)
     return ProfiledLatencyModel.from_csv(Path(profiles_dir) / f"{device.profile}.csv")
+
+
+def latency_models(topology: Topology, profiles_dir: str | Path) -> dict[str, LatencyModel]:
+    """The latency model of every device of ``topology`` (measured profile or analytic)."""
+    return {d.name: latency_model_for(d, profiles_dir) for d in topology.devices}

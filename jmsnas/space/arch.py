@@ -314,7 +314,7 @@ class ArchNet(nn.Module):
     A block with a skip connection is a ``MergeBlock`` called as ``block(x, earlier)``, where
     ``earlier`` is the output of layer ``sources[i]`` of ``[stem, *blocks]``. ``layers()`` are then
     still the units to cut between, but a cut crossing a skip carries two tensors: split such a
-    network with ``jmsnas.partition.split.split_graph`` (``torch.fx`` traces it), not ``split_archnet``.
+    network with ``jmsnas.export.split.split_graph`` (``torch.fx`` traces it), not ``split_archnet``.
 
     Args:
         stem: the stem module.

@@ -10,9 +10,8 @@ standalone ``ArchNet`` carrying the supernet's trained weights (``preserve_weigh
 Once-for-All): weight sharing leaves each BatchNorm with running statistics averaged over every path
 that ran through it, which are not the evaluated path's (`jmsnas.strategies.proxyless` has the numbers).
 
-``expected_layer_latency`` is paper 003 §IV-B: ``E[tau_n^m] = sum_i p_i U_n^m(v_i)``, the
-expected execution latency of layer n on device m, differentiable in ``alpha``; it replaces
-``tau_n^m`` in eq. (1) / (2) to give the latency term of eq. (4).
+The expected latency of layer n on device m, ``E[tau_n^m] = sum_i p_i U_n^m(v_i)`` (paper 003
+§IV-B), is computed from ``probs()`` by ``jmsnas.strategies.expected_latency.ExpectedLatency``.
 """
 
 from __future__ import annotations
@@ -212,24 +211,3 @@ class Supernet(nn.Module):
         net.head.load_state_dict(self.head.state_dict())
         ref = next(self.parameters())
         return net.to(device=ref.device, dtype=ref.dtype).train(self.training)
-
-    def expected_layer_latency(self, latency_tables: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``E[tau_n^m] = sum_i p_i U_n[i, m]`` for every layer n and device m (paper 003 §IV-B).
-
-        Args:
-            latency_tables: per layer a constant ``U_n`` of shape ``[R_n, M]``: the latency (ms) of
-                each candidate of layer n on each of the M devices.
-
-        Returns:
-            Tensor ``[N, M]``, differentiable in every layer's ``alpha``.
-        """
-        if len(latency_tables) != len(self.layers):
-            raise ValueError(f"expected {len(self.layers)} latency tables (one per layer), got {len(latency_tables)}")
-        rows = []
-        for n, (layer, table) in enumerate(zip(self.layers, latency_tables, strict=True)):
-            p = layer.probs()
-            u = torch.as_tensor(table).to(p)
-            if u.dim() != 2 or u.shape[0] != layer.num_candidates:
-                raise ValueError(f"layer {n}: latency table must be [{layer.num_candidates}, M], got {list(u.shape)}")
-            rows.append(p @ u)
-        return torch.stack(rows)

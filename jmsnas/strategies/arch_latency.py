@@ -1,9 +1,9 @@
 """Predicted completion latency of one discrete network (an ``ArchSpec``) on an experiment's topology.
 
 The supernet strategy predicts an *expected* latency over its gate probabilities
-(`jmsnas.strategies.latency.ExpectedLatency`); a strategy that works on whole networks, like the
+(`jmsnas.strategies.expected_latency.ExpectedLatency`); a strategy that works on whole networks, like the
 morphism search, needs the latency of one network. The per-layer costs are the planner's
-(`jmsnas.partition.costs.arch_costs`: every device's latency model on each layer of
+(`jmsnas.plan.costs.arch_costs`: every device's latency model on each layer of
 ``[stem, *blocks, head]``, weights plus output activation as memory), and ``plan_arch`` places the
 layers exactly (paper 003 eq. (1); on a mesh, the best path), within each device's memory.
 
@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from jmsnas.config import DEFAULT_PROFILES_DIR, Experiment
+from jmsnas.builders import cut_compressors, latency_models
+from jmsnas.compress.quantize import Compressor
+from jmsnas.config import Experiment
 from jmsnas.latency.model import LatencyModel
-from jmsnas.partition.compress import Compressor
-from jmsnas.partition.costs import arch_costs, experiment_compressors, latency_models, plan_arch
-from jmsnas.partition.plan import DeploymentPlan
+from jmsnas.plan.artifact import DeploymentPlan
+from jmsnas.plan.costs import arch_costs, plan_arch
 from jmsnas.space.arch import ArchSpec
 from jmsnas.topology import Topology
 
@@ -68,8 +69,8 @@ class ArchLatencyModel:
     @classmethod
     def for_experiment(cls, exp: Experiment) -> ArchLatencyModel:
         """The experiment's topology, its devices' latency models and its compressors at the cuts."""
-        return cls(exp.topology, latency_models(exp.topology, exp.config.profiles_dir or DEFAULT_PROFILES_DIR),
-                   experiment_compressors(exp, exp.search_space.dims))
+        return cls(exp.topology, latency_models(exp),
+                   cut_compressors(exp, exp.search_space.dims))
 
     def __call__(self, spec: ArchSpec) -> ArchLatency:
         """Place ``spec`` on the topology.

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 from jmsnas.space.arch import ArchNet
 from jmsnas.space.supernet import Supernet, recalibrate_bn
-from jmsnas.strategies.latency import ExpectedLatency, LatencyPenalty
+from jmsnas.strategies.expected_latency import ExpectedLatency, LatencyPenalty
 
 
 class SupernetSearch(pl.LightningModule):

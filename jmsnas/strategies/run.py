@@ -16,13 +16,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from jmsnas.config import DEFAULT_PROFILES_DIR, Experiment, MorphismConfig, ProxylessConfig, RandomConfig
+from jmsnas.builders import cut_compressors, latency_models
+from jmsnas.config import Experiment, MorphismConfig, ProxylessConfig, RandomConfig
 from jmsnas.data import JmsnasDataModule
-from jmsnas.latency.model import latency_model_for
-from jmsnas.partition.costs import experiment_compressors
 from jmsnas.space.arch import ArchSpec, build_model
 from jmsnas.space.supernet import Supernet
-from jmsnas.strategies.latency import ExpectedLatency, LatencyPenalty, derive_within
+from jmsnas.strategies.expected_latency import ExpectedLatency, LatencyPenalty, derive_within
 from jmsnas.strategies.proxyless import SupernetSearch
 from jmsnas.strategies.retrain import Classifier, accuracy
 
@@ -53,11 +52,10 @@ class SearchOutcome:
 def expected_latency(exp: Experiment, num_classes: int, input_shape: tuple[int, ...],
                      strategy: ProxylessConfig) -> ExpectedLatency:
     """The E[T] predictor for an experiment's topology, devices and search space."""
-    profiles = exp.config.profiles_dir or DEFAULT_PROFILES_DIR
-    models = {d.name: latency_model_for(d, profiles) for d in exp.topology.devices}
+    models = latency_models(exp)
     cap = strategy.max_layers_per_device if strategy.split == "pinned" else None
     return ExpectedLatency(exp.search_space, exp.topology, models, num_classes, input_shape, cap,
-                           experiment_compressors(exp, exp.search_space.dims))
+                           cut_compressors(exp, exp.search_space.dims))
 
 
 def _trainer(run_dir: Path, name: str, epochs: int, progress: bool, **kwargs) -> pl.Trainer:

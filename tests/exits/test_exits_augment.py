@@ -13,8 +13,9 @@ from jmsnas.config import ExitsConfig
 from jmsnas.errors import ConfigError
 from jmsnas.exits import augment, export_eenn, load_heads, plan_with_exits
 from jmsnas.exits.graph import block_graph
-from jmsnas.partition.bundle import load_bundle, run_bundle, verify_bundle
-from jmsnas.partition.plan import DeploymentPlan, plan_sequential
+from jmsnas.plan.artifact import DeploymentPlan
+from jmsnas.plan.planners import plan_sequential
+from jmsnas.runtime.bundle import load_bundle, run_bundle, verify_bundle
 from jmsnas.space.macs import arch_descriptors
 
 FAST = ExitsConfig(head_epochs=3, head_lr=0.01, final_thresholds_per_exit=25)

@@ -131,8 +131,8 @@ def test_enumerated_splits_price_links_with_the_compressors() -> None:
 
     from exits_specs import chain3, tiny_1d_spec
 
+    from jmsnas.compress.quantize import Compressor
     from jmsnas.exits.candidates import enumerate_placements
-    from jmsnas.partition.compress import Compressor
     from jmsnas.space.arch import build_model
 
     graph = block_graph(build_model(tiny_1d_spec()), (1, 40))

@@ -10,8 +10,8 @@ import pytest
 
 from jmsnas.latency.model import AnalyticLatencyModel, ProfiledLatencyModel, latency_model_for, row_descriptor
 from jmsnas.latency.ops import descriptor_key, grid_descriptors, space_descriptors
-from jmsnas.latency.payload import payload_bytes, transfer_ms
 from jmsnas.latency.profiler import _row
+from jmsnas.plan.wire import payload_bytes
 from jmsnas.space.macs import describe_op
 from jmsnas.space.spec import load_search_space
 from jmsnas.topology import AnalyticSpec, Device, Link
@@ -74,10 +74,10 @@ def test_payload_and_transfer_by_hand() -> None:
     assert payload_bytes(160, bits=8) == 160
     assert payload_bytes(3, bits=4) == 2  # 12 bits round up to 2 bytes
     # 640 bytes = 5120 bit at 1 Mbit/s = 5.12 ms, plus half of 30 ms
-    assert transfer_ms(Link("a", "b", 1.0, 30.0), (1, 16, 10)) == pytest.approx(15 + 5.12)
+    assert Link("a", "b", 1.0, 30.0).latency_ms(payload_bytes((1, 16, 10))) == pytest.approx(15 + 5.12)
     with pytest.raises(ValueError):
         payload_bytes(10, bits=0)
-    assert math.isclose(transfer_ms(Link("a", "b", 8.0), 0), 0.0)
+    assert math.isclose(Link("a", "b", 8.0).latency_ms(payload_bytes(0)), 0.0)
 
 
 def test_network_calibration_recovers_scale_and_overhead() -> None:

@@ -15,7 +15,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from jmsnas.errors import ConfigError
-from jmsnas.partition.split import run_segments, split_graph, trace_units, units
+from jmsnas.export.split import run_segments, split_graph, trace_units, units
 from jmsnas.space import morph
 from jmsnas.space.arch import ArchNet, ArchSpec, build_model
 from jmsnas.space.macs import arch_descriptors, count_macs

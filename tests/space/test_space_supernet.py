@@ -99,42 +99,6 @@ def test_arch_and_weight_parameters_are_disjoint_and_complete() -> None:
     assert len(weight) == len(net.weight_parameters())
 
 
-def test_expected_latency_value_and_gradient_match_finite_differences() -> None:
-    net = _net().double()
-    gen = torch.Generator().manual_seed(0)
-    tables = [torch.rand(layer.num_candidates, 3, generator=gen, dtype=torch.float64) * 5 for layer in net.layers]
-    with torch.no_grad():
-        for a in net.arch_parameters():
-            a.copy_(torch.randn(a.shape, generator=gen, dtype=torch.float64))
-    weights = torch.randn(len(net.layers), 3, generator=gen, dtype=torch.float64)
-
-    def objective() -> torch.Tensor:
-        return (net.expected_layer_latency(tables) * weights).sum()
-
-    expected = net.expected_layer_latency(tables)
-    for n, (p, u) in enumerate(zip(net.probs(), tables, strict=True)):
-        torch.testing.assert_close(expected[n], (p[:, None] * u).sum(0))
-    objective().backward()
-    h = 1e-6
-    for a in net.arch_parameters():
-        for i in range(len(a)):
-            with torch.no_grad():
-                a[i] += h
-                up = objective().item()
-                a[i] -= 2 * h
-                down = objective().item()
-                a[i] += h
-            assert a.grad[i].item() == pytest.approx((up - down) / (2 * h), abs=1e-7)
-
-
-def test_expected_latency_checks_table_shapes() -> None:
-    net = _net()
-    with pytest.raises(ValueError, match="layer 1: latency table must be"):
-        net.expected_layer_latency([torch.zeros(13, 2), torch.zeros(5, 2), torch.zeros(13, 2)])
-    with pytest.raises(ValueError, match="one per layer"):
-        net.expected_layer_latency([torch.zeros(13, 2)])
-
-
 def test_derive_and_arch_spec_pick_the_argmax() -> None:
     net = _net()
     picks = [4, 1, 12]

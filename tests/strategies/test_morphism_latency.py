@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from jmsnas.compress.quantize import Compressor
 from jmsnas.latency.model import AnalyticLatencyModel
-from jmsnas.partition.compress import Compressor
-from jmsnas.partition.costs import cut_bytes
+from jmsnas.plan.costs import cut_bytes
 from jmsnas.space import morph
 from jmsnas.space.arch import ArchSpec, build_model
 from jmsnas.space.macs import arch_descriptors
 from jmsnas.space.spec import load_search_space
 from jmsnas.strategies.arch_latency import ArchLatencyModel, DoesNotFit
-from jmsnas.strategies.latency import ExpectedLatency
+from jmsnas.strategies.expected_latency import ExpectedLatency
 from jmsnas.topology import AnalyticSpec, Device, Link, build_topology
 
 REPO = Path(__file__).resolve().parents[2]

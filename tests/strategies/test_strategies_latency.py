@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from jmsnas.compress.quantize import Compressor
 from jmsnas.latency.model import AnalyticLatencyModel
-from jmsnas.partition.compress import Compressor
-from jmsnas.partition.costs import arch_costs, plan_arch
+from jmsnas.plan.costs import arch_costs, plan_arch
 from jmsnas.space.arch import ArchSpec
 from jmsnas.space.macs import arch_descriptors
 from jmsnas.space.spec import load_search_space
 from jmsnas.space.supernet import Supernet
-from jmsnas.strategies.latency import ExpectedLatency, LatencyPenalty
+from jmsnas.strategies.expected_latency import ExpectedLatency, LatencyPenalty
 from jmsnas.topology import AnalyticSpec, Device, Link, build_topology, segment_costs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,7 +115,7 @@ def test_penalty_by_hand() -> None:
 
 
 def test_derive_within_repairs_an_infeasible_argmax() -> None:
-    from jmsnas.strategies.latency import derive_within
+    from jmsnas.strategies.expected_latency import derive_within
 
     devices = _devices({"a": 3e6, "b": 4e7})
     topology = build_topology("chain", devices, [Link("a", "b", 0.5, 2.0)])

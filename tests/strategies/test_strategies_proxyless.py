@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from jmsnas.latency.model import AnalyticLatencyModel
 from jmsnas.space.spec import load_search_space
 from jmsnas.space.supernet import Supernet
-from jmsnas.strategies.latency import ExpectedLatency, LatencyPenalty
+from jmsnas.strategies.expected_latency import ExpectedLatency, LatencyPenalty
 from jmsnas.strategies.proxyless import SupernetSearch
 from jmsnas.topology import AnalyticSpec, Device, build_topology
 

@@ -1,0 +1,17 @@
+"""Size of what crosses a cut (a link's latency for it is ``topology.Link.latency_ms``, paper 004 eq. (11))."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+#: bytes of one float32 weight (memory of a layer = weights + output activation)
+BYTES_PER_PARAM = 4
+
+
+def payload_bytes(shape_or_numel: int | Sequence[int], bits: int = 32) -> int:
+    """Bytes of a tensor of ``shape_or_numel`` elements at ``bits`` per element (numel × bits / 8, rounded up)."""
+    numel = shape_or_numel if isinstance(shape_or_numel, int) else math.prod(shape_or_numel)
+    if numel < 0 or bits <= 0:
+        raise ValueError(f"numel must be >= 0 and bits > 0, got {numel}, {bits}")
+    return math.ceil(numel * bits / 8)
