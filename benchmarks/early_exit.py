@@ -80,8 +80,8 @@ def mnist1d_case(args: argparse.Namespace) -> Case:
 
     from jmsnas.config import DEFAULT_PROFILES_DIR, Mnist1dDataset, load_experiment
     from jmsnas.data import JmsnasDataModule
+    from jmsnas.exits.costs import unit_latency_table
     from jmsnas.exits.graph import block_graph
-    from jmsnas.exits.latency import unit_latency_table
     from jmsnas.space.arch import ArchSpec, build_model
 
     searched = json.loads((RESULTS / "supernet_search.json").read_text())
@@ -115,8 +115,8 @@ def digits_case(args: argparse.Namespace) -> Case:
 
     from jmsnas.config import DEFAULT_PROFILES_DIR, DigitsDataset
     from jmsnas.data import JmsnasDataModule
+    from jmsnas.exits.costs import unit_latency_table
     from jmsnas.exits.graph import block_graph
-    from jmsnas.exits.latency import unit_latency_table
 
     pl.seed_everything(0, verbose=False)
     model = torchvision.models.resnet18(num_classes=10)
@@ -253,7 +253,7 @@ def masked_timing(case: Case, result: Any, args: argparse.Namespace) -> dict:
 def run_case(case: Case, args: argparse.Namespace) -> dict:
     from jmsnas.config import ExitsConfig
     from jmsnas.exits import augment
-    from jmsnas.partition.plan import plan_sequential
+    from jmsnas.plan.planners import plan_sequential
 
     print(f"[{case.name}] backbone trained in {case.train_s:.0f} s", flush=True)
     base = ExitsConfig(result_at=case.result_at, head_epochs=args.head_epochs)

@@ -45,14 +45,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from jmsnas.compress.autoencoder import fit_autoencoder, make_autoencoder  # noqa: E402
+from jmsnas.compress.distilled import fit_student_head, make_student_head  # noqa: E402
+from jmsnas.compress.quantize import build_codec, calibrate, packed_bytes  # noqa: E402
 from jmsnas.config import DigitsDataset, Mnist1dDataset  # noqa: E402
 from jmsnas.data import JmsnasDataModule  # noqa: E402
-from jmsnas.partition.baselines import mobilenet_v2_spec  # noqa: E402
-from jmsnas.partition.bottleneck import fit_autoencoder, make_autoencoder  # noqa: E402
-from jmsnas.partition.compress import build_codec, calibrate, packed_bytes  # noqa: E402
-from jmsnas.partition.distilled import fit_student_head, make_student_head  # noqa: E402
-from jmsnas.partition.plan import plan_sequential  # noqa: E402
-from jmsnas.partition.split import run_segments, split_archnet  # noqa: E402
+from jmsnas.export.split import run_segments, split_archnet  # noqa: E402
+from jmsnas.plan.baselines import mobilenet_v2_spec  # noqa: E402
+from jmsnas.plan.planners import plan_sequential  # noqa: E402
 from jmsnas.space.arch import ArchSpec, build_model  # noqa: E402
 from jmsnas.space.macs import count_macs  # noqa: E402
 from jmsnas.space.spec import load_search_space  # noqa: E402
