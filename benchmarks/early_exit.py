@@ -82,6 +82,7 @@ def mnist1d_case(args: argparse.Namespace) -> Case:
     from jmsnas.data import JmsnasDataModule
     from jmsnas.exits.costs import unit_latency_table
     from jmsnas.exits.graph import block_graph
+    from jmsnas.latency.model import latency_models
     from jmsnas.space.arch import ArchSpec, build_model
 
     searched = json.loads((RESULTS / "supernet_search.json").read_text())
@@ -93,7 +94,8 @@ def mnist1d_case(args: argparse.Namespace) -> Case:
                                          val_fraction=0.2), seed=0)
     train_s = _fit(model, dm, args.mnist1d_epochs, 0.05, 4e-5)
     topo = load_experiment(REPO / "experiments" / "quickstart.yaml", check_data=False).topology
-    unit_ms = unit_latency_table(block_graph(model, spec.input_shape), topo, DEFAULT_PROFILES_DIR, spec)
+    unit_ms = unit_latency_table(block_graph(model, spec.input_shape), topo, latency_models(topo, DEFAULT_PROFILES_DIR),
+                                 spec)
     desc = (f"searched `{spec.compact()}` (supernet_search, T_const 18 ms, seed 0), {args.mnist1d_epochs} epochs "
             f"SGD lr 0.05 cosine; MNIST-1D {args.mnist1d_samples} samples (80/20 train/test, 20 % of train held "
             "out for calibration); quickstart chain m0plus -> m4f -> phone, results wanted on the phone")
@@ -117,6 +119,7 @@ def digits_case(args: argparse.Namespace) -> Case:
     from jmsnas.data import JmsnasDataModule
     from jmsnas.exits.costs import unit_latency_table
     from jmsnas.exits.graph import block_graph
+    from jmsnas.latency.model import latency_models
 
     pl.seed_everything(0, verbose=False)
     model = torchvision.models.resnet18(num_classes=10)
@@ -124,7 +127,7 @@ def digits_case(args: argparse.Namespace) -> Case:
     dm = JmsnasDataModule(DigitsDataset(name="digits", image_size=32, batch_size=64, val_fraction=0.2), seed=0)
     train_s = _fit(model, dm, args.digits_epochs, 0.05, 5e-4)
     topo = digits_topology()
-    unit_ms = unit_latency_table(block_graph(model, (1, 32, 32)), topo, DEFAULT_PROFILES_DIR)
+    unit_ms = unit_latency_table(block_graph(model, (1, 32, 32)), topo, latency_models(topo, DEFAULT_PROFILES_DIR))
     desc = (f"torchvision resnet18 (1-channel stem), {args.digits_epochs} epochs SGD lr 0.05 cosine; scikit-learn "
             "digits at 32x32 (1438 train / 359 test, 20 % of train held out for calibration); chain camera "
             "(200 M MAC/s, 2 MiB) -2 Mbit/s, 10 ms rtt-> phone (10 G MAC/s) -50 Mbit/s, 10 ms rtt-> edge "
@@ -166,9 +169,10 @@ def train_all_heads(case: Case, cfg: Any, args: argparse.Namespace, fraction: fl
 
 def eenn_row(case: Case, cfg: Any, heads: dict, t_const: float | None, label: str, **kw: Any) -> tuple[dict, Any]:
     from jmsnas.exits import augment
+    from jmsnas.exits.costs import ExitLatency
 
-    r = augment(case.model, case.dm, cfg, case.topology, t_const_ms=t_const, spec=case.spec,
-                unit_latency_ms=case.unit_ms, trained_heads=heads, **kw)
+    r = augment(case.model, case.dm, cfg, case.topology, ExitLatency(spec=case.spec, unit_ms=case.unit_ms),
+                t_const_ms=t_const, trained_heads=heads, **kw)
     t, c = r.test, r.calibration
     row = {"setting": label, "t_const_ms": t_const, "exits": r.exits, "devices": list(r.placement.exit_devices),
            "boundaries": list(r.placement.boundaries), "thresholds": r.thresholds,
@@ -253,6 +257,7 @@ def masked_timing(case: Case, result: Any, args: argparse.Namespace) -> dict:
 def run_case(case: Case, args: argparse.Namespace) -> dict:
     from jmsnas.config import ExitsConfig
     from jmsnas.exits import augment
+    from jmsnas.exits.costs import ExitLatency
     from jmsnas.plan.planners import plan_sequential
 
     print(f"[{case.name}] backbone trained in {case.train_s:.0f} s", flush=True)
@@ -279,7 +284,7 @@ def run_case(case: Case, args: argparse.Namespace) -> dict:
 
     plan = plan_sequential(case.unit_ms, out_bytes, 4.0 * math.prod(case.dm.info().input_shape), case.topology)
     fixed_row, _ = eenn_row(case, base.model_copy(update=settings[1][1]), heads, None, "budget 1 pp, planned split",
-                            plan=plan)
+                            split=plan)
     corr = []
     for factor in (1.0, 2 / 3, 0.5):
         cfg = base.model_copy(update={**settings[1][1], "calibration": "train", "correction_factor": factor})
@@ -288,8 +293,8 @@ def run_case(case: Case, args: argparse.Namespace) -> dict:
     cap_row = None
     if args.cap_fraction:
         cap_cfg = base.model_copy(update={**settings[1][1], "max_head_mac_fraction": args.cap_fraction})
-        r = augment(case.model, case.dm, cap_cfg, case.topology, t_const_ms=case.t_consts[-1], spec=case.spec,
-                    unit_latency_ms=case.unit_ms)
+        r = augment(case.model, case.dm, cap_cfg, case.topology, ExitLatency(spec=case.spec, unit_ms=case.unit_ms),
+                    t_const_ms=case.t_consts[-1])
         cap_row = {"fraction": args.cap_fraction, "exits": r.exits, "test_mac_reduction": r.test.mac_reduction,
                    "test_loss_pp": r.test.accuracy_loss_pp, "head_macs": [r.net.head_macs],
                    "head_training_s": r.timings_s["head_training"]}

@@ -3,27 +3,27 @@
 Configuration flows one way: YAML -> these models (validated, defaults filled, unknown keys
 rejected) -> builder functions -> objects. Paths in the file are resolved relative to the file.
 
-Sections of stages that jmsnas does not implement yet (``exits``, ``partition``, ``export``) are
-validated here, so a typo fails now; whether the stage can run is decided by `jmsnas.pipeline`.
+The sections a library package reads are defined beside it and composed here: ``exits`` in
+``jmsnas.exits.config``, ``partition`` (compressors) in ``jmsnas.compress.config``. The packages below the
+stages never import this module; ``jmsnas.builders`` turns an ``Experiment`` into their objects.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
+from jmsnas.compress.config import PartitionConfig
 from jmsnas.errors import ConfigError, JmsnasError
+from jmsnas.exits.config import ExitsConfig
 from jmsnas.topology import AnalyticSpec, Device, Link, Topology, build_topology
-from jmsnas.validation import FieldValueError, load_yaml_mapping, validate_or_raise
+from jmsnas.validation import FieldValueError, Strict, load_yaml_mapping, validate_or_raise
 
 #: Where ``profile: NAME`` devices are looked up when the experiment names no ``profiles_dir``.
 DEFAULT_PROFILES_DIR = Path(__file__).resolve().parent.parent / "latency_profiles"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # --- dataset ---------------------------------------------------------------------------------
@@ -129,7 +129,13 @@ class RetrainConfig(Strict):
     lr: PositiveFloat = 0.01
 
 
-class ProxylessConfig(Strict):
+class _StrategyBase(Strict):
+    def resolve_paths(self, resolve: Callable[[Path | None], Path | None]) -> _StrategyBase:
+        """The section with its file paths resolved by ``resolve`` (relative to the experiment file)."""
+        return self
+
+
+class ProxylessConfig(_StrategyBase):
     """Paper 003 §IV: binary-gate supernet, loss eq. (4)."""
 
     name: Literal["proxyless"]
@@ -168,7 +174,7 @@ class TeacherConfig(Strict):
     lr: PositiveFloat = 0.05
 
 
-class MorphismConfig(Strict):
+class MorphismConfig(_StrategyBase):
     """Paper 000 §III-C: KD-guided network-morphism hill climbing."""
 
     name: Literal["morphism"]
@@ -193,6 +199,12 @@ class MorphismConfig(Strict):
     # Paper 000 retrains the found architecture from scratch on hard labels.
     retrain: RetrainConfig = RetrainConfig(init="scratch")
 
+    def resolve_paths(self, resolve: Callable[[Path | None], Path | None]) -> MorphismConfig:
+        if self.teacher.checkpoint is None:
+            return self
+        return self.model_copy(update={"teacher": self.teacher.model_copy(
+            update={"checkpoint": resolve(self.teacher.checkpoint)})})
+
     @model_validator(mode="after")
     def _start_op_is_plain_mbconv(self) -> MorphismConfig:
         from jmsnas.space.ops import CANDIDATES
@@ -205,7 +217,7 @@ class MorphismConfig(Strict):
         return self
 
 
-class RandomConfig(Strict):
+class RandomConfig(_StrategyBase):
     """Latency-constrained random search (Li & Talwalkar 2019): the baseline a search must beat.
 
     Networks of the search space are drawn uniformly (one candidate per layer) and kept only when
@@ -249,54 +261,6 @@ class TuneConfig(Strict):
 
 
 # --- later stages ----------------------------------------------------------------------------
-
-
-class ExitsConfig(Strict):
-    """Early-exit augmentation of a trained network (paper 001's flow; ``jmsnas/exits/``)."""
-
-    max_head_mac_fraction: float = Field(0.05, gt=0, le=1, description="cap on one head's MACs, share of the backbone")
-    thresholds_per_exit: int = Field(13, ge=2)
-    objective: Literal["weighted", "accuracy_budget"] = "weighted"
-    efficiency_weight: float = Field(0.9, ge=0, le=1)
-    accuracy_weight: float = Field(0.1, ge=0, le=1)
-    accuracy_budget_pp: float = Field(0.5, ge=0)
-    accuracy_z: float = Field(1.0, ge=0, description="accuracy_budget: the loss plus this many standard errors of "
-                              "the paired accuracy difference must meet the budget (0: the loss alone)")
-    joint_finetune: bool = False
-    efficiency: Literal["macs", "latency"] = Field("macs", description="what the efficiency gain measures")
-    final_thresholds_per_exit: int = Field(49, ge=2, description="finer grid of the second search on the chosen EENN")
-    head_epochs: PositiveInt = 15
-    head_lr: PositiveFloat = 3e-3
-    feature_cache_bytes: int = Field(1 << 30, ge=0, description="cache backbone features when they fit (0: never)")
-    min_head_accuracy_gain: float = Field(
-        0.1, ge=0, lt=1, description="drop a head whose accuracy after one epoch is below majority rate + this")
-    calibration: Literal["val", "train"] = Field("val", description="split the thresholds are searched on")
-    # Paper 001 scales thresholds found on training data by 1, 2/3 or 1/2. On MNIST-1D
-    # (benchmarks/results/early_exit.md) 2/3 and 1/2 cost 2.7 and 4.2 pp more accuracy than 1 for
-    # 13-16 pp more MAC reduction, as in paper 001's CIFAR-10 rows: 1 (no scaling) is the default.
-    correction_factor: float = Field(1.0, gt=0, le=1, description="thresholds found on 'train' are scaled by it")
-    loss_weights: list[PositiveFloat] | None = Field(
-        None, description="joint fine-tuning: one weight per exit, final last (default: paper 004's 0.2/0.3/0.5 rule)")
-    joint_epochs: PositiveInt = 1
-    joint_lr: PositiveFloat = 0.005
-    result_at: Literal["exit", "sink"] = Field(
-        "exit", description="where an exited sample's answer is needed: on the exiting device, or at the last one")
-
-
-class CompressorConfig(Strict):
-    kind: Literal["none", "quantize", "autoencoder", "distilled_bottleneck"] = "none"
-    bits: Literal[2, 4, 8] = Field(8, description="bits per value on the wire (lossy kinds)")
-    channel_fraction: float = Field(0.25, gt=0, le=1, description="learned kinds: share of the cut's channels "
-                                    "the code keeps")
-
-
-class PartitionConfig(Strict):
-    """Partition of each chosen network and compressors at its cuts (jmsnas.pipeline)."""
-
-    compressors: list[CompressorConfig] = Field(default_factory=list, description="one per cut, in chain order; "
-                                                "cuts without one send float32")
-    train_epochs: PositiveInt = Field(20, description="learned compressors: epochs of their first training step")
-    finetune_epochs: int = Field(5, ge=0, description="learned compressors: epochs with the quantiser in place")
 
 
 class ExportConfig(Strict):
@@ -356,10 +320,7 @@ def _resolve_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
     dataset = config.dataset
     if hasattr(dataset, "root"):
         updates["dataset"] = dataset.model_copy(update={"root": _resolve(base, dataset.root)})
-    strategy = config.strategy
-    if isinstance(strategy, MorphismConfig) and strategy.teacher.checkpoint is not None:
-        teacher = strategy.teacher.model_copy(update={"checkpoint": _resolve(base, strategy.teacher.checkpoint)})
-        updates["strategy"] = strategy.model_copy(update={"teacher": teacher})
+    updates["strategy"] = config.strategy.resolve_paths(lambda p: _resolve(base, p))
     return config.model_copy(update=updates)
 
 

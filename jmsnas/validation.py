@@ -22,6 +22,12 @@ from jmsnas.errors import ConfigError
 M = TypeVar("M", bound=BaseModel)
 
 
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors, values are frozen."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
 class FieldValueError(ValueError):
     """A ``ValueError`` raised in a model validator that points at a field below the model.
 

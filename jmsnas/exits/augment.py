@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from jmsnas.compress.quantize import Compressor
-from jmsnas.config import DEFAULT_PROFILES_DIR, ExitsConfig
 from jmsnas.errors import ConfigError
-from jmsnas.exits.candidates import HeadLatency, Placement, enumerate_placements, feasible
+from jmsnas.exits.candidates import Placement, enumerate_placements, feasible
 from jmsnas.exits.cascade import EarlyExitNet
-from jmsnas.exits.costs import head_latency_fn, unit_latency_table
+from jmsnas.exits.config import ExitsConfig
+from jmsnas.exits.costs import ExitLatency
 from jmsnas.exits.graph import BlockGraph, block_graph
 from jmsnas.exits.heads import ExitHead, build_exit_head
 from jmsnas.exits.result import ExitsResult, evaluate_eenn
@@ -46,7 +47,6 @@ from jmsnas.exits.thresholds import CascadeStats, Objective, ThresholdSearch, co
 from jmsnas.exits.thresholds import search_thresholds as _search
 from jmsnas.exits.train import ExitOutputs, default_loss_weights, exit_outputs, joint_finetune, train_heads
 from jmsnas.plan.artifact import DeploymentPlan
-from jmsnas.space.arch import ArchSpec
 from jmsnas.topology import Topology
 
 
@@ -127,13 +127,11 @@ def _loader(dataset, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
-def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topology, *,
-            t_const_ms: float | None = None, plan: DeploymentPlan | None = None,
-            boundaries: Sequence[int] | None = None, unit_latency_ms: Mapping[str, Sequence[float]] | None = None,
-            head_latency: HeadLatency | None = None, spec: ArchSpec | None = None,
-            profiles_dir: str | Path | None = None, run_dir: str | Path | None = None, seed: int = 0,
-            cache_features: bool | None = None, trained_heads: Mapping[int, ExitHead] | None = None,
-            progress: bool = False, compressors: Sequence[str | Compressor] = ()) -> ExitsResult:
+def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topology, latency: ExitLatency, *,
+            t_const_ms: float | None = None, split: DeploymentPlan | Sequence[int] | None = None,
+            compressors: Sequence[str | Compressor] = (), trained_heads: Mapping[int, ExitHead] | None = None,
+            run_dir: str | Path | None = None, seed: int = 0, cache_features: bool | None = None,
+            progress: bool = False) -> ExitsResult:
     """Make ``model`` an early-exit network for ``topology`` (the module docstring lists the steps).
 
     Args:
@@ -141,81 +139,143 @@ def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topol
         datamodule: a ``JmsnasDataModule`` (train / val / test splits).
         cfg: the ``exits`` section.
         topology: devices and links.
+        latency: what units and heads cost on each device (``costs.ExitLatency``).
         t_const_ms: worst-case latency constraint; None: only memory prunes.
-        plan: a sequential plan of this model whose boundaries (and cut payloads) are kept; exits
-            go to its inner boundaries.
-        boundaries: unit indices instead of a plan (on the topology's first path, links uncompressed).
-            With neither, every split is enumerated (paper 001 maps each subgraph to the next device).
-        unit_latency_ms: per device, ms of every unit; default from the devices' latency models
-            (``latency.unit_latency_table``; an ``ArchNet`` on a measured device needs ``spec``).
-        head_latency: ``(device, location) -> ms``; default ``latency.head_latency_fn``.
-        spec: the ``ArchSpec`` of an ``ArchNet`` model.
-        profiles_dir: where measured profiles live.
-        run_dir: if given, ``result.json``, ``heads.json`` and ``heads/u<unit>.pt`` are written there.
-        seed: seeds head initialisation and batch order.
-        cache_features: force feature caching on / off (None: when it fits ``cfg.feature_cache_bytes``).
+        split: a sequential plan of this model whose boundaries (and cut payloads) are kept, exits going
+            to its inner boundaries; or unit indices (on the topology's first path, links
+            uncompressed); None: every split is enumerated (paper 001 maps each subgraph to the next device).
+        compressors: without a plan, one per cut in path order: the enumerated splits price each link
+            with its compressor, as the planner does (a plan brings its own payloads).
         trained_heads: heads already trained on this frozen backbone, per location (from an earlier
             ``augment`` or ``train.train_heads``): reused as they are, as paper 001 reuses trained
             exits across candidates; other locations are trained as usual.
+        run_dir: if given, ``result.json``, ``heads.json`` and ``heads/u<unit>.pt`` are written there.
+        seed: seeds head initialisation and batch order.
+        cache_features: force feature caching on / off (None: when it fits ``cfg.feature_cache_bytes``).
         progress: print what happens.
-        compressors: without a plan, one per cut in path order: the enumerated splits price each link
-            with its compressor, as the planner does (a plan brings its own payloads).
 
     Raises:
         ConfigError: inconsistent plan / boundaries / latencies, or a model exits cannot be added to.
     """
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    if plan is not None and boundaries is not None:
-        raise ConfigError("give a plan or boundaries, not both", field="boundaries")
+    plan = split if isinstance(split, DeploymentPlan) else None
     if plan is not None and any(s.part != "main" for s in plan.segments):
         raise ConfigError("exits need a sequential plan (a chain or one path through a mesh)", field="plan")
-    dm = datamodule
-    info = dm.info()
-    graph = block_graph(model, info.input_shape)
-    profiles = Path(profiles_dir) if profiles_dir is not None else DEFAULT_PROFILES_DIR
-    unit_ms = dict(unit_latency_ms) if unit_latency_ms is not None else unit_latency_table(graph, topology, profiles,
-                                                                                           spec)
-    fixed = plan.boundaries() if plan is not None else boundaries
+    graph = block_graph(model, datamodule.info().input_shape)
+    unit_ms = latency.units(graph, topology)
+    fixed = plan.boundaries() if plan is not None else (None if split is None else list(split))
     _check_inputs(graph, unit_ms, topology, fixed)
     torch.manual_seed(seed)
-    cap = cfg.max_head_mac_fraction * graph.total_macs
-    given = dict(trained_heads or {})
-    heads: dict[int, ExitHead] = {}
-    for loc in graph.locations:
-        head = given[loc] if loc in given else build_exit_head(graph.feature_shapes[loc], graph.blueprint, cap)
-        if head is not None:
-            heads[loc] = head
-    head_macs = {loc: h.macs for loc, h in heads.items()}
-    head_params = {loc: sum(p.numel() for p in h.parameters()) for loc, h in heads.items()}
-    head_ms = head_latency or head_latency_fn(graph, topology, profiles, unit_ms, heads)
-    path = plan.devices if plan is not None else None
-    link_ms = (lambda m, raw: plan.cuts[m].link_ms) if plan is not None else None
-    placements = enumerate_placements(graph, topology, unit_ms, head_ms, head_params, list(heads), fixed, path,
-                                      link_ms, result_to_sink=cfg.result_at == "sink", compressors=compressors)
-    ok = feasible(placements, t_const_ms)
-    originals = [p for p in placements if not p.exits and p.fits_memory] or [p for p in placements if not p.exits]
-    original = min(originals, key=lambda p: p.worst_latency_ms)
-    needed = sorted({loc for p in ok for loc in p.exits})
-    timings["graph_and_candidates"] = time.perf_counter() - t0
+    cands = _Candidates.build(graph, cfg, topology, latency, unit_ms, dict(trained_heads or {}), plan, fixed,
+                              compressors, t_const_ms)
+    timings = {"graph_and_candidates": time.perf_counter() - t0}
     if progress:
-        print(f"exits: {len(graph.locations)} locations, {len(placements)} candidates, {len(ok)} within "
-              f"T_const/memory, training heads at units {needed}")
-    batch = dm.cfg.batch_size
-    calib_set = dm.val_set if cfg.calibration == "val" else dm.train_set
-    to_train = [loc for loc in needed if loc not in given]
-    training = train_heads(graph, {loc: heads[loc] for loc in to_train}, dm.train_set, calib_set,
-                           epochs=cfg.head_epochs, lr=cfg.head_lr, batch_size=batch,
+        print(f"exits: {len(graph.locations)} locations, {len(cands.placements)} candidates, {len(cands.ok)} within "
+              f"T_const/memory, training heads at units {cands.needed}")
+    training, kept = _train_needed(graph, cands, datamodule, cfg, seed, cache_features, progress)
+    timings["head_training"] = training.seconds if training is not None else 0.0
+    chosen = _choose(graph, cands, kept, datamodule, cfg, seed, timings)
+    test = evaluate_eenn(chosen.net, chosen.placement, _loader(datamodule.test_set, datamodule.cfg.batch_size),
+                         graph.model, cands.original.worst_latency_ms)
+    timings["total"] = time.perf_counter() - t0
+    result = ExitsResult(
+        exits=list(chosen.placement.exits), thresholds=chosen.thresholds, placement=chosen.placement,
+        original_placement=cands.original, calibration=chosen.search.best if chosen.search is not None else None,
+        search=chosen.info, test=test,
+        heads_info=_heads_info(cands.heads, cands.head_macs, cands.head_params, training, cands.cap,
+                               list(cands.given)),
+        candidates=cands.counts(len(chosen.ok)), timings_s=timings, config=cfg.model_dump(mode="json"),
+        net=chosen.net, graph=chosen.graph,
+        heads={loc: h for loc, h in zip(chosen.placement.exits, chosen.heads, strict=True)})
+    if run_dir is not None:
+        save_result(result, Path(run_dir), finetuned=chosen.finetune is not None and chosen.finetune["kept"])
+    return result
+
+
+@dataclass
+class _Candidates:
+    """Step 1-3: the heads per location and the EENN candidates priced and pruned before any training."""
+
+    heads: dict[int, ExitHead]
+    given: dict[int, ExitHead]
+    head_macs: dict[int, int]
+    head_params: dict[int, int]
+    cap: float
+    placements: list[Placement]
+    ok: list[Placement]
+    original: Placement
+    needed: list[int]
+    fixed: Sequence[int] | None
+    t_const_ms: float | None
+
+    @classmethod
+    def build(cls, graph: BlockGraph, cfg: ExitsConfig, topology: Topology, latency: ExitLatency,
+              unit_ms: Mapping[str, Sequence[float]], given: dict[int, ExitHead], plan: DeploymentPlan | None,
+              fixed: Sequence[int] | None, compressors: Sequence[str | Compressor],
+              t_const_ms: float | None) -> _Candidates:
+        cap = cfg.max_head_mac_fraction * graph.total_macs
+        heads: dict[int, ExitHead] = {}
+        for loc in graph.locations:
+            head = given[loc] if loc in given else build_exit_head(graph.feature_shapes[loc], graph.blueprint, cap)
+            if head is not None:
+                heads[loc] = head
+        head_macs = {loc: h.macs for loc, h in heads.items()}
+        head_params = {loc: sum(p.numel() for p in h.parameters()) for loc, h in heads.items()}
+        head_ms = latency.heads(graph, topology, unit_ms, heads)
+        path = plan.devices if plan is not None else None
+        link_ms = (lambda m, raw: plan.cuts[m].link_ms) if plan is not None else None
+        placements = enumerate_placements(graph, topology, unit_ms, head_ms, head_params, list(heads), fixed, path,
+                                          link_ms, result_to_sink=cfg.result_at == "sink", compressors=compressors)
+        ok = feasible(placements, t_const_ms)
+        originals = [p for p in placements if not p.exits and p.fits_memory] or [p for p in placements if not p.exits]
+        original = min(originals, key=lambda p: p.worst_latency_ms)
+        needed = sorted({loc for p in ok for loc in p.exits})
+        return cls(heads, given, head_macs, head_params, cap, placements, ok, original, needed, fixed, t_const_ms)
+
+    def counts(self, after_dropping: int) -> dict[str, Any]:
+        n_feasible = len(feasible(self.placements, self.t_const_ms))
+        return {"total": len(self.placements), "feasible": n_feasible, "after_dropping": after_dropping,
+                "t_const_ms": self.t_const_ms, "pruned_before_training": len(self.placements) - n_feasible,
+                "mode": "fixed" if self.fixed is not None else "enumerated"}
+
+
+def _train_needed(graph: BlockGraph, cands: _Candidates, dm: Any, cfg: ExitsConfig, seed: int,
+                  cache_features: bool | None, progress: bool) -> tuple[Any, dict[int, ExitHead]]:
+    """Step 4: every head a surviving candidate needs, trained at once (reused heads kept as they are)."""
+    to_train = [loc for loc in cands.needed if loc not in cands.given]
+    training = train_heads(graph, {loc: cands.heads[loc] for loc in to_train}, dm.train_set, _calibration_set(dm, cfg),
+                           epochs=cfg.head_epochs, lr=cfg.head_lr, batch_size=dm.cfg.batch_size,
                            cache_bytes=cfg.feature_cache_bytes, min_accuracy_gain=cfg.min_head_accuracy_gain,
                            seed=seed, cache=cache_features, progress=progress) if to_train else None
-    kept = {**(training.heads if training is not None else {}), **{loc: given[loc] for loc in needed if loc in given}}
-    timings["head_training"] = training.seconds if training is not None else 0.0
-    ok = [p for p in ok if all(loc in kept for loc in p.exits)]
+    kept = {**(training.heads if training is not None else {}),
+            **{loc: cands.given[loc] for loc in cands.needed if loc in cands.given}}
+    return training, kept
+
+
+@dataclass
+class _Choice:
+    """Steps 5-7: the winning candidate, its heads, thresholds and EENN."""
+
+    placement: Placement
+    ok: list[Placement]
+    graph: BlockGraph
+    heads: list[nn.Module]
+    thresholds: list[float]
+    search: ThresholdSearch | None
+    finetune: dict | None
+    net: EarlyExitNet
+    info: dict[str, Any]
+
+
+def _choose(graph: BlockGraph, cands: _Candidates, kept: dict[int, ExitHead], dm: Any, cfg: ExitsConfig, seed: int,
+            timings: dict[str, float]) -> _Choice:
+    """Thresholds of every surviving candidate searched; the best wins (the original network included)."""
+    ok = [p for p in cands.ok if all(loc in kept for loc in p.exits)]
     if not any(not p.exits for p in ok):
-        ok.append(original)  # the original network is always an option (even if it breaks T_const)
-    outs = exit_outputs(graph, kept, calib_set, batch)
+        ok.append(cands.original)  # the original network is always an option (even if it breaks T_const)
+    outs = exit_outputs(graph, kept, _calibration_set(dm, cfg), dm.cfg.batch_size)
     ref_correct = (outs.final.argmax(1) == outs.labels).numpy()
-    searcher = _Searcher(graph, outs, head_macs, cfg, original.worst_latency_ms, ref_correct)
+    searcher = _Searcher(graph, outs, cands.head_macs, cfg, cands.original.worst_latency_ms, ref_correct)
     scored = sorted(((searcher.score(p), i) for i, p in enumerate(ok)), key=lambda s: s[0])
     chosen = ok[scored[0][1]]
     timings["threshold_search"] = searcher.seconds
@@ -226,27 +286,17 @@ def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topol
         search = searcher.search(chosen, cfg.final_thresholds_per_exit, compare=len(chosen.exits) <= 2)
         if cfg.joint_finetune:
             final_graph, final_heads, search, finetune = _finetune(graph, chosen, final_heads, search, dm, cfg,
-                                                                   head_macs, original, ref_correct, seed)
+                                                                   cands.head_macs, cands.original, ref_correct, seed)
             timings["joint_finetune"] = finetune["seconds"]
     factor = cfg.correction_factor if cfg.calibration == "train" else 1.0
     thresholds = [factor * t for t in search.best.thresholds] if search is not None else []
     net = EarlyExitNet.build(final_graph, chosen.exits, final_heads, thresholds)
-    test = evaluate_eenn(net, chosen, _loader(dm.test_set, batch), graph.model, original.worst_latency_ms)
-    timings["total"] = time.perf_counter() - t0
-    result = ExitsResult(
-        exits=list(chosen.exits), thresholds=thresholds, placement=chosen, original_placement=original,
-        calibration=search.best if search is not None else None,
-        search=_search_info(searcher, chosen, coarse, search, scored, ok, factor, finetune),
-        test=test, heads_info=_heads_info(heads, head_macs, head_params, training, cap, list(given)),
-        candidates={"total": len(placements), "feasible": len(feasible(placements, t_const_ms)),
-                    "after_dropping": len(ok), "t_const_ms": t_const_ms,
-                    "pruned_before_training": len(placements) - len(feasible(placements, t_const_ms)),
-                    "mode": "fixed" if fixed is not None else "enumerated"},
-        timings_s=timings, config=cfg.model_dump(mode="json"), net=net, graph=final_graph,
-        heads={loc: h for loc, h in zip(chosen.exits, final_heads, strict=True)})
-    if run_dir is not None:
-        save_result(result, Path(run_dir), finetuned=finetune is not None and finetune["kept"])
-    return result
+    info = _search_info(searcher, chosen, coarse, search, scored, ok, factor, finetune)
+    return _Choice(chosen, ok, final_graph, final_heads, thresholds, search, finetune, net, info)
+
+
+def _calibration_set(dm: Any, cfg: ExitsConfig):
+    return dm.val_set if cfg.calibration == "val" else dm.train_set
 
 
 def _finetune(graph: BlockGraph, chosen: Placement, heads: list[nn.Module], search: ThresholdSearch, dm: Any,
@@ -260,7 +310,7 @@ def _finetune(graph: BlockGraph, chosen: Placement, heads: list[nn.Module], sear
     tuned, tuned_heads, seconds = joint_finetune(graph, chosen.exits, heads, dm.train_set, weights=weights,
                                                  epochs=cfg.joint_epochs, lr=cfg.joint_lr,
                                                  batch_size=dm.cfg.batch_size, seed=seed)
-    calib = dm.val_set if cfg.calibration == "val" else dm.train_set
+    calib = _calibration_set(dm, cfg)
     outs = exit_outputs(tuned, dict(zip(chosen.exits, tuned_heads, strict=True)), calib, dm.cfg.batch_size)
     searcher = _Searcher(tuned, outs, head_macs, cfg, original.worst_latency_ms, ref_correct)
     again = searcher.search(chosen, cfg.final_thresholds_per_exit, compare=len(chosen.exits) <= 2)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 
 from jmsnas.errors import ConfigError
 from jmsnas.exits.candidates import HeadLatency
 from jmsnas.exits.graph import BlockGraph
-from jmsnas.latency.model import AnalyticLatencyModel, latency_model_for
+from jmsnas.latency.model import AnalyticLatencyModel, LatencyModel
 from jmsnas.space.arch import ArchSpec
 from jmsnas.space.macs import OpDescriptor, arch_descriptors
 from jmsnas.topology import Topology
@@ -43,16 +43,16 @@ def unit_descriptors(graph: BlockGraph) -> list[OpDescriptor]:
     return out
 
 
-def unit_latency_table(graph: BlockGraph, topology: Topology, profiles_dir: str | Path,
+def unit_latency_table(graph: BlockGraph, topology: Topology, models: Mapping[str, LatencyModel],
                        spec: ArchSpec | None = None) -> dict[str, list[float]]:
-    """Per device, the latency (ms) of every unit of ``graph``.
+    """Per device, the latency (ms) of every unit of ``graph`` under its latency model (``models``, by name).
 
     Raises:
         ConfigError: a measured device and a model that is not an ``ArchNet`` with its spec.
     """
     table = {}
     for device in topology.devices:
-        model = latency_model_for(device, profiles_dir)
+        model = models[device.name]
         if spec is not None:
             ops = arch_descriptors(spec)
             if len(ops) != graph.num_units:
@@ -67,9 +67,10 @@ def unit_latency_table(graph: BlockGraph, topology: Topology, profiles_dir: str 
     return table
 
 
-def head_latency_fn(graph: BlockGraph, topology: Topology, profiles_dir: str | Path,
+def head_latency_fn(graph: BlockGraph, models: Mapping[str, LatencyModel],
                     unit_latency_ms: Mapping[str, Sequence[float]], heads: Mapping[int, object]) -> HeadLatency:
-    """``(device, location) -> ms`` of a head (see the module docstring)."""
+    """``(device, location) -> ms`` of a head (see the module docstring); a device without an analytic model in
+    ``models`` is priced at its units' average rate."""
     total_macs = max(graph.total_macs, 1)
     cache: dict[tuple[str, int], float] = {}
 
@@ -77,8 +78,7 @@ def head_latency_fn(graph: BlockGraph, topology: Topology, profiles_dir: str | P
         key = (device, location)
         if key not in cache:
             head = heads[location]
-            dev = topology.device(device)
-            model = latency_model_for(dev, profiles_dir) if dev.analytic is not None else None
+            model = models.get(device)
             macs = int(getattr(head, "macs", 0))
             if isinstance(model, AnalyticLatencyModel):
                 params = sum(p.numel() for p in head.parameters())  # type: ignore[attr-defined]
@@ -90,3 +90,40 @@ def head_latency_fn(graph: BlockGraph, topology: Topology, profiles_dir: str | P
         return cache[key]
 
     return latency
+
+
+@dataclass(frozen=True)
+class ExitLatency:
+    """What an EENN's candidates are priced with: the devices' latency models, or tables given outright.
+
+    Args:
+        models: per device name its latency model; units are priced with it (an ``ArchNet`` on a
+            measured device needs ``spec``), heads too.
+        spec: the ``ArchSpec`` of an ``ArchNet`` model.
+        unit_ms: per device the ms of every unit, instead of ``models``.
+        head_ms: ``(device, location) -> ms``; default: ``head_latency_fn``.
+    """
+
+    models: Mapping[str, LatencyModel] | None = None
+    spec: ArchSpec | None = None
+    unit_ms: Mapping[str, Sequence[float]] | None = None
+    head_ms: HeadLatency | None = None
+
+    def __post_init__(self) -> None:
+        if self.models is None and self.unit_ms is None:
+            raise ValueError("ExitLatency needs latency models or unit latencies")
+
+    def units(self, graph: BlockGraph, topology: Topology) -> dict[str, list[float]]:
+        """Per device, ms of every unit of ``graph``."""
+        if self.unit_ms is not None:
+            return {k: [float(v) for v in vs] for k, vs in self.unit_ms.items()}
+        return unit_latency_table(graph, topology, self.models or {}, self.spec)
+
+    def heads(self, graph: BlockGraph, topology: Topology, unit_ms: Mapping[str, Sequence[float]],
+              heads: Mapping[int, object]) -> HeadLatency:
+        """``(device, location) -> ms`` of the heads (analytic devices by their roofline even without ``models``)."""
+        if self.head_ms is not None:
+            return self.head_ms
+        models = self.models if self.models is not None else {
+            d.name: AnalyticLatencyModel(d.name, d.analytic) for d in topology.devices if d.analytic is not None}
+        return head_latency_fn(graph, models, unit_ms, heads)

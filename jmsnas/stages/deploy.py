@@ -40,12 +40,14 @@ from torch import nn
 
 from jmsnas.builders import cut_compressors, latency_models
 from jmsnas.compress.autoencoder import fit_autoencoder, make_autoencoder
+from jmsnas.compress.config import CompressorConfig
 from jmsnas.compress.distilled import fit_student_head, make_student_head
 from jmsnas.compress.quantize import LEARNED, Compressor
-from jmsnas.config import CompressorConfig, Experiment
+from jmsnas.config import Experiment
 from jmsnas.data import JmsnasDataModule
 from jmsnas.errors import ConfigError
 from jmsnas.exits import augment, plan_with_exits
+from jmsnas.exits.costs import ExitLatency
 from jmsnas.exits.export import exit_heads_by_device
 from jmsnas.export.split import cut_tensors, run_segments, split_archnet
 from jmsnas.export.writer import calibrate_plan, device_parts, export_bundle
@@ -208,8 +210,8 @@ def _split_with_exits(exp: Experiment, plan: DeploymentPlan, spec: ArchSpec, mod
     cfg = exp.config
     print(f"exits       enumerating splits with exits on {' -> '.join(plan.devices)}, T_const {t_const_ms:g} ms ...",
           flush=True)
-    first = augment(model, dm, cfg.exits, exp.topology, t_const_ms=t_const_ms, spec=spec,
-                    profiles_dir=cfg.profiles_dir, seed=seed, compressors=compressors)
+    first = augment(model, dm, cfg.exits, exp.topology, ExitLatency(models=latency_models(exp), spec=spec),
+                    t_const_ms=t_const_ms, seed=seed, compressors=compressors)
     p = first.placement
     heads = None if cfg.exits.joint_finetune else first.heads  # fine-tuned heads belong to a fine-tuned backbone
     if not first.exits or (tuple(p.path) == tuple(plan.devices) and tuple(p.boundaries) == tuple(plan.boundaries())):
@@ -230,8 +232,8 @@ def _exits(exp: Experiment, choice_dir: Path, plan: DeploymentPlan, spec: ArchSp
     cfg = exp.config
     print(f"exits       {choice_dir.name}: heads at the boundaries {plan.boundaries()[1:-1]} of "
           f"{' -> '.join(plan.devices)}, T_const {t_const_ms:g} ms ...", flush=True)
-    result = augment(model, dm, cfg.exits, exp.topology, t_const_ms=t_const_ms, plan=plan, spec=spec,
-                     profiles_dir=cfg.profiles_dir, run_dir=choice_dir / EXITS_DIR, seed=seed,
+    result = augment(model, dm, cfg.exits, exp.topology, ExitLatency(models=latency_models(exp), spec=spec),
+                     t_const_ms=t_const_ms, split=plan, run_dir=choice_dir / EXITS_DIR, seed=seed,
                      trained_heads=trained_heads)
     backbone = result.graph.model.eval()
     segments = list(split_archnet(backbone, plan.boundaries()))

@@ -12,6 +12,7 @@ from exits_specs import chain3, digits_dm, mnist1d_dm, tiny_1d_spec, trained_tin
 from jmsnas.config import ExitsConfig
 from jmsnas.errors import ConfigError
 from jmsnas.exits import augment, export_eenn, load_heads, plan_with_exits
+from jmsnas.exits.costs import ExitLatency
 from jmsnas.exits.graph import block_graph
 from jmsnas.plan.artifact import DeploymentPlan
 from jmsnas.plan.planners import plan_sequential
@@ -35,8 +36,8 @@ def _fixed_plan() -> tuple[DeploymentPlan, dict[str, list[float]]]:
 def fixed_result(tmp_path_factory: pytest.TempPathFactory):
     run_dir = tmp_path_factory.mktemp("exits_run")
     plan, lat = _fixed_plan()
-    result = augment(trained_tiny_1d(), mnist1d_dm(), FAST, chain3(), t_const_ms=500.0, plan=plan,
-                     unit_latency_ms=lat, run_dir=run_dir)
+    result = augment(trained_tiny_1d(), mnist1d_dm(), FAST, chain3(), ExitLatency(unit_ms=lat), t_const_ms=500.0,
+                     split=plan, run_dir=run_dir)
     return result, plan, run_dir
 
 
@@ -107,11 +108,11 @@ def test_enumerated_splits_on_a_traced_model_with_pruning(tmp_path: Path) -> Non
     lat = {d: [0.0] * g.num_units for d in ("a", "b", "c")}
     lat["a"][0] = 5.0  # the stem on the slow device costs 5 ms
     cfg = FAST  # paper 001's weighted objective (0.9 on efficiency) takes exits readily
-    loose = augment(model, digits_dm(), cfg, chain3(), unit_latency_ms=lat)
+    loose = augment(model, digits_dm(), cfg, chain3(), ExitLatency(unit_ms=lat))
     assert loose.exits and loose.placement.exit_devices[0] in ("a", "b")
     assert loose.candidates["mode"] == "enumerated" and loose.candidates["pruned_before_training"] == 0
     assert loose.test.accuracy_loss_pp == pytest.approx(100 * (loose.test.original["accuracy"] - loose.test.accuracy))
-    none = augment(model, digits_dm(), cfg, chain3(), unit_latency_ms=lat, t_const_ms=1e-3)
+    none = augment(model, digits_dm(), cfg, chain3(), ExitLatency(unit_ms=lat), t_const_ms=1e-3)
     assert none.exits == [] and none.candidates["feasible"] == 0
     assert not any(h["trained"] for h in none.heads_info.values())  # pruned before any training
     with_exits = plan_with_exits(loose)
@@ -127,7 +128,7 @@ def test_enumerated_splits_on_a_traced_model_with_pruning(tmp_path: Path) -> Non
 def test_training_split_calibration_applies_the_correction_factor() -> None:
     plan, lat = _fixed_plan()
     cfg = FAST.model_copy(update={"calibration": "train", "correction_factor": 0.5, "joint_finetune": True})
-    result = augment(trained_tiny_1d(), mnist1d_dm(), cfg, chain3(), plan=plan, unit_latency_ms=lat)
+    result = augment(trained_tiny_1d(), mnist1d_dm(), cfg, chain3(), ExitLatency(unit_ms=lat), split=plan)
     assert result.exits and result.search["correction_factor"] == 0.5
     assert result.thresholds == pytest.approx([0.5 * t for t in result.calibration.thresholds])
     assert result.search["joint_finetune"]["weights"] == pytest.approx(
@@ -135,11 +136,9 @@ def test_training_split_calibration_applies_the_correction_factor() -> None:
 
 
 def test_bad_inputs_name_the_field() -> None:
-    plan, lat = _fixed_plan()
+    _, lat = _fixed_plan()
     model, dm = trained_tiny_1d(), mnist1d_dm()
     with pytest.raises(ConfigError, match="boundaries"):
-        augment(model, dm, FAST, chain3(), plan=plan, boundaries=[0, 2, 4, 6], unit_latency_ms=lat)
-    with pytest.raises(ConfigError, match="boundaries"):
-        augment(model, dm, FAST, chain3(), boundaries=[0, 2, 9], unit_latency_ms=lat)
+        augment(model, dm, FAST, chain3(), ExitLatency(unit_ms=lat), split=[0, 2, 9])
     with pytest.raises(ConfigError, match="unit_latency_ms.b"):
-        augment(model, dm, FAST, chain3(), unit_latency_ms={**lat, "b": [1.0]})
+        augment(model, dm, FAST, chain3(), ExitLatency(unit_ms={**lat, "b": [1.0]}))

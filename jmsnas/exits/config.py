@@ -1,0 +1,41 @@
+"""The ``exits`` section of an experiment: early-exit augmentation of a trained network."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from jmsnas.validation import Strict
+
+
+class ExitsConfig(Strict):
+    """Early-exit augmentation of a trained network (paper 001's flow; ``jmsnas/exits/``)."""
+
+    max_head_mac_fraction: float = Field(0.05, gt=0, le=1, description="cap on one head's MACs, share of the backbone")
+    thresholds_per_exit: int = Field(13, ge=2)
+    objective: Literal["weighted", "accuracy_budget"] = "weighted"
+    efficiency_weight: float = Field(0.9, ge=0, le=1)
+    accuracy_weight: float = Field(0.1, ge=0, le=1)
+    accuracy_budget_pp: float = Field(0.5, ge=0)
+    accuracy_z: float = Field(1.0, ge=0, description="accuracy_budget: the loss plus this many standard errors of "
+                              "the paired accuracy difference must meet the budget (0: the loss alone)")
+    joint_finetune: bool = False
+    efficiency: Literal["macs", "latency"] = Field("macs", description="what the efficiency gain measures")
+    final_thresholds_per_exit: int = Field(49, ge=2, description="finer grid of the second search on the chosen EENN")
+    head_epochs: PositiveInt = 15
+    head_lr: PositiveFloat = 3e-3
+    feature_cache_bytes: int = Field(1 << 30, ge=0, description="cache backbone features when they fit (0: never)")
+    min_head_accuracy_gain: float = Field(
+        0.1, ge=0, lt=1, description="drop a head whose accuracy after one epoch is below majority rate + this")
+    calibration: Literal["val", "train"] = Field("val", description="split the thresholds are searched on")
+    # Paper 001 scales thresholds found on training data by 1, 2/3 or 1/2. On MNIST-1D
+    # (benchmarks/results/early_exit.md) 2/3 and 1/2 cost 2.7 and 4.2 pp more accuracy than 1 for
+    # 13-16 pp more MAC reduction, as in paper 001's CIFAR-10 rows: 1 (no scaling) is the default.
+    correction_factor: float = Field(1.0, gt=0, le=1, description="thresholds found on 'train' are scaled by it")
+    loss_weights: list[PositiveFloat] | None = Field(
+        None, description="joint fine-tuning: one weight per exit, final last (default: paper 004's 0.2/0.3/0.5 rule)")
+    joint_epochs: PositiveInt = 1
+    joint_lr: PositiveFloat = 0.005
+    result_at: Literal["exit", "sink"] = Field(
+        "exit", description="where an exited sample's answer is needed: on the exiting device, or at the last one")
