@@ -46,3 +46,11 @@ class DatasetError(JmsnasError):
 class TopologyError(JmsnasError):
     """Devices and links do not form a valid chain or mesh."""
 
+
+
+class ArtifactError(JmsnasError):
+    """A file jmsnas writes and reads back (``plan.json``, a bundle's ``manifest.json``) is missing or invalid."""
+
+
+class BundleError(ArtifactError):
+    """A bundle that is incomplete, tampered with, or not a jmsnas bundle."""

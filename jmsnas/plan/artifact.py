@@ -1,21 +1,36 @@
 """The ``plan.json`` artifact: a network cut across devices, what crosses each cut, its predicted latency.
 
 ``DeploymentPlan`` is what the planners of ``planners.py`` return and what export and the runtime
-read; ``to_json`` / ``from_json`` write and read ``plan.json``.
+read; ``to_json`` writes ``plan.json`` (atomically), ``load`` / ``from_json`` read it back.
+
+The frozen dataclasses below are the file's schema too: pydantic validates a file against them
+(``extra="forbid"`` through ``__pydantic_config__``), so an unknown key, a wrong type or a missing
+field raises `jmsnas.errors.ArtifactError` naming the file and the field
+(``plan.json: cuts[0].payload_bytes: Input should be a valid number``). They stay plain dataclasses
+(``dataclasses.replace`` works on them, constructing one validates nothing).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict, TypeAdapter
+
+from jmsnas.io import load_artifact, validate_artifact, write_json
+
+#: The ``version`` written into ``plan.json``; files without one (written before it) are version 1.
+PLAN_VERSION = 1
+_STRICT_KEYS = ConfigDict(extra="forbid")
+
 
 @dataclass(frozen=True)
 class TensorSpec:
     """One tensor crossing a cut (or entering / leaving a device)."""
+
+    __pydantic_config__ = _STRICT_KEYS
 
     name: str
     shape: tuple[int, ...]
@@ -28,6 +43,8 @@ class DeviceSegment:
 
     ``part`` is ``"main"`` for a sequential network, else ``"pre"``, ``"branch<i>"`` or ``"post"``.
     """
+
+    __pydantic_config__ = _STRICT_KEYS
 
     device: str
     part: str
@@ -47,6 +64,8 @@ class CutPlan:
     the settings calibration needs (``bits``).
     """
 
+    __pydantic_config__ = _STRICT_KEYS
+
     src: str
     dst: str
     payload_bytes: float
@@ -63,6 +82,8 @@ class ExitPlan:
     A sample whose top-1 softmax probability at this exit is at least ``threshold`` leaves here
     with the exit's logits and crosses no further link.
     """
+
+    __pydantic_config__ = _STRICT_KEYS
 
     device: str
     unit: int
@@ -83,7 +104,10 @@ class DeploymentPlan:
         total_latency_ms: predicted completion latency (with exits: the worst case, every head run).
         exits: early exits at device boundaries, in order (``jmsnas.exits``); empty without.
         mean_latency_ms: with exits, the expected latency over the termination rates.
+        version: the ``plan.json`` format version.
     """
+
+    __pydantic_config__ = _STRICT_KEYS
 
     topology_kind: str
     segments: tuple[DeviceSegment, ...]
@@ -91,6 +115,7 @@ class DeploymentPlan:
     total_latency_ms: float
     exits: tuple[ExitPlan, ...] = ()
     mean_latency_ms: float | None = None
+    version: int = PLAN_VERSION
 
     @property
     def devices(self) -> list[str]:
@@ -108,21 +133,30 @@ class DeploymentPlan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DeploymentPlan:
-        segs = tuple(DeviceSegment(**s) for s in data["segments"])
-        cuts = tuple(CutPlan(**{**c, "tensors": tuple(_tensor_spec(t) for t in c["tensors"])}) for c in data["cuts"])
-        exits = tuple(ExitPlan(**e) for e in data.get("exits", ()))  # absent in plans written before exits
-        mean = data.get("mean_latency_ms")
-        return cls(str(data["topology_kind"]), segs, cuts, float(data["total_latency_ms"]), exits,
-                   None if mean is None else float(mean))
+        """The plan of a ``to_dict`` mapping, validated (``exits``, ``mean_latency_ms``, ``version`` may be absent).
+
+        Raises:
+            ArtifactError: an unknown key, a wrong type or a missing field, named by its path.
+        """
+        return validate_artifact(data, _SCHEMA.validate_python)
 
     def to_json(self, path: str | Path) -> None:
-        """Write the plan as indented JSON (``plan.json``)."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the plan as indented JSON with a trailing newline (``plan.json``), atomically."""
+        write_json(path, self.to_dict(), newline=True)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DeploymentPlan:
+        """Read a ``plan.json`` written by ``to_json``.
+
+        Raises:
+            ArtifactError: a missing file, invalid JSON, or a field that does not fit; names the file and field.
+        """
+        return load_artifact(path, _SCHEMA.validate_python)
 
     @classmethod
     def from_json(cls, path: str | Path) -> DeploymentPlan:
-        """Read a file written by ``to_json``."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a file written by ``to_json`` (the same as ``load``)."""
+        return cls.load(path)
 
     def with_cut_tensors(self, tensors: Sequence[Sequence[TensorSpec]]) -> DeploymentPlan:
         """The same plan with the tensors of every cut (one sequence per cut, in order)."""
@@ -150,5 +184,4 @@ class DeploymentPlan:
         return replace(self, cuts=cuts)
 
 
-def _tensor_spec(data: Mapping[str, Any]) -> TensorSpec:
-    return TensorSpec(str(data["name"]), tuple(int(v) for v in data["shape"]), str(data["dtype"]))
+_SCHEMA: TypeAdapter[DeploymentPlan] = TypeAdapter(DeploymentPlan)
