@@ -45,19 +45,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JmsnasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"plan        {choice / pipeline.PLAN_JSON}: {d['predicted_latency_ms']:.4g} ms on "
-          f"{' -> '.join(d['devices'])}, boundaries {d['boundaries']}")
-    for c in d["cuts"]:
-        print(f"  cut       {c['src']} -> {c['dst']}: {c['compressor']}, {c['payload_bytes']:g} bytes, "
-              f"{c['link_ms']:.4g} ms")
-    print(f"accuracy    {100 * d['test_acc_split']:.2f} % split, {100 * d['test_acc_unsplit']:.2f} % unsplit "
-          f"({d['acc_change_pp']:+.2f} pp)")
-    for b in d["baselines"]:
+    print(f"plan        {choice / pipeline.PLAN_JSON}: {d.predicted_latency_ms:.4g} ms on "
+          f"{' -> '.join(d.devices)}, boundaries {d.boundaries}")
+    for c in d.cuts:
+        print(f"  cut       {c.src} -> {c.dst}: {c.compressor}, {c.payload_bytes:g} bytes, {c.link_ms:.4g} ms")
+    print(f"accuracy    {100 * d.test_acc_split:.2f} % split, {100 * d.test_acc_unsplit:.2f} % unsplit "
+          f"({d.acc_change_pp:+.2f} pp)")
+    for b in d.baselines:
         print(f"  baseline  {b['name']:<13} {b['latency_ms']:.4g} ms")
-    if pipeline.exits_line(d) is not None:
-        print(f"exits       {pipeline.exits_line(d)}")
-    if "bundle" in d:
-        print(f"bundle      {choice / d['bundle']}")
+    line = pipeline.exits_line(d.to_dict())
+    if line is not None:
+        print(f"exits       {line}")
+    if d.bundle is not None:
+        print(f"bundle      {choice / d.bundle}")
     return 0
 
 

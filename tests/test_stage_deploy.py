@@ -35,7 +35,7 @@ def test_lossless_deployment_reproduces_the_model_and_reports_baselines(tiny_exp
     tiny_experiment.update(partition={"compressors": []}, export={"verify": True})
     exp = load_experiment(write_experiment(tiny_experiment))
     choice = _choice(tmp_path, exp)
-    result = deploy_choice(exp, choice)
+    result = deploy_choice(exp, choice).to_dict()
     plan = DeploymentPlan.from_json(choice / "plan.json")
     assert plan.devices == ["a", "b", "c"] and result["boundaries"] == plan.boundaries()
     assert result["predicted_latency_ms"] == pytest.approx(plan.total_latency_ms)
@@ -68,7 +68,7 @@ def test_cut_across_a_skip_connection_sends_both_tensors(tiny_experiment, write_
         model.blocks[2].skip.bn.weight.fill_(1.0)
     spec.save_json(choice / "arch.json")
     torch.save(model.state_dict(), choice / "model.pt")
-    result = deploy_choice(exp, choice)
+    result = deploy_choice(exp, choice).to_dict()
     plan = DeploymentPlan.from_json(choice / "plan.json")
     assert plan.boundaries() == [0, 2, 5, 5]
     assert [t.name for t in plan.cuts[0].tensors] == ["stem", "blocks_0"]
@@ -90,7 +90,7 @@ def test_quantize_and_autoencoder_cuts_send_what_the_plan_says(tiny_experiment, 
                            export={})
     exp = load_experiment(write_experiment(tiny_experiment))
     choice = _choice(tmp_path, exp)
-    result = deploy_choice(exp, choice)
+    result = deploy_choice(exp, choice).to_dict()
     plan = DeploymentPlan.from_json(choice / "plan.json")
     assert [c.compressor for c in plan.cuts] == ["quantize", "autoencoder"] and plan.boundaries() == [0, 0, 0, 5]
     manifest = json.loads((choice / "bundle" / "manifest.json").read_text())
@@ -173,7 +173,7 @@ def test_deploy_json_puts_measured_beside_predicted_for_a_measured_device(tiny_e
     monkeypatch.setattr(measure, "ContentionGuard", lambda: ContentionGuard(tolerance=100.0))
     exp = load_experiment(write_experiment(tiny_experiment))
     choice = _choice(tmp_path, exp)
-    result = deploy_choice(exp, choice)
+    result = deploy_choice(exp, choice).to_dict()
     plan = DeploymentPlan.from_json(choice / "plan.json")
     m = result["latency_measured"]
     assert [p["device"] for p in m["parts"]] == plan.devices == ["a", "b"]

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from jmsnas.latency.model import LatencyModel
-from jmsnas.plan.artifact import DeploymentPlan
+from jmsnas.plan.artifact import CutPlan, DeploymentPlan, DeviceSegment
 from jmsnas.plan.planners import CompressorsArg, plan_sequential
 from jmsnas.plan.wire import BYTES_PER_PARAM, payload_bytes
 from jmsnas.space.arch import ArchSpec
@@ -77,3 +77,8 @@ def plan_arch(costs: LayerCosts, topology: Topology, compressors: CompressorsArg
     return plan_sequential(costs.latency_ms, costs.output_bytes, costs.input_bytes, topology, costs.memory_bytes,
                            compressors)
 
+
+
+def sequential_latency_ms(segments: Sequence[DeviceSegment], cuts: Sequence[CutPlan]) -> float:
+    """Eq. (1) of a sequential plan from its parts: every device's compute plus every link's latency."""
+    return float(sum(s.compute_ms for s in segments) + sum(c.link_ms for c in cuts))

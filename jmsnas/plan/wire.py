@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
+
 #: bytes of one float32 weight (memory of a layer = weights + output activation)
 BYTES_PER_PARAM = 4
 
@@ -15,3 +17,8 @@ def payload_bytes(shape_or_numel: int | Sequence[int], bits: int = 32) -> int:
     if numel < 0 or bits <= 0:
         raise ValueError(f"numel must be >= 0 and bits > 0, got {numel}, {bits}")
     return math.ceil(numel * bits / 8)
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor takes on the wire as it is (all its elements, at its dtype's size)."""
+    return tensor.numel() * tensor.element_size()

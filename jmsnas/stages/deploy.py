@@ -1,9 +1,9 @@
-"""The stages after the search, for one chosen network: partition, compression at the cuts, exits, export.
+"""The deploy stage, for one chosen network: plan → exits → fit compressors → reprice → export → verify → record.
 
 `deploy_choice` takes a folder with ``arch.json`` and ``model.pt`` (a ``best/t<T>ms/`` folder of a
 search run, or any folder a user fills) and the experiment, and writes next to them:
 
-- ``plan.json``: the exact plan of the network on the topology (``partition.costs.plan_arch``:
+- ``plan.json``: the exact plan of the network on the topology (``plan.costs.plan_arch``:
   chain DP, or the best path through a mesh), with the experiment's compressor at each cut, the
   cut tensors, calibrated compressor parameters, and the latency with the real payloads;
 - ``bundle/`` (when the experiment has an ``export`` section): one TorchScript and one ONNX file per
@@ -18,30 +18,28 @@ device's exported model returns its exit's logits before its wire tensors. Learn
 exits are not combined yet (``check_partition`` refuses it).
 
 `deploy_run` does that for every feasible choice of a finished search and appends a "Deployment"
-section to ``report.md``. A choice whose ``deploy.json`` exists is not redone (resume).
+section to ``report.md`` (``deploy_report``). ``deploy.json`` is a ``DeployRecord`` (``deploy_record``).
+A choice whose ``deploy.json`` exists is not redone (resume).
 
 Compressors are given per cut in chain order (``partition.compressors``); the sender of cut m is
-device m of the plan's path. Learned compressors are trained here, on the training split:
-``autoencoder`` (paper 004's two steps) at any one-tensor cut, ``distilled_bottleneck`` (paper 002)
-only at the first cut, replacing the first device's layers with a student head.
+device m of the plan's path. Learned compressors are trained on the training split
+(``compress.fit``): ``autoencoder`` (paper 004's two steps) at any one-tensor cut,
+``distilled_bottleneck`` (paper 002) only at the first cut, replacing the first device's layers with a
+student head.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from jmsnas.builders import cut_compressors, latency_models
-from jmsnas.compress.autoencoder import fit_autoencoder, make_autoencoder
-from jmsnas.compress.config import CompressorConfig
-from jmsnas.compress.distilled import fit_student_head, make_student_head
+from jmsnas.builders import cut_compressors, latency_models, profile_metas
+from jmsnas.compress.fit import LearnedCodecs, fit_learned
 from jmsnas.compress.quantize import LEARNED, Compressor
 from jmsnas.config import Experiment
 from jmsnas.data import JmsnasDataModule
@@ -49,16 +47,23 @@ from jmsnas.errors import ConfigError
 from jmsnas.exits import augment, plan_with_exits
 from jmsnas.exits.costs import ExitLatency
 from jmsnas.exits.export import exit_heads_by_device
-from jmsnas.export.split import cut_tensors, run_segments, split_archnet
+from jmsnas.exits.result import ExitsResult
+from jmsnas.export.split import cut_tensors, split_archnet
 from jmsnas.export.writer import calibrate_plan, device_parts, export_bundle
+from jmsnas.latency.model import LatencyModel
 from jmsnas.plan.artifact import DeploymentPlan
 from jmsnas.plan.baselines import baselines
-from jmsnas.plan.costs import arch_costs, plan_arch
+from jmsnas.plan.costs import LayerCosts, arch_costs, plan_arch, sequential_latency_ms
 from jmsnas.plan.planners import plan_fixed
-from jmsnas.runtime.bundle import load_bundle, verify_bundle
-from jmsnas.runtime.measure import measure_parts, profile_meta
+from jmsnas.plan.wire import tensor_bytes
+from jmsnas.runtime.measure import measure_parts
+from jmsnas.runtime.verify import SplitPipeline, accuracy, verify_exit_decisions, verify_parts
 from jmsnas.space.arch import ArchSpec, build_model
-from jmsnas.space.macs import count_macs
+from jmsnas.stages.deploy_record import CutRecord, DeployRecord, ExitsSummary
+from jmsnas.stages.deploy_report import deployment_markdown, exits_line, write_deployment_section
+
+__all__ = ["BUNDLE_DIR", "DEPLOY_JSON", "EXITS_DIR", "PLAN_JSON", "check_partition", "deploy_choice", "deploy_run",
+           "deployment_markdown", "exits_line", "load_choice"]
 
 DEPLOY_JSON = "deploy.json"
 PLAN_JSON = "plan.json"
@@ -99,8 +104,29 @@ def load_choice(choice_dir: Path) -> tuple[ArchSpec, nn.Module]:
     return spec, model.eval()
 
 
+@dataclass
+class _Choice:
+    """One chosen network and what every step of its deployment reads."""
+
+    exp: Experiment
+    dir: Path
+    spec: ArchSpec
+    model: nn.Module
+    dm: JmsnasDataModule
+    models: dict[str, LatencyModel]
+    costs: LayerCosts
+    compressors: list[Compressor]
+    seed: int
+    train_x: list[torch.Tensor] = field(default_factory=list)  # loaded after the exit split (batch order)
+    test: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def calib(self) -> list[torch.Tensor]:
+        return self.train_x[:8]
+
+
 def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
-                  datamodule: JmsnasDataModule | None = None, t_const_ms: float | None = None) -> dict[str, Any]:
+                  datamodule: JmsnasDataModule | None = None, t_const_ms: float | None = None) -> DeployRecord:
     """Plan, compress, add exits, export and verify the network in ``choice_dir``; write its artifacts there.
 
     Args:
@@ -110,84 +136,90 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
     Returns:
         What ``deploy.json`` holds.
     """
-    cfg = exp.config
-    seed = cfg.seed if seed is None else seed
+    ch = _load(exp, choice_dir, exp.config.seed if seed is None else seed, datamodule)
+    plan = plan_arch(ch.costs, exp.topology, ch.compressors)  # as the search predicted it
+    exit_heads = None
+    if exp.config.exits is not None:
+        t_const_ms = _t_const(exp, choice_dir, t_const_ms)
+        plan, exit_heads = _split_with_exits(exp, plan, ch.spec, ch.model, ch.dm, ch.costs, ch.compressors, ch.seed,
+                                             t_const_ms)
+    ch.train_x = [x for x, _ in ch.dm.train_dataloader()]
+    segments = list(split_archnet(ch.model, plan.boundaries()))
+    plan = plan.with_cut_tensors(cut_tensors(ch.model, ch.calib[0][:1], plan.boundaries()))
+    learned, plan = _fit_compressors(ch, plan, segments)
+    plan = _with_real_payloads(plan, learned.segments, learned.codecs, ch.calib[0][:1], exp)
+    exits, model, segments = None, ch.model, learned.segments
+    if exp.config.exits is not None:
+        exits, plan, segments, model = _exits(exp, choice_dir, plan, ch.spec, ch.model, ch.dm, ch.calib, ch.seed,
+                                              t_const_ms, exit_heads)
+    plan.to_json(choice_dir / PLAN_JSON)
+    record = _record(ch, plan, segments, learned, model, exits)
+    if exp.config.export is not None:
+        record = _export(ch, plan, segments, learned, model, exits, record)
+    record.save(choice_dir / DEPLOY_JSON)
+    return record
+
+
+def _load(exp: Experiment, choice_dir: Path, seed: int, datamodule: JmsnasDataModule | None) -> _Choice:
     torch.manual_seed(seed)
     spec, model = load_choice(choice_dir)
     models = latency_models(exp)
-    costs = arch_costs(spec, models)
-    given = list(cfg.partition.compressors) if cfg.partition is not None else []
-    compressors = cut_compressors(exp, spec.dims)
-    plan = plan_arch(costs, exp.topology, compressors)  # as the search predicted it
-    dm = datamodule or JmsnasDataModule(cfg.dataset, seed=cfg.seed)
+    costs, compressors = arch_costs(spec, models), cut_compressors(exp, spec.dims)
+    dm = datamodule or JmsnasDataModule(exp.config.dataset, seed=exp.config.seed)
     dm.setup()
-    exit_heads = None
-    if cfg.exits is not None:
-        t_const_ms = _t_const(exp, choice_dir, t_const_ms)
-        plan, exit_heads = _split_with_exits(exp, plan, spec, model, dm, costs, compressors, seed, t_const_ms)
-    train_x = [x for x, _ in dm.train_dataloader()]
-    calib = train_x[:8]
-    segments: list[nn.Module] = list(split_archnet(model, plan.boundaries()))
-    plan = plan.with_cut_tensors(cut_tensors(model, calib[0][:1], plan.boundaries()))
-    codecs: dict[int, tuple[nn.Module, nn.Module]] = {}
-    learned_params: dict[int, dict] = {}
-    notes: list[str] = []
-    epochs = (cfg.partition.train_epochs, cfg.partition.finetune_epochs) if cfg.partition is not None else (1, 0)
-    for k, cut in enumerate(plan.cuts):
-        if cut.compressor not in LEARNED:
-            continue
-        try:
-            if cut.compressor == "autoencoder":
-                segments, codecs[k], learned_params[k] = _autoencoder(segments, k, given[k], model, train_x, calib,
-                                                                      epochs)
-            else:
-                segments, codecs[k], learned_params[k], note = _distilled(segments, plan, spec, given[k], train_x,
-                                                                          epochs)
-                notes.append(note)
-        except ConfigError as exc:
-            raise ConfigError(f"{exc.message} (plan: {' -> '.join(plan.devices)}, boundaries {plan.boundaries()})",
-                              file=exp.path, field=exc.field) from None
-    plan = calibrate_plan(plan, segments, calib)
-    if learned_params:
-        plan = plan.with_compressor_params([learned_params.get(k, c.compressor_params)
-                                            for k, c in enumerate(plan.cuts)])
-    plan = _with_real_payloads(plan, segments, codecs, calib[0][:1], exp)
-    exits = None
-    if cfg.exits is not None:
-        exits, plan, segments, model = _exits(exp, choice_dir, plan, spec, model, dm, calib, seed, t_const_ms,
-                                              exit_heads)
-    plan.to_json(choice_dir / PLAN_JSON)
+    return _Choice(exp, choice_dir, spec, model, dm, models, costs, compressors, seed)
 
-    test = list(dm.test_dataloader())
-    pipeline = _Pipeline(segments, plan, codecs)
-    acc_split = _accuracy(pipeline, test)
-    acc_full = _accuracy(model, test)
-    result: dict[str, Any] = {
-        "arch": spec.compact(), "plan": PLAN_JSON, "predicted_latency_ms": plan.total_latency_ms,
-        "devices": plan.devices, "boundaries": plan.boundaries(),
-        "cuts": [{"src": c.src, "dst": c.dst, "compressor": c.compressor, "payload_bytes": c.payload_bytes,
-                  "link_ms": c.link_ms} for c in plan.cuts],
-        "mean_latency_ms": plan.mean_latency_ms, "input_bytes": costs.input_bytes, "test_acc_unsplit": acc_full,
-        "test_acc_split": acc_split,
-        "acc_change_pp": 100 * (acc_split - acc_full), "notes": notes,
-        "baselines": [b.to_dict() for b in baselines(spec, exp.search_space, exp.topology, models)],
-    }
-    if exits is not None:
-        result["exits"] = _exits_summary(exits, plan)
-    if cfg.export is not None:
-        heads = exit_heads_by_device(exits, plan) if exits is not None and exits.exits else None
-        export_bundle(segments, plan, calib[0], choice_dir / BUNDLE_DIR, codecs=codecs, exits=heads)
-        if cfg.export.verify:
-            result["verify"] = _verify(choice_dir / BUNDLE_DIR, model, test[:4], lossless=not any(
-                c.compressor != "none" for c in plan.cuts))
-            if heads:
-                result["verify"]["exits"] = _verify_exits(choice_dir / BUNDLE_DIR, exits, test[:4])
-        if cfg.export.measure:
-            profiles = {d.name: profile_meta(d, cfg.profiles_dir) for d in exp.topology.devices}
-            result["latency_measured"] = measure_parts(choice_dir / BUNDLE_DIR, plan, test[0][0], profiles)
-        result["bundle"] = BUNDLE_DIR
-    (choice_dir / DEPLOY_JSON).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+
+def _fit_compressors(ch: _Choice, plan: DeploymentPlan,
+                     segments: list[nn.Module]) -> tuple[LearnedCodecs, DeploymentPlan]:
+    """Learned compressors trained at their cuts; every cut's compressor calibrated on what crosses it."""
+    part = ch.exp.config.partition
+    given = list(part.compressors) if part is not None else []
+    epochs = (part.train_epochs, part.finetune_epochs) if part is not None else (1, 0)
+    try:
+        learned = fit_learned(segments, plan, ch.spec.input_shape, given, ch.model, ch.train_x, epochs)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.message} (plan: {' -> '.join(plan.devices)}, boundaries {plan.boundaries()})",
+                          file=ch.exp.path, field=exc.field) from None
+    plan = calibrate_plan(plan, learned.segments, ch.calib)
+    if learned.params:
+        plan = plan.with_compressor_params([learned.params.get(k, c.compressor_params)
+                                            for k, c in enumerate(plan.cuts)])
+    return learned, plan
+
+
+def _record(ch: _Choice, plan: DeploymentPlan, segments: list[nn.Module], learned: LearnedCodecs, model: nn.Module,
+            exits: ExitsResult | None) -> DeployRecord:
+    """Accuracy split vs unsplit on the test split, and the baselines under the same latency models."""
+    ch.test = list(ch.dm.test_dataloader())
+    acc_split = accuracy(SplitPipeline(segments, plan, learned.codecs), ch.test)
+    acc_full = accuracy(model, ch.test)
+    return DeployRecord(
+        arch=ch.spec.compact(), plan=PLAN_JSON, predicted_latency_ms=plan.total_latency_ms, devices=plan.devices,
+        boundaries=plan.boundaries(),
+        cuts=[CutRecord(src=c.src, dst=c.dst, compressor=c.compressor, payload_bytes=c.payload_bytes,
+                        link_ms=c.link_ms) for c in plan.cuts],
+        mean_latency_ms=plan.mean_latency_ms, input_bytes=ch.costs.input_bytes, test_acc_unsplit=acc_full,
+        test_acc_split=acc_split, acc_change_pp=100 * (acc_split - acc_full), notes=learned.notes,
+        baselines=[b.to_dict() for b in baselines(ch.spec, ch.exp.search_space, ch.exp.topology, ch.models)],
+        exits=_exits_summary(exits, plan) if exits is not None else None)
+
+
+def _export(ch: _Choice, plan: DeploymentPlan, segments: list[nn.Module], learned: LearnedCodecs, model: nn.Module,
+            exits: ExitsResult | None, record: DeployRecord) -> DeployRecord:
+    """``bundle/`` written, verified against the unsplit model and timed on this machine, as configured."""
+    cfg, bundle, test = ch.exp.config.export, ch.dir / BUNDLE_DIR, ch.test
+    heads = exit_heads_by_device(exits, plan) if exits is not None and exits.exits else None
+    export_bundle(segments, plan, ch.calib[0], bundle, codecs=learned.codecs, exits=heads)
+    update: dict = {"bundle": BUNDLE_DIR}
+    if cfg.verify:
+        update["verify"] = verify_parts(bundle, model, test[:4],
+                                        lossless=not any(c.compressor != "none" for c in plan.cuts))
+        if heads:
+            update["verify"]["exits"] = verify_exit_decisions(bundle, exits.net, test[:4])
+    if cfg.measure:
+        update["latency_measured"] = measure_parts(bundle, plan, test[0][0], profile_metas(ch.exp))
+    return record.model_copy(update=update)
 
 
 def _t_const(exp: Experiment, choice_dir: Path, t_const_ms: float | None) -> float:
@@ -242,71 +274,13 @@ def _exits(exp: Experiment, choice_dir: Path, plan: DeploymentPlan, spec: ArchSp
     return result, plan_with_exits(result, exp.topology.kind, base_plan=plan), segments, backbone
 
 
-def _exits_summary(result, plan: DeploymentPlan) -> dict[str, Any]:
+def _exits_summary(result: ExitsResult, plan: DeploymentPlan) -> ExitsSummary:
     test = result.test
-    return {"dir": EXITS_DIR, "units": result.exits, "thresholds": result.thresholds,
-            "devices": [e.device for e in plan.exits], "test_acc": test.accuracy,
-            "acc_change_pp": -test.accuracy_loss_pp, "mac_reduction": test.mac_reduction,
-            "mean_latency_ms": test.mean_latency_ms, "worst_latency_ms": test.worst_latency_ms,
-            "termination": [r["termination"] for r in test.exits]}
-
-
-def _verify_exits(bundle: Path, result, batches) -> dict[str, Any]:
-    """The bundle's runtime decisions (``run_exits``) against the in-process cascade, per backend."""
-    out = {}
-    for backend in ("torchscript", "onnx"):
-        runtime = load_bundle(bundle, backend)
-        same_exit = same_top1 = total = 0
-        for x, _ in batches:
-            logits, index = runtime.run_exits(x)
-            with torch.no_grad():
-                ref_logits, ref_index = result.net(x)
-            same_exit += int((index == ref_index).sum())
-            same_top1 += int((logits.argmax(-1) == ref_logits.argmax(-1)).sum())
-            total += len(x)
-        out[backend] = {"same_exit": same_exit / max(total, 1), "top1_agreement": same_top1 / max(total, 1),
-                        "samples": total}
-    return out
-
-
-def _autoencoder(segments: list[nn.Module], k: int, c: CompressorConfig, model: nn.Module,
-                 train_x: Sequence[torch.Tensor], calib: Sequence[torch.Tensor], epochs: tuple[int, int]):
-    with torch.no_grad():
-        sample = run_segments(segments[:k + 1], calib[0][:2])
-    if len(sample) != 1 or sample[0].dim() not in (3, 4):
-        raise ConfigError(f"cut {k} carries {len(sample)} tensor(s) of shape {[tuple(t.shape[1:]) for t in sample]}; "
-                          "an autoencoder needs one (C, L) or (C, H, W) feature map; use 'quantize' here",
-                          field=f"partition.compressors[{k}].kind")
-    shape = tuple(sample[0].shape[1:])
-    reduction = max(1, round(1 / c.channel_fraction))
-    encoder, decoder = make_autoencoder(shape, reduction=reduction, nonnegative=bool((sample[0] >= 0).all()))
-    fit = fit_autoencoder(encoder, decoder, segments[:k + 1], segments[k + 1:], model, train_x, bits=c.bits,
-                          reduction=reduction, epochs=epochs[0], finetune_epochs=epochs[1])
-    return [*segments[:k + 1], *fit.back], (fit.encoder, fit.decoder), fit.params
-
-
-def _distilled(segments: list[nn.Module], plan: DeploymentPlan, spec: ArchSpec, c: CompressorConfig,
-               train_x: Sequence[torch.Tensor], epochs: tuple[int, int]):
-    if plan.segments[0].stop == 0:
-        raise ConfigError(f"the plan runs no layer on {plan.devices[0]} (it sends the input), so there is no head "
-                          "for a distilled bottleneck to replace; use 'quantize' or 'autoencoder'",
-                          field="partition.compressors[0].kind")
-    with torch.no_grad():
-        sent = run_segments(segments[:1], train_x[0][:1])
-    if len(sent) != 1:
-        raise ConfigError(f"the first cut carries {len(sent)} tensors (a skip connection crosses it); a distilled "
-                          "bottleneck replaces a head with one output; use 'quantize' here",
-                          field="partition.compressors[0].kind")
-    (target,) = sent
-    encoder, decoder = make_student_head(spec.input_shape, tuple(target.shape[1:]), c.channel_fraction,
-                                         nonnegative=bool((target >= 0).all()))
-    fit = fit_student_head(encoder, decoder, segments[:1], train_x, bits=c.bits, epochs=epochs[0],
-                           finetune_epochs=epochs[1])
-    teacher, student = count_macs(segments[0], spec.input_shape), count_macs(encoder, spec.input_shape)
-    note = (f"distilled bottleneck: student head {student:,} MACs replaces {teacher:,} on {plan.devices[0]} "
-            f"(final SSE {fit.finetune_history[-1] if fit.finetune_history else fit.history[-1]:.4g} per sample)")
-    return [encoder, *segments[1:]], fit.codec, {"student_macs": student, "teacher_head_macs": teacher,
-                                                 **fit.params}, note
+    return ExitsSummary(dir=EXITS_DIR, units=result.exits, thresholds=result.thresholds,
+                        devices=[e.device for e in plan.exits], test_acc=test.accuracy,
+                        acc_change_pp=-test.accuracy_loss_pp, mac_reduction=test.mac_reduction,
+                        mean_latency_ms=test.mean_latency_ms, worst_latency_ms=test.worst_latency_ms,
+                        termination=[r["termination"] for r in test.exits])
 
 
 def _with_real_payloads(plan: DeploymentPlan, segments, codecs, x: torch.Tensor, exp: Experiment) -> DeploymentPlan:
@@ -316,7 +290,7 @@ def _with_real_payloads(plan: DeploymentPlan, segments, codecs, x: torch.Tensor,
     with torch.no_grad():
         for k, cut in enumerate(plan.cuts):
             values = parts[k](*values)
-            payload = float(sum(v.numel() * v.element_size() for v in values))
+            payload = float(sum(tensor_bytes(v) for v in values))
             cuts.append(replace(cut, payload_bytes=payload, link_ms=exp.topology.link(cut.src, cut.dst)
                                 .latency_ms(payload)))
     segs = list(plan.segments)
@@ -325,148 +299,27 @@ def _with_real_payloads(plan: DeploymentPlan, segments, codecs, x: torch.Tensor,
         p = plan.cuts[0].compressor_params
         scale = p["student_macs"] / max(1, p["teacher_head_macs"])
         segs[0] = replace(segs[0], compute_ms=segs[0].compute_ms * scale)
-    total = sum(s.compute_ms for s in segs) + sum(c.link_ms for c in cuts)
-    return replace(plan, segments=tuple(segs), cuts=tuple(cuts), total_latency_ms=float(total))
-
-
-class _Pipeline(nn.Module):
-    """The split network run in process, with every codec: what the bundle computes."""
-
-    def __init__(self, segments, plan: DeploymentPlan, codecs) -> None:
-        super().__init__()
-        self.parts = nn.ModuleList(device_parts(plan, segments, codecs))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        values = (x,)
-        for part in self.parts:
-            values = part(*values)
-        return values[0]
-
-
-def _accuracy(fn, batches) -> float:
-    hits = total = 0
-    with torch.no_grad():
-        for x, y in batches:
-            hits += int((fn(x).argmax(-1) == y).sum())
-            total += len(y)
-    return hits / max(total, 1)
-
-
-def _verify(bundle: Path, model: nn.Module, batches, lossless: bool) -> dict[str, Any]:
-    out = {}
-    for backend in ("torchscript", "onnx"):
-        check = verify_bundle(bundle, model, [x for x, _ in batches], backend)
-        out[backend] = {"max_abs_diff": check.max_abs_diff, "top1_agreement": check.top1_agreement,
-                        "samples": check.samples}
-    out["lossless"] = lossless
-    if lossless:
-        tol = {"torchscript": 1e-5, "onnx": 1e-4}
-        out["ok"] = all(out[b]["max_abs_diff"] <= tol[b] for b in tol)
-    else:
-        out["ok"] = True  # lossy: the agreement rate is the figure; nothing to hold it against
-    return out
+    return replace(plan, segments=tuple(segs), cuts=tuple(cuts), total_latency_ms=sequential_latency_ms(segs, cuts))
 
 
 def deploy_run(exp: Experiment, run_dir: Path, summary: dict) -> list[dict]:
-    """`deploy_choice` for every feasible choice of a finished search; append the section to ``report.md``."""
+    """`deploy_choice` for every feasible choice of a finished search; append the section to ``report.md``.
+
+    Returns:
+        Per deployed choice, its ``deploy.json`` with ``t_const_ms`` and ``dir`` (the choice folder).
+    """
     done = []
     for sel in summary["selections"]:
         if not sel["feasible"]:
             continue
         choice = run_dir / sel["best_dir"]
         if (choice / DEPLOY_JSON).is_file():
-            result = json.loads((choice / DEPLOY_JSON).read_text())
+            record = DeployRecord.load(choice / DEPLOY_JSON)
         else:
             print(f"deploy      {sel['best_dir']}: plan, compress, export ...", flush=True)
-            result = deploy_choice(exp, choice, t_const_ms=sel["t_const_ms"])
-        done.append({"t_const_ms": sel["t_const_ms"], "dir": sel["best_dir"], **result})
+            record = deploy_choice(exp, choice, t_const_ms=sel["t_const_ms"])
+        done.append({"t_const_ms": sel["t_const_ms"], "dir": sel["best_dir"], **record.to_dict()})
     report = run_dir / "report.md"
     if done and report.is_file():
-        text = report.read_text().split("\n## Deployment", 1)[0].rstrip("\n")
-        report.write_text(text + "\n\n" + deployment_markdown(done))
+        write_deployment_section(report, done)
     return done
-
-
-def exits_line(d: dict) -> str | None:
-    """One line on the exits of a ``deploy.json``, or None without exits."""
-    e = d.get("exits")
-    if e is None:
-        return None
-    if not e["units"]:
-        return "no exit pays on this plan (the network is kept as it is)"
-    return (f"{len(e['units'])} exit(s) on {', '.join(e['devices'])}: test acc {100 * e['test_acc']:.2f} % "
-            f"({e['acc_change_pp']:+.2f} pp), mean MACs {-100 * e['mac_reduction']:+.1f} %, mean latency "
-            f"{e['mean_latency_ms']:.4g} ms (worst {e['worst_latency_ms']:.4g} ms)")
-
-
-def measured_markdown(m: dict) -> list[str]:
-    """Measured beside predicted latency per part, with the parts off by more than the flag threshold marked."""
-    lines = ["", f"Latency of the exported parts on this machine ({m['method']}):", "",
-             "| part | device | predicted [ms] | ONNX Runtime [ms] | TorchScript [ms] | |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for p in m["parts"]:
-        if p["status"] != "measured":
-            lines.append(f"| {p['part']} | {p['device']} | {p['predicted_ms']:.4g} | {p['status']} | | |")
-            continue
-        if p["onnx_rel_err"] is None:
-            lines.append(f"| {p['part']} | {p['device']} | {p['predicted_ms']:.4g} | {p['onnx_ms']:.4g} | "
-                         f"{p['torchscript_ms']:.4g} | relays only (no layers planned) |")
-            continue
-        flag = f"**off by more than {100 * m['flag_above']:.0f} %**" if p["flagged"] else "ok"
-        lines.append(f"| {p['part']} | {p['device']} | {p['predicted_ms']:.4g} | {p['onnx_ms']:.4g} "
-                     f"({100 * p['onnx_rel_err']:+.0f} %) | {p['torchscript_ms']:.4g} "
-                     f"({100 * p['torchscript_rel_err']:+.0f} %) | {flag} |")
-    t = m["total"]
-    lines.append(f"| total | | {t['predicted_ms']:.4g} | {t['onnx_ms']:.4g} | {t['torchscript_ms']:.4g} | "
-                 f"{t['note']} |")
-    return lines
-
-
-def deployment_markdown(done: Sequence[dict]) -> str:
-    """The "Deployment" section of ``report.md``."""
-    lines = ["## Deployment", "",
-             "Per chosen network: the plan (`plan.json`), what crosses each cut, the accuracy of the split network "
-             "on the test split against the unsplit one, and baselines under the same latency models.", ""]
-    for d in done:
-        lines += [f"### T_const {d['t_const_ms']:g} ms (`{d['dir']}/`)", "",
-                  f"Predicted latency {d['predicted_latency_ms']:.4g} ms on {' -> '.join(d['devices'])}, "
-                  f"boundaries {d['boundaries']}; test accuracy {100 * d['test_acc_split']:.2f} % split vs "
-                  f"{100 * d['test_acc_unsplit']:.2f} % unsplit ({d['acc_change_pp']:+.2f} pp).", ""]
-        if d["cuts"]:
-            lines += ["| cut | compressor | payload [B] | payload / input | link [ms] |",
-                      "| --- | --- | --- | --- | --- |"]
-            for c in d["cuts"]:
-                frac = c["payload_bytes"] / d["input_bytes"] if d["input_bytes"] else math.nan
-                lines.append(f"| {c['src']} -> {c['dst']} | {c['compressor']} | {c['payload_bytes']:g} | "
-                             f"{100 * frac:.2f} % | {c['link_ms']:.4g} |")
-            lines.append("")
-        lines += ["| baseline | network | latency [ms] | devices | boundaries | fits memory |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        for b in d["baselines"]:
-            lines.append(f"| {b['name']} | {b['network']} | {b['latency_ms']:.4g} | {' -> '.join(b['path'])} | "
-                         f"{b['boundaries']} | {'yes' if b['fits_memory'] else 'no'} |")
-        if "exits" in d:
-            e = d["exits"]
-            where = ", ".join(f"unit {u} on {dev} (threshold {t:.3f})" for u, dev, t in
-                              zip(e["units"], e["devices"], e["thresholds"], strict=True)) or "none pays"
-            lines += ["", f"Early exits: {where}. Test accuracy {100 * e['test_acc']:.2f} % "
-                      f"({e['acc_change_pp']:+.2f} pp), mean MACs {-100 * e['mac_reduction']:+.1f} %, latency "
-                      f"mean {e['mean_latency_ms']:.4g} ms / worst case {e['worst_latency_ms']:.4g} ms; "
-                      f"termination per exit {[round(t, 3) for t in e['termination']]} "
-                      f"(`{d['dir']}/{e['dir']}/result.json`)."]
-        if "verify" in d:
-            v = d["verify"]
-            ts = v["torchscript"]
-            lines += ["", f"Bundle `{d['dir']}/bundle/`: TorchScript max |diff| {ts['max_abs_diff']:.2g}, "
-                      f"top-1 agreement {ts['top1_agreement']:.3f}; ONNX max |diff| "
-                      f"{v['onnx']['max_abs_diff']:.2g}, top-1 agreement {v['onnx']['top1_agreement']:.3f}"
-                      f"{'' if v['ok'] else ' — NOT within tolerance'}."]
-            if "exits" in v:
-                lines.append(f"With its exits the bundle's runtime takes the same exit as the in-process cascade for "
-                             f"{100 * v['exits']['torchscript']['same_exit']:.1f} % of "
-                             f"{v['exits']['torchscript']['samples']} samples (TorchScript), "
-                             f"{100 * v['exits']['onnx']['same_exit']:.1f} % (ONNX).")
-        if "latency_measured" in d:
-            lines += measured_markdown(d["latency_measured"])
-        lines += [*(f"- {n}" for n in d.get("notes", [])), ""]
-    return "\n".join(lines)

@@ -53,7 +53,7 @@ def test_deployed_exits_are_in_the_plan_and_the_bundle_decides_like_the_cascade(
                             export={})
     exp = load_experiment(write_experiment(exits_experiment))
     choice = _choice(tmp_path)
-    result = deploy_choice(exp, choice, datamodule=mnist1d_dm())
+    result = deploy_choice(exp, choice, datamodule=mnist1d_dm()).to_dict()
     plan = DeploymentPlan.from_json(choice / "plan.json")
     assert plan.boundaries()[:2] == [0, 2] and plan.boundaries()[2] in (3, 4)
     e = result["exits"]
@@ -94,7 +94,7 @@ def test_exits_move_the_split_when_the_best_plan_without_them_has_no_boundary(ex
     exits_experiment["topology"]["links"][1].update(bandwidth_mbps=1.0, rtt_ms=30.0)
     exits_experiment["exits"].update(efficiency="latency", result_at="exit")
     exp = load_experiment(write_experiment(exits_experiment))
-    result = deploy_choice(exp, _choice(tmp_path), datamodule=mnist1d_dm())
+    result = deploy_choice(exp, _choice(tmp_path), datamodule=mnist1d_dm()).to_dict()
     without = plan_arch(arch_costs(tiny_1d_spec(), latency_models(exp.topology, ".")), exp.topology)
     assert without.boundaries() == [0, 0, 0, 6]  # no inner boundary: no exit possible on this split
     e = result["exits"]
