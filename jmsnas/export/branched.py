@@ -14,11 +14,17 @@ follows the sources, so ``load_bundle`` / ``run_bundle`` / ``verify_bundle`` wor
 
 Compressors: ``none`` and ``quantize`` (per sending device, as the planner takes them). Learned
 compressors and early exits are not supported on branched plans.
+
+The manifest entries are ``manifest.part_files`` plus, per part, ``part`` (``"pre"``,
+``"branch<i>"``, ``"post"``), ``sources``, ``decoders`` (one codec entry per input, ``None`` for
+the network input) and ``encoder``; a branched codec entry also names its link (``src``, ``dst``).
+The files are written by ``formats.py``, as for sequential bundles. The traced ``forward`` methods
+here and in ``writer.DevicePart`` are recorded with their file and line in the exported files
+(TorchScript debug info, ONNX stack traces): moving them changes the bundle's bytes and hashes.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +34,11 @@ import torch
 from torch import nn
 
 from jmsnas.compress.quantize import LEARNED, build_codec, calibrate
+from jmsnas.export.formats import onnx_max_abs_diff, save_onnx, save_torchscript
+from jmsnas.export.manifest import codec_entry, part_files, write_manifest
 from jmsnas.export.split import LayerSegment
-from jmsnas.export.writer import (
-    DevicePart,
-    _codec_entry,
-    _entry_files,
-    _onnx_max_abs_diff,
-    _save_onnx,
-    _save_torchscript,
-)
+from jmsnas.export.writer import DevicePart
 from jmsnas.plan.artifact import DeploymentPlan
-from jmsnas.runtime.bundle import FORMAT, MANIFEST
 
 Merge = Literal["concat", "add"]
 
@@ -260,21 +260,14 @@ def export_branched_bundle(model: BranchedNet, plan: DeploymentPlan, example_inp
         in_names = ["input" if j < 0 else f"p{j}.out{k}" for j, k in sources]
         out_names = [f"output{k}" if m == len(parts) - 1 else f"p{m}.out{k}" for k in range(len(outputs))]
         stem = f"{m:02d}_{plan.segments[m].device}"
-        _save_torchscript(part, values, out / f"{stem}.pt")
-        _save_onnx(part, values, in_names, out_names, out / f"{stem}.onnx")
-        entry = _entry_files(out, stem, plan.segments[m].device, (in_names, values), (out_names, outputs))
+        save_torchscript(part, values, out / f"{stem}.pt")
+        save_onnx(part, values, in_names, out_names, out / f"{stem}.onnx")
+        entry = part_files(out, stem, plan.segments[m].device, (in_names, values), (out_names, outputs))
         node = nodes[m]
         entry.update(part=plan.segments[m].part, sources=[list(s) for s in sources],
-                     decoders=[None if c < 0 else _codec(plan, c) for c in node.in_cuts],
-                     encoder=None if node.out_cut is None else _codec(plan, node.out_cut),
-                     onnx_max_abs_diff=_onnx_max_abs_diff(out / f"{stem}.onnx", values, outputs))
+                     decoders=[None if c < 0 else codec_entry(plan, c, link=True) for c in node.in_cuts],
+                     encoder=None if node.out_cut is None else codec_entry(plan, node.out_cut, link=True),
+                     onnx_max_abs_diff=onnx_max_abs_diff(out / f"{stem}.onnx", values, outputs))
         entries.append(entry)
         produced.append(outputs)
-    manifest = {"format": FORMAT, "version": 1, "devices": plan.devices, "parts": entries, "plan": plan.to_dict()}
-    path = out / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
-
-
-def _codec(plan: DeploymentPlan, cut: int) -> dict:
-    return {**_codec_entry(plan, cut), "src": plan.cuts[cut].src, "dst": plan.cuts[cut].dst}
+    return write_manifest(out, plan, entries)

@@ -4,9 +4,10 @@ Each device's file holds the decoder of its incoming cut, its segment, and the e
 outgoing cut, so what one file returns is exactly what goes on the wire to the next. The
 manifest names every tensor on the wire (``c{k}.{name}`` for cut k; ``input`` and ``output{j}``
 at the ends) with its shape and dtype, the compressor parameters of each cut, the plan, and
-the sha256 of every file.
+the sha256 of every file. The manifest's schema and its entries are in ``manifest.py``, the two
+file formats (TorchScript, ONNX) in ``formats.py``.
 
-Loading needs no jmsnas class and no pickle of ours: ``load_bundle`` (``bundle.py``, re-exported
+Loading needs no jmsnas class and no pickle of ours: ``load_bundle`` (``runtime/bundle.py``, re-exported
 here) checks every hash first, then opens the files with ``torch.jit.load`` (TorchScript's own
 restricted loader) or onnxruntime. The batch axis is dynamic where the graph allows it (the
 manifest writes ``null`` for a dynamic axis); every other axis is the example input's.
@@ -23,20 +24,19 @@ samples leave (``bundle.Bundle.run_exits``).
 
 from __future__ import annotations
 
-import json
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from jmsnas.compress.quantize import LEARNED, build_codec, calibrate
+from jmsnas.errors import BundleError
+from jmsnas.export.formats import onnx_max_abs_diff, save_onnx, save_torchscript
+from jmsnas.export.manifest import part_entry, wire_names, write_manifest
 from jmsnas.export.split import run_segments
 from jmsnas.plan.artifact import DeploymentPlan
-from jmsnas.runtime.bundle import FORMAT, MANIFEST, BundleError, load_bundle, run_bundle, sha256_file, verify_bundle
+from jmsnas.runtime.bundle import load_bundle, run_bundle, verify_bundle
 
 __all__ = [
     "BundleError",
@@ -152,141 +152,23 @@ def export_bundle(
     for m, part in enumerate(device_parts(plan, segments, codecs, heads)):
         with torch.no_grad():
             outputs = part(*values)
-        in_names = ["input"] if m == 0 else _wire_names(plan, m - 1, len(values))
+        in_names = ["input"] if m == 0 else wire_names(plan, m - 1, len(values))
         last = m == len(segments) - 1
         n_wire = len(outputs) - (m in exits)
-        out_names = [f"output{j}" for j in range(len(outputs))] if last else _wire_names(plan, m, n_wire)
+        out_names = [f"output{j}" for j in range(len(outputs))] if last else wire_names(plan, m, n_wire)
         if m in exits:
             out_names = [f"e{m}.logits", *out_names]
         stem = f"{m:02d}_{plan.segments[m].device}"
-        _save_torchscript(part, values, out / f"{stem}.pt")
-        _save_onnx(part, values, in_names, out_names, out / f"{stem}.onnx")
-        entry = _entry(out, stem, plan, m, (in_names, values), (out_names, outputs))
-        entry["onnx_max_abs_diff"] = _onnx_max_abs_diff(out / f"{stem}.onnx", values, outputs)
+        save_torchscript(part, values, out / f"{stem}.pt")
+        save_onnx(part, values, in_names, out_names, out / f"{stem}.onnx")
+        entry = part_entry(out, stem, plan, m, (in_names, values), (out_names, outputs))
+        entry["onnx_max_abs_diff"] = onnx_max_abs_diff(out / f"{stem}.onnx", values, outputs)
         if m in exits:
             entry["exit"] = {"threshold": float(exits[m][1]), "logits": f"e{m}.logits", "confidence": "max_softmax"}
         entries.append(entry)
         values = outputs[1:] if m in exits else outputs
-    manifest = {"format": FORMAT, "version": 1, "devices": plan.devices, "parts": entries, "plan": plan.to_dict()}
-    if exits:
-        manifest["exits"] = [{"part": m, "device": plan.segments[m].device, **entries[m]["exit"]}
-                             for m in sorted(exits)]
-    path = out / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
-
-
-def _wire_names(plan: DeploymentPlan, cut: int, count: int) -> list[str]:
-    names = [t.name for t in plan.cuts[cut].tensors]
-    if len(names) != count:
-        names = [f"t{j}" for j in range(count)]
-    return [f"c{cut}.{name}" for name in names]
-
-
-def _save_torchscript(part: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated")  # still the loadable format
-        traced = torch.jit.trace(part, inputs, check_trace=False)
-        torch.jit.save(traced, str(path))
-
-
-def _save_onnx(
-    part: nn.Module, inputs: tuple[torch.Tensor, ...], in_names: list[str], out_names: list[str], path: Path
-) -> None:
-    """ONNX opset 18 via ``torch.export``, batch axis dynamic where the graph allows it, checked by ``onnx``."""
-    import onnx  # noqa: PLC0415  (export-only dependency)
-
-    # forward(*xs) is one var-positional parameter, so its spec is a one-element tuple of per-tensor specs.
-    batch = (tuple({0: torch.export.Dim.AUTO} for _ in inputs),)
-    torch.onnx.export(
-        part,
-        inputs,
-        str(path),
-        dynamo=True,
-        opset_version=18,
-        external_data=False,
-        input_names=in_names,
-        output_names=out_names,
-        dynamic_shapes=batch,
-        verbose=False,
-    )
-    onnx.checker.check_model(str(path))
-
-
-def _onnx_shapes(path: Path) -> tuple[list[list[int | None]], list[list[int | None]]]:
-    """Input and output shapes of an ONNX file; ``None`` for a dynamic axis."""
-    import onnx  # noqa: PLC0415
-
-    graph = onnx.load(str(path)).graph
-
-    def dims(value: onnx.ValueInfoProto) -> list[int | None]:
-        return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
-
-    return [dims(v) for v in graph.input], [dims(v) for v in graph.output]
-
-
-def _onnx_max_abs_diff(path: Path, inputs: tuple[torch.Tensor, ...], expected: tuple[torch.Tensor, ...]) -> float:
-    """The export's own check: onnxruntime on the example against the eager part (uint8 compared as numbers)."""
-    import onnxruntime as ort  # noqa: PLC0415
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {i.name: v.numpy() for i, v in zip(session.get_inputs(), inputs, strict=True)}
-    got = session.run(None, feeds)
-    return max(
-        float(np.abs(g.astype(np.float64) - e.numpy().astype(np.float64)).max(initial=0.0))
-        for g, e in zip(got, expected, strict=True)
-    )
-
-
-def _entry(
-    out: Path,
-    stem: str,
-    plan: DeploymentPlan,
-    m: int,
-    ins: tuple[list[str], tuple[torch.Tensor, ...]],
-    outs: tuple[list[str], tuple[torch.Tensor, ...]],
-) -> dict[str, Any]:
-    return {
-        **_entry_files(out, stem, plan.segments[m].device, ins, outs),
-        "decoder": None if m == 0 else _codec_entry(plan, m - 1),
-        "encoder": None if m == len(plan.cuts) else _codec_entry(plan, m),
-    }
-
-
-def _entry_files(
-    out: Path,
-    stem: str,
-    device: str,
-    ins: tuple[list[str], tuple[torch.Tensor, ...]],
-    outs: tuple[list[str], tuple[torch.Tensor, ...]],
-) -> dict[str, Any]:
-    """A part's manifest entry without its codecs: device, files with their sha256, input and output tensors."""
-    files = {
-        b: {"path": f"{stem}{ext}", "sha256": sha256_file(out / f"{stem}{ext}")}
-        for b, ext in (("torchscript", ".pt"), ("onnx", ".onnx"))
-    }
-    in_shapes, out_shapes = _onnx_shapes(out / f"{stem}.onnx")
-    return {
-        "device": device,
-        "files": files,
-        "inputs": [_tensor_entry(n, t, d) for n, t, d in zip(*ins, in_shapes, strict=True)],
-        "outputs": [_tensor_entry(n, t, d) for n, t, d in zip(*outs, out_shapes, strict=True)],
-    }
-
-
-def _tensor_entry(name: str, tensor: torch.Tensor, shape: list[int | None]) -> dict[str, Any]:
-    """Name, shape (``None`` on a dynamic axis, as exported), example shape and dtype of one tensor."""
-    return {
-        "name": name,
-        "shape": shape,
-        "example_shape": list(tensor.shape),
-        "dtype": str(tensor.dtype).removeprefix("torch."),
-    }
-
-
-def _codec_entry(plan: DeploymentPlan, cut: int) -> dict[str, Any]:
-    c = plan.cuts[cut]
-    return {"cut": cut, "compressor": c.compressor, "params": c.compressor_params, "payload_bytes": c.payload_bytes}
+    exit_entries = [{"part": m, "device": plan.segments[m].device, **entries[m]["exit"]} for m in sorted(exits)]
+    return write_manifest(out, plan, entries, exit_entries)
 
 
 def _check_sequential(plan: DeploymentPlan, segments: Sequence[nn.Module]) -> None:

@@ -7,7 +7,10 @@ ours is involved. ``verify_bundle`` compares a bundle with the unsplit model it 
 A bundle of a branched plan (``branched.export_branched_bundle``) names, per part, the ``sources``
 of its inputs (earlier parts' outputs); ``Bundle.run`` follows them.
 
-A bundle with early exits (``manifest["exits"]``) has parts that return an exit's logits before
+The manifest is validated by ``export.manifest.Manifest`` (an unknown key, a wrong type or a missing
+file raises `BundleError` naming the file and the field) and read through its typed fields.
+
+A bundle with early exits (the manifest's ``exits``) has parts that return an exit's logits before
 their wire tensors. ``Bundle.run`` computes every part for every sample (the exit logits are set
 aside), ``Bundle.run_exits`` is the runtime's decision: after each exit the samples whose top-1
 softmax probability (float64) reaches its threshold leave with its logits, and only the others go
@@ -16,35 +19,44 @@ on to the next device.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from jmsnas.errors import JmsnasError
+from jmsnas.errors import BundleError
+from jmsnas.export.manifest import MANIFEST, Backend, FileEntry, Manifest, PartExit, sha256_file
 
-Backend = Literal["torchscript", "onnx"]
-MANIFEST = "manifest.json"
-FORMAT = "jmsnas-bundle"
+__all__ = [
+    "Backend",
+    "Bundle",
+    "BundleCheck",
+    "BundleError",
+    "load_bundle",
+    "read_manifest",
+    "run_bundle",
+    "sha256_file",
+    "verify_bundle",
+]
+
 Runner = Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]
-
-
-class BundleError(JmsnasError):
-    """A bundle that is incomplete, tampered with, or not a jmsnas bundle."""
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded bundle: its manifest and one runner per device, in order."""
+    """A loaded bundle: its validated manifest and one runner per device, in order."""
 
-    manifest: dict[str, Any]
+    spec: Manifest
     runners: tuple[Runner, ...]
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as plain JSON data (``spec`` is the same, typed)."""
+        return self.spec.to_dict()
 
     def run(self, x: torch.Tensor, record: list[tuple[torch.Tensor, ...]] | None = None) -> tuple[torch.Tensor, ...]:
         """Run every device in order on network input ``x``; returns the last device's outputs.
@@ -56,7 +68,7 @@ class Bundle:
         values: tuple[torch.Tensor, ...] = (x,)
         produced: list[tuple[torch.Tensor, ...]] = []
         for m, runner in enumerate(self.runners):
-            sources = self.manifest["parts"][m].get("sources")
+            sources = self.spec.parts[m].sources
             if sources is not None:  # a branched bundle: inputs from named earlier parts (-1: the input)
                 values = tuple(x if j < 0 else produced[j][k] for j, k in sources)
             if record is not None:
@@ -67,9 +79,9 @@ class Bundle:
                 values = values[1:]  # the exit's logits; the rest goes on the wire
         return values
 
-    def exit_of(self, part: int) -> dict[str, Any] | None:
+    def exit_of(self, part: int) -> PartExit | None:
         """The manifest's ``exit`` entry of part ``part`` (threshold, logits name), or None."""
-        return self.manifest["parts"][part].get("exit")
+        return self.spec.parts[part].exit
 
     def run_exits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run with early exits; returns ``(logits [B, P], exit index [B])``, the final classifier last.
@@ -85,14 +97,14 @@ class Bundle:
         k = 0
         for m, runner in enumerate(self.runners):
             outputs = runner(values)
-            spec = self.exit_of(m)
-            if spec is None and m < len(self.runners) - 1:
+            exit_ = self.exit_of(m)
+            if exit_ is None and m < len(self.runners) - 1:
                 values = outputs
                 continue
             leave = torch.ones(len(active), dtype=torch.bool)
-            if spec is not None:
+            if exit_ is not None:
                 conf = torch.softmax(outputs[0].double(), dim=-1).amax(dim=-1)
-                leave = conf >= float(spec["threshold"])
+                leave = conf >= exit_.threshold
             if logits is None:
                 logits = outputs[0].new_zeros((batch, outputs[0].shape[-1]))
             logits[active[leave]] = outputs[0][leave]
@@ -122,15 +134,6 @@ class BundleCheck:
     samples: int
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_bundle(bundle_dir: str | Path, backend: Backend = "torchscript") -> Bundle:
     """Check every file's hash, then load each device's part for ``backend``.
 
@@ -139,39 +142,31 @@ def load_bundle(bundle_dir: str | Path, backend: Backend = "torchscript") -> Bun
     """
     root = Path(bundle_dir)
     manifest = read_manifest(root)
-    for part in manifest["parts"]:
-        for entry in part["files"].values():
+    for part in manifest.parts:
+        for entry in (part.files.torchscript, part.files.onnx):
             _verify_file(root, entry)
     load = _load_torchscript if backend == "torchscript" else _load_onnx
-    return Bundle(manifest, tuple(load(root / part["files"][backend]["path"]) for part in manifest["parts"]))
+    return Bundle(manifest, tuple(load(root / part.files.of(backend).path) for part in manifest.parts))
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
-    """The parsed ``manifest.json`` of a bundle folder.
+def read_manifest(root: str | Path) -> Manifest:
+    """The validated ``manifest.json`` of a bundle folder.
 
     Raises:
-        BundleError: missing file, invalid JSON, or not a jmsnas bundle.
+        BundleError: missing file, invalid JSON, not a jmsnas bundle (``format``), an unknown key, a
+            wrong type or a missing field; names the file and the field.
     """
-    path = root / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except OSError as exc:
-        raise BundleError(f"cannot read the manifest ({exc.strerror or exc})", file=path) from exc
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"invalid JSON at line {exc.lineno}: {exc.msg}", file=path) from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"not a {FORMAT} manifest (field 'format' must be {FORMAT!r})", file=path)
-    return manifest
+    return Manifest.load(Path(root) / MANIFEST)
 
 
-def _verify_file(root: Path, entry: dict[str, str]) -> None:
-    name = entry["path"]
+def _verify_file(root: Path, entry: FileEntry) -> None:
+    name = entry.path
     if Path(name).name != name:
         raise BundleError(f"file {name!r} must be a plain name inside the bundle", file=root / MANIFEST)
     path = root / name
     if not path.is_file():
         raise BundleError("file listed in the manifest is missing", file=path)
-    if sha256_file(path) != entry["sha256"]:
+    if sha256_file(path) != entry.sha256:
         raise BundleError(
             "sha256 does not match the manifest: the file was changed after export; do not load it", file=path
         )
@@ -209,7 +204,7 @@ def run_bundle(bundle_dir: str | Path, x: torch.Tensor, backend: Backend = "torc
     A bundle with exits applies their thresholds (``Bundle.run_exits``) and returns ``(logits, exit index)``.
     """
     bundle = load_bundle(bundle_dir, backend)
-    return bundle.run_exits(x) if bundle.manifest.get("exits") else bundle.run(x)
+    return bundle.run_exits(x) if bundle.spec.exits else bundle.run(x)
 
 
 def verify_bundle(

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from jmsnas.export.manifest import PartEntry
 from jmsnas.latency.guard import ContentionError, ContentionGuard
 from jmsnas.latency.profiler import measurement_conditions
 from jmsnas.latency.timing import time_callables
@@ -105,10 +106,9 @@ def measure_parts(bundle_dir: str | Path, plan: DeploymentPlan, x: torch.Tensor,
     root = Path(bundle_dir)
     guard = guard or ContentionGuard()
     bundle = load_bundle(root, "torchscript")
-    manifest = bundle.manifest
     inputs = part_inputs(bundle, x[:1])
-    parts = [_measure_part(root, m, entry, plan.segments[m].compute_ms, inputs[m], profiles.get(entry["device"]),
-                           guard, flag_above) for m, entry in enumerate(manifest["parts"])]
+    parts = [_measure_part(root, m, entry, plan.segments[m].compute_ms, inputs[m], profiles.get(entry.device),
+                           guard, flag_above) for m, entry in enumerate(bundle.spec.parts)]
     measured = {b: sum(p.get(f"{b}_ms", p["predicted_ms"]) for p in parts) for b in ("onnx", "torchscript")}
     predicted_compute = sum(p["predicted_ms"] for p in parts)
     links = plan.total_latency_ms - predicted_compute
@@ -121,17 +121,17 @@ def measure_parts(bundle_dir: str | Path, plan: DeploymentPlan, x: torch.Tensor,
             "guard": {**guard.stats.to_dict(), "speed_index_ms": guard.speed_index_ms}}
 
 
-def _measure_part(root: Path, m: int, entry: Mapping[str, Any], predicted_ms: float,
+def _measure_part(root: Path, m: int, entry: PartEntry, predicted_ms: float,
                   values: tuple[torch.Tensor, ...], meta: Mapping[str, Any] | None, guard: ContentionGuard,
                   flag_above: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"part": m, "device": entry["device"], "predicted_ms": predicted_ms}
+    out: dict[str, Any] = {"part": m, "device": entry.device, "predicted_ms": predicted_ms}
     why = _why_not_measured(meta)
     if why is not None:
         return {**out, "status": why}
     assert meta is not None
     threads = int(meta.get("threads", 1))
-    calls = [_onnx_call(root / entry["files"]["onnx"]["path"], values, threads),
-             _torchscript_call(root / entry["files"]["torchscript"]["path"], values)]
+    calls = [_onnx_call(root / entry.files.onnx.path, values, threads),
+             _torchscript_call(root / entry.files.torchscript.path, values)]
     timing = {"blocks": int(meta.get("blocks", 10)), "block_size": int(meta.get("block_size", 10)),
               "warmup": int(meta.get("warmup", 5)), "threads": threads}
 
@@ -140,7 +140,7 @@ def _measure_part(root: Path, m: int, entry: Mapping[str, Any], predicted_ms: fl
         return times[:-1], times[-1][0]
 
     try:
-        (onnx_ms, _), (ts_ms, _) = guard.measure(block, f"part {m} ({entry['device']})", "bundle parts")
+        (onnx_ms, _), (ts_ms, _) = guard.measure(block, f"part {m} ({entry.device})", "bundle parts")
     except ContentionError as exc:
         return {**out, "status": f"contended: {exc.message}"}
     out.update(status="measured", onnx_ms=onnx_ms, torchscript_ms=ts_ms)
