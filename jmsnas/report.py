@@ -14,13 +14,15 @@ Constraints are checked after search, not only penalised (DESIGN.md): per T_cons
 accurate finished trial (validation accuracy; test accuracy is reported, never used to choose)
 whose predicted latency meets T_const is chosen. When none meets it, the constraint is reported
 infeasible with the lowest latency any trial reached.
+
+``summary.json`` is a `Summary` (its trials `TrialSummary`, its choices `Selection`); read it back
+with ``Summary.load(path)``.
 """
 
 from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import json
 import math
 import os
 import platform
@@ -29,14 +31,73 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 from matplotlib.figure import Figure
 
+from jmsnas.io import write_text
 from jmsnas.latency.profiler import processor_name
+from jmsnas.strategies.records import Artifact, Outcome, Record
 
 PARETO_PNG = "pareto.png"
 BREAKDOWN_PNG = "latency_breakdown.png"
 _ARTIFACTS = ("arch.json", "model.pt", "outcome.json")
+
+
+class TrialSummary(Record):
+    """One trial of ``summary.json`` (the trial dict of the module docstring).
+
+    ``search_val_acc`` (the chosen network's accuracy with its search weights) is there for finished trials only.
+    """
+
+    trial_id: str
+    overrides: dict[str, Any]
+    status: Literal["finished", "stopped", "error", "incomplete"]
+    t_const_ms: float
+    seed: int
+    val_acc: float | None
+    test_acc: float | None
+    predicted_latency_ms: float | None
+    feasible: bool | None
+    compact: str | None
+    artifact_dir: str
+    error: str | None
+    search: dict[str, int | float]
+    search_val_acc: float | None = None
+
+
+class Selection(Record):
+    """The choice for one T_const: the chosen trial's figures when feasible, else the lowest latency reached.
+
+    A feasible choice has ``trial_id`` ... ``best_dir``; an infeasible one ``lowest_latency_ms`` (None when no
+    trial of it finished), ``lowest_latency_trial`` (when one did) and ``note``.
+    """
+
+    t_const_ms: float
+    trials: int
+    finished: int
+    feasible: bool
+    trial_id: str | None
+    overrides: dict[str, Any] | None = None
+    val_acc: float | None = None
+    test_acc: float | None = None
+    predicted_latency_ms: float | None = None
+    compact: str | None = None
+    artifact_dir: str | None = None
+    best_dir: str | None = None
+    lowest_latency_ms: float | None = None
+    lowest_latency_trial: str | None = None
+    note: str | None = None
+
+
+class Summary(Artifact):
+    """``summary.json``: every trial, the choice per T_const, the overall choice (or None) and the plots' files."""
+
+    experiment: str
+    trials: list[TrialSummary]
+    selections: list[Selection]
+    overall: Selection | None
+    plots: dict[str, str]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -72,7 +133,7 @@ def _select_one(t_const_ms: float, group: list[dict]) -> dict:
         best = max(feasible, key=lambda t: (t["val_acc"], -t["predicted_latency_ms"]))
         sel.update(feasible=True, trial_id=best["trial_id"], overrides=best["overrides"], val_acc=best["val_acc"],
                    test_acc=best["test_acc"], predicted_latency_ms=best["predicted_latency_ms"],
-                   compact=best.get("compact"), artifact_dir=best["artifact_dir"],
+                   compact=best["compact"], artifact_dir=best["artifact_dir"],
                    best_dir=f"best/{constraint_dir(t_const_ms)}")
     elif done:
         fastest = min(done, key=lambda t: t["predicted_latency_ms"])
@@ -80,7 +141,7 @@ def _select_one(t_const_ms: float, group: list[dict]) -> dict:
                    note=f"infeasible: no trial met T_const = {t_const_ms:g} ms; the fastest derived network "
                         f"needs {fastest['predicted_latency_ms']:.4g} ms")
     else:
-        seen = [t["search"]["derived_latency_ms"] for t in group if "derived_latency_ms" in t.get("search", {})]
+        seen = [t["search"]["derived_latency_ms"] for t in group if "derived_latency_ms" in t["search"]]
         sel.update(lowest_latency_ms=None, note="infeasible: no trial of this constraint finished" + (
             f"; the fastest derived network seen during search needed {min(seen):.4g} ms" if seen else ""))
     return sel
@@ -142,27 +203,30 @@ def plot_pareto(path: Path, trials: Sequence[dict], selections: Sequence[dict]) 
     fig.savefig(path, dpi=120)
 
 
-def plot_breakdown(path: Path, outcome: dict) -> None:
-    """Per-device compute and per-link transfer latency of one network, in chain order."""
-    split = outcome["split"]
+def plot_breakdown(path: Path, outcome: Outcome) -> None:
+    """Per-device compute and per-link transfer latency of one network, in chain order.
+
+    A device or link of the path missing from ``split.device_ms`` / ``split.link_ms`` shows as 0 ms.
+    """
+    split = outcome.split
     labels, values, colors = [], [], []
-    bounds = split["boundaries"]
-    for m, device in enumerate(split["path"]):
+    bounds = split.boundaries
+    for m, device in enumerate(split.path):
         labels.append(f"{device}\n{bounds[m + 1] - bounds[m]} layers" if m + 1 < len(bounds) else device)
-        values.append(split["device_ms"].get(device, 0.0))
+        values.append(split.device_ms.get(device, 0.0))
         colors.append("tab:blue")
-        if m + 1 < len(split["path"]):
-            link = f"{device}->{split['path'][m + 1]}"
+        if m + 1 < len(split.path):
+            link = f"{device}->{split.path[m + 1]}"
             labels.append(link.replace("->", "\n→ "))
-            values.append(split["link_ms"].get(link, 0.0))
+            values.append(split.link_ms.get(link, 0.0))
             colors.append("tab:orange")
     fig = Figure(figsize=(max(4.0, 1.1 * len(labels)), 3.8), layout="constrained")
     ax = fig.subplots()
     ax.bar(range(len(values)), values, color=colors)
     ax.set_xticks(range(len(values)), labels, fontsize=8)
     ax.set_ylabel("latency (ms)")
-    ax.set_title(f"{outcome['compact']}\npredicted {outcome['predicted_latency_ms']:.4g} ms, "
-                 f"T_const {outcome['t_const_ms']:g} ms (blue: device, orange: link)", fontsize=8)
+    ax.set_title(f"{outcome.compact}\npredicted {outcome.predicted_latency_ms:.4g} ms, "
+                 f"T_const {outcome.t_const_ms:g} ms (blue: device, orange: link)", fontsize=8)
     fig.savefig(path, dpi=120)
 
 
@@ -210,10 +274,10 @@ def trials_table(trials: Sequence[dict]) -> list[str]:
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for t in trials:
         over = ", ".join(f"{k}={v}" for k, v in t["overrides"].items()) or "–"
-        feasible = "–" if t.get("feasible") is None else ("yes" if t["feasible"] else "no")
-        rows.append(f"| {t['trial_id']} | {over} | {t['status']} | {_fmt(t.get('val_acc'), '.3f')} | "
-                    f"{_fmt(t.get('test_acc'), '.3f')} | {_fmt(t.get('predicted_latency_ms'))} | "
-                    f"{t['t_const_ms']:g} | {feasible} | `{t.get('compact') or '–'}` |")
+        feasible = "–" if t["feasible"] is None else ("yes" if t["feasible"] else "no")
+        rows.append(f"| {t['trial_id']} | {over} | {t['status']} | {_fmt(t['val_acc'], '.3f')} | "
+                    f"{_fmt(t['test_acc'], '.3f')} | {_fmt(t['predicted_latency_ms'])} | "
+                    f"{t['t_const_ms']:g} | {feasible} | `{t['compact'] or '–'}` |")
     return rows
 
 
@@ -256,7 +320,7 @@ def write_outputs(run_dir: Path, experiment: str, trials: list[dict]) -> dict:
     """Choose per T_const, copy the chosen artifacts, write plots, ``summary.json`` and ``report.md``.
 
     Returns:
-        The summary (what ``summary.json`` holds).
+        The summary: what ``summary.json`` holds (a `Summary`'s JSON, ``version`` included).
     """
     selections = select_per_constraint(trials)
     overall = overall_choice(selections)
@@ -266,11 +330,11 @@ def write_outputs(run_dir: Path, experiment: str, trials: list[dict]) -> dict:
         plot_pareto(run_dir / PARETO_PNG, trials, selections)
         plots["pareto"] = PARETO_PNG
     if overall is not None:
-        outcome = json.loads((Path(overall["artifact_dir"]) / "outcome.json").read_text())
-        plot_breakdown(run_dir / BREAKDOWN_PNG, outcome)
+        plot_breakdown(run_dir / BREAKDOWN_PNG, Outcome.load(Path(overall["artifact_dir"]) / "outcome.json"))
         plots["breakdown"] = BREAKDOWN_PNG
-    summary = {"experiment": experiment, "trials": trials, "selections": selections, "overall": overall,
-               "plots": plots}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (run_dir / "report.md").write_text(markdown_report(summary, plots))
-    return summary
+    summary = Summary.of({"experiment": experiment, "trials": trials, "selections": selections, "overall": overall,
+                          "plots": plots})
+    summary.write(run_dir / "summary.json")
+    data = summary.to_json()
+    write_text(run_dir / "report.md", markdown_report(data, plots))
+    return data

@@ -96,10 +96,12 @@ def _fake_artifacts(root: Path, trial: dict) -> dict:
     art.mkdir(parents=True)
     (art / "arch.json").write_text(json.dumps({"net": trial["trial_id"]}))
     (art / "model.pt").write_bytes(b"weights")
-    outcome = {"compact": trial["compact"], "predicted_latency_ms": trial["predicted_latency_ms"],
-               "t_const_ms": trial["t_const_ms"],
+    outcome = {"arch": {"net": trial["trial_id"]}, "compact": trial["compact"], "t_const_ms": trial["t_const_ms"],
+               "predicted_latency_ms": trial["predicted_latency_ms"], "feasible": trial["feasible"],
                "split": {"path": ["a", "b"], "boundaries": [0, 2, 3], "device_ms": {"a": 1.0, "b": 2.0},
-                         "link_ms": {"a->b": trial["predicted_latency_ms"] - 3.0}}}
+                         "link_ms": {"a->b": trial["predicted_latency_ms"] - 3.0}},
+               "search_val_acc": trial["val_acc"], "val_acc": trial["val_acc"], "test_acc": trial["test_acc"],
+               "search_wall_s": 1.0, "retrain_wall_s": 1.0, "seed": trial["seed"]}  # a complete outcome.json
     (art / "outcome.json").write_text(json.dumps(outcome))
     return {**trial, "artifact_dir": str(art)}
 

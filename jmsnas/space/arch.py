@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 from torch import nn
 
 from jmsnas.errors import ConfigError
+from jmsnas.io import write_json
 from jmsnas.space.ops import CANDIDATES, Dims, Head, MergeBlock, SkipProjection, Stem, allowed, build_op
 from jmsnas.space.spec import SearchSpace
 from jmsnas.validation import FieldValueError, validate_or_raise
@@ -284,8 +285,11 @@ class ArchSpec(_Frozen):
         return validate_or_raise(cls, data, file=file)
 
     def save_json(self, path: str | Path) -> None:
-        """Write the spec as indented JSON, with its compact block string under ``compact`` for people and logs."""
-        Path(path).write_text(json.dumps({**self.to_dict(), "compact": self.compact()}, indent=2) + "\n")
+        """Write the spec as indented JSON, with its compact block string under ``compact`` for people and logs.
+
+        Written atomically (`jmsnas.io.write_json`): a reader never sees half a file.
+        """
+        write_json(path, {**self.to_dict(), "compact": self.compact()}, newline=True)
 
     @classmethod
     def load_json(cls, path: str | Path) -> ArchSpec:

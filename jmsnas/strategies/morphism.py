@@ -28,7 +28,6 @@ iteration's random draws depend only on (seed, iteration), so a repeated iterati
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -49,6 +48,7 @@ from jmsnas.space.ops import CANDIDATES
 from jmsnas.space.spec import SearchSpace
 from jmsnas.strategies.arch_latency import ArchLatencyModel, DoesNotFit
 from jmsnas.strategies.children import ChildData, ChildJob, ChildResult, WithTeacher, fit, train_child
+from jmsnas.strategies.records import ClimbRecord, ClimbState
 from jmsnas.strategies.run import SearchOutcome, retrain_and_record
 from jmsnas.strategies.teacher import load_or_train_teacher, teacher_logits
 
@@ -92,23 +92,26 @@ def save_state(state_dir: Path, state: dict, net: ArchNet) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     weights = f"parent-{state['iteration']}.pt"
     atomic_write(state_dir / weights, lambda p: torch.save(net.state_dict(), p))
-    atomic_write(state_dir / "state.json", lambda p: p.write_text(json.dumps({**state, "weights": weights},
-                                                                               indent=2)))
+    ClimbState.of({**state, "weights": weights}).write(state_dir / "state.json")
     for old in state_dir.glob("parent-*.pt"):
         if old.name != weights:
             old.unlink()
 
 
 def load_state(state_dir: Path) -> tuple[dict, ArchSpec, ArchNet] | None:
-    """The saved climb, or None when there is none."""
+    """The saved climb, or None when there is none.
+
+    Raises:
+        JmsnasError: ``state.json`` is not a climb state (naming the field).
+    """
     path = state_dir / "state.json"
     if not path.is_file():
         return None
-    state = json.loads(path.read_text())
-    spec = ArchSpec.from_dict(state["arch"], file=path)
+    state = ClimbState.load(path)
+    spec = ArchSpec.from_dict(state.arch, file=path)
     net = build_model(spec)
-    net.load_state_dict(torch.load(state_dir / state["weights"], map_location="cpu", weights_only=True))
-    return state, spec, net
+    net.load_state_dict(torch.load(state_dir / state.weights, map_location="cpu", weights_only=True))
+    return state.data(), spec, net
 
 
 # --- the climb -----------------------------------------------------------------------------------
@@ -282,7 +285,7 @@ def run_morphism(exp: Experiment, strategy: MorphismConfig, seed: int, run_dir: 
                                   run_dir / "climb", runner=runner or sequential_runner, report=report,
                                   log=print if progress else None)
     spec.save_json(run_dir / "arch.json")
-    (run_dir / "climb.json").write_text(json.dumps({"teacher": teacher, **state}, indent=2))
+    ClimbRecord.of({"teacher": teacher, **state}).write(run_dir / "climb.json")
     estimate = latency(spec)
     if strategy.retrain.init == "scratch":
         pl.seed_everything(seed, workers=True, verbose=False)

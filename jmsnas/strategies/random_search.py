@@ -26,7 +26,6 @@ the best candidate's weights (``random-best.pt``), so a restarted run continues 
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -39,11 +38,12 @@ import torch
 from jmsnas.config import Experiment, RandomConfig
 from jmsnas.data import JmsnasDataModule
 from jmsnas.errors import ConfigError
-from jmsnas.io import atomic_write, write_json
+from jmsnas.io import atomic_write
 from jmsnas.space.arch import ArchNet, ArchSpec, build_model
 from jmsnas.space.spec import SearchSpace
 from jmsnas.strategies.arch_latency import ArchLatencyModel, DoesNotFit
 from jmsnas.strategies.children import ChildData, fit
+from jmsnas.strategies.records import RandomRecord
 from jmsnas.strategies.run import SearchOutcome, retrain_and_record
 
 STATE_FILE = "random.json"
@@ -184,13 +184,13 @@ def train_candidates(state: dict, data: ChildData, strategy: RandomConfig, seed:
         if best == len(state["trained"]) - 1:
             atomic_write(run_dir / BEST_WEIGHTS, lambda p, n=net: torch.save(n.state_dict(), p))
         state["best"] = best
-        write_json(run_dir / STATE_FILE, state)
+        RandomRecord.of(state).write(run_dir / STATE_FILE)
         if log:
             log(f"candidate {k + 1}/{len(state['drawn'])}: {record['compact']} {record['latency_ms']:.3g} ms, "
                 f"val acc {record['val_acc']:.3f}")
         if report:
             report(_metrics(state, strategy.t_const_ms))
-    write_json(run_dir / STATE_FILE, state)
+    RandomRecord.of(state).write(run_dir / STATE_FILE)
     return state
 
 
@@ -216,7 +216,7 @@ def run_random(exp: Experiment, strategy: RandomConfig, seed: int, run_dir: Path
     dm = datamodule or JmsnasDataModule(exp.config.dataset, seed=exp.config.seed)
     info = dm.info()
     path = run_dir / STATE_FILE
-    state = (json.loads(path.read_text()) if path.is_file()
+    state = (RandomRecord.load(path).data() if path.is_file()
              else _initial_state(exp, strategy, seed, info.num_classes, info.input_shape))
     state = train_candidates(state, _candidate_data(exp, strategy, dm), strategy, seed, run_dir, report=report,
                              log=print if progress else None)

@@ -8,7 +8,6 @@ experiment and the strategy config, and everything it writes goes under ``run_di
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from jmsnas.space.arch import ArchSpec, build_model
 from jmsnas.space.supernet import Supernet
 from jmsnas.strategies.expected_latency import ExpectedLatency, LatencyPenalty, derive_within
 from jmsnas.strategies.proxyless import SupernetSearch
+from jmsnas.strategies.records import Outcome
 from jmsnas.strategies.retrain import Classifier, accuracy
 
 
@@ -32,7 +32,8 @@ class SearchOutcome:
 
     ``search_val_acc`` is the chosen network's validation accuracy with its weights from the search (the
     supernet strategy's: inherited from the supernet, BatchNorm statistics re-estimated for it), before
-    retraining; ``val_acc`` and ``test_acc`` are after retraining.
+    retraining; ``val_acc`` and ``test_acc`` are after retraining. ``outcome.json`` holds the same
+    fields (`jmsnas.strategies.records.Outcome`).
     """
 
     arch: dict
@@ -124,7 +125,7 @@ def retrain_and_record(net: torch.nn.Module, spec: ArchSpec, dm: JmsnasDataModul
         predicted_latency_ms=float(predicted_ms), feasible=float(predicted_ms) <= strategy.t_const_ms, split=split,
         search_val_acc=float(search_val_acc), val_acc=val_acc, test_acc=test_acc,
         search_wall_s=float(search_wall_s), retrain_wall_s=retrain_wall, seed=seed)
-    (run_dir / "outcome.json").write_text(json.dumps(asdict(outcome), indent=2))
+    Outcome.of(asdict(outcome)).write(run_dir / "outcome.json")
     return outcome
 
 
