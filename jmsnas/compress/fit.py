@@ -19,7 +19,7 @@ from torch import nn
 from jmsnas.compress.autoencoder import fit_autoencoder, make_autoencoder
 from jmsnas.compress.config import CompressorConfig
 from jmsnas.compress.distilled import fit_student_head, make_student_head
-from jmsnas.compress.quantize import LEARNED
+from jmsnas.compress.registry import COMPRESSORS
 from jmsnas.errors import ConfigError
 from jmsnas.export.split import run_segments
 from jmsnas.plan.artifact import DeploymentPlan
@@ -55,20 +55,20 @@ def fit_learned(segments: Sequence[nn.Module], plan: DeploymentPlan, input_shape
     """
     out = LearnedCodecs(list(segments))
     for k, cut in enumerate(plan.cuts):
-        if cut.compressor not in LEARNED:
+        kind = COMPRESSORS[cut.compressor]
+        if kind.fit is None:
             continue
-        if cut.compressor == "autoencoder":
-            out.segments, out.codecs[k], out.params[k] = _autoencoder(out.segments, k, given[k], model, train_x,
-                                                                      epochs)
-        else:
-            out.segments, out.codecs[k], out.params[k], note = _distilled(out.segments, plan, input_shape, given[k],
-                                                                          train_x, epochs)
+        out.segments, out.codecs[k], out.params[k], note = kind.fit(out.segments, k, plan, input_shape, given[k],
+                                                                    model, train_x, epochs)
+        if note is not None:
             out.notes.append(note)
     return out
 
 
-def _autoencoder(segments: list[nn.Module], k: int, c: CompressorConfig, model: nn.Module,
-                 train_x: Sequence[torch.Tensor], epochs: tuple[int, int]):
+def fit_autoencoder_cut(segments: list[nn.Module], k: int, plan: DeploymentPlan, input_shape: tuple[int, ...],
+                        c: CompressorConfig, model: nn.Module, train_x: Sequence[torch.Tensor],
+                        epochs: tuple[int, int]):
+    """An autoencoder (paper 004) at cut ``k``: the receiving side is trained with it."""
     with torch.no_grad():
         sample = run_segments(segments[:k + 1], train_x[0][:2])
     if len(sample) != 1 or sample[0].dim() not in (3, 4):
@@ -80,11 +80,13 @@ def _autoencoder(segments: list[nn.Module], k: int, c: CompressorConfig, model: 
     encoder, decoder = make_autoencoder(shape, reduction=reduction, nonnegative=bool((sample[0] >= 0).all()))
     fit = fit_autoencoder(encoder, decoder, segments[:k + 1], segments[k + 1:], model, train_x, bits=c.bits,
                           reduction=reduction, epochs=epochs[0], finetune_epochs=epochs[1])
-    return [*segments[:k + 1], *fit.back], (fit.encoder, fit.decoder), fit.params
+    return [*segments[:k + 1], *fit.back], (fit.encoder, fit.decoder), fit.params, None
 
 
-def _distilled(segments: list[nn.Module], plan: DeploymentPlan, input_shape: tuple[int, ...], c: CompressorConfig,
-               train_x: Sequence[torch.Tensor], epochs: tuple[int, int]):
+def fit_distilled_cut(segments: list[nn.Module], k: int, plan: DeploymentPlan, input_shape: tuple[int, ...],
+                      c: CompressorConfig, model: nn.Module, train_x: Sequence[torch.Tensor],
+                      epochs: tuple[int, int]):
+    """A distilled bottleneck head (paper 002) in place of the first device's layers (``k`` is 0)."""
     if plan.segments[0].stop == 0:
         raise ConfigError(f"the plan runs no layer on {plan.devices[0]} (it sends the input), so there is no head "
                           "for a distilled bottleneck to replace; use 'quantize' or 'autoencoder'",

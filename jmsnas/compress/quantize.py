@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-COMPRESSORS: tuple[str, ...] = ("none", "quantize", "autoencoder", "distilled_bottleneck")
-LEARNED: tuple[str, ...] = ("autoencoder", "distilled_bottleneck")
+from jmsnas.compress.registry import COMPRESSORS, LEARNED
+
 BITS: tuple[int, ...] = (2, 4, 8)
 _FLOAT32_BYTES = 4
 

@@ -40,7 +40,8 @@ from torch import nn
 
 from jmsnas.builders import cut_compressors, latency_models, profile_metas
 from jmsnas.compress.fit import LearnedCodecs, fit_learned
-from jmsnas.compress.quantize import LEARNED, Compressor
+from jmsnas.compress.quantize import Compressor
+from jmsnas.compress.registry import COMPRESSORS
 from jmsnas.config import Experiment
 from jmsnas.data import JmsnasDataModule
 from jmsnas.errors import ConfigError
@@ -83,14 +84,14 @@ def check_partition(exp: Experiment) -> None:
                           field="partition.compressors")
     if exp.config.exits is not None:
         for i, c in enumerate(part.compressors):
-            if c.kind in LEARNED:
+            if COMPRESSORS[c.kind].learned:
                 raise ConfigError(f"{c.kind!r} cannot be combined with early exits yet: training it changes the "
                                   "layers around the cut, which the exit heads and thresholds were calibrated on; "
                                   "use 'quantize' or 'none' here, or remove the exits section",
                                   file=exp.path, field=f"partition.compressors[{i}].kind")
     for i, c in enumerate(part.compressors[1:], start=1):
-        if c.kind == "distilled_bottleneck":
-            raise ConfigError("distilled_bottleneck replaces the first device's layers with a student head "
+        if COMPRESSORS[c.kind].first_cut_only:
+            raise ConfigError(f"{c.kind} replaces the first device's layers with a student head "
                               "(paper 002), so it can only be the first cut's compressor; use 'autoencoder' here",
                               file=exp.path, field=f"partition.compressors[{i}].kind")
 
@@ -214,7 +215,7 @@ def _export(ch: _Choice, plan: DeploymentPlan, segments: list[nn.Module], learne
     update: dict = {"bundle": BUNDLE_DIR}
     if cfg.verify:
         update["verify"] = verify_parts(bundle, model, test[:4],
-                                        lossless=not any(c.compressor != "none" for c in plan.cuts))
+                                        lossless=all(COMPRESSORS[c.compressor].lossless for c in plan.cuts))
         if heads:
             update["verify"]["exits"] = verify_exit_decisions(bundle, exits.net, test[:4])
     if cfg.measure:
@@ -294,8 +295,7 @@ def _with_real_payloads(plan: DeploymentPlan, segments, codecs, x: torch.Tensor,
             cuts.append(replace(cut, payload_bytes=payload, link_ms=exp.topology.link(cut.src, cut.dst)
                                 .latency_ms(payload)))
     segs = list(plan.segments)
-    first = plan.cuts[0].compressor if plan.cuts else "none"
-    if first == "distilled_bottleneck":
+    if plan.cuts and COMPRESSORS[plan.cuts[0].compressor].first_cut_only:  # a student head replaced the layers
         p = plan.cuts[0].compressor_params
         scale = p["student_macs"] / max(1, p["teacher_head_macs"])
         segs[0] = replace(segs[0], compute_ms=segs[0].compute_ms * scale)
