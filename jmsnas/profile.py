@@ -35,7 +35,8 @@ from jmsnas.errors import JmsnasError
 from jmsnas.latency.guard import DEFAULT_TOLERANCE, ContentionError
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m jmsnas.profile``."""
     parser = argparse.ArgumentParser(prog="python -m jmsnas.profile",
                                      description="Time every candidate op of search spaces on this machine.")
     parser.add_argument("--search-space", action="append", type=Path,
@@ -61,7 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-grid", action="store_true", help="time only the exact shapes of the spaces")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_PROFILES_DIR, help="where profiles are written")
     parser.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Profile (or ``--verify``) a device; returns the exit status (2: bad arguments, 3: no quiet window)."""
+    args = _parser().parse_args(argv)
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     try:
         if args.verify is not None:

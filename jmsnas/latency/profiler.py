@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from jmsnas.errors import JmsnasError
+from jmsnas.io import write_json
 from jmsnas.latency.guard import DEFAULT_PHASE, DEFAULT_TOLERANCE, ContentionGuard, machine_load
 from jmsnas.latency.ops import (
     PROFILE_NUM_CLASSES,
@@ -129,28 +130,53 @@ def _open_profile(csv_path: Path, json_path: Path, conditions: dict, space_names
 
 
 def _write_json(path: Path, meta: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**meta, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}, indent=2))
-    tmp.replace(path)
+    """Write a profile's ``NAME.json`` (atomically), dated now."""
+    write_json(path, {**meta, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
 
 
-def profile_search_spaces(
-    spaces: Sequence[SearchSpace],
-    device_name: str,
-    out_dir: Path,
-    *,
-    threads: int = 1,
-    device: str = "cpu",
-    batch_sizes: Sequence[int] = (1,),
-    warmup: int = 5,
-    blocks: int = 10,
-    block_size: int = 10,
-    calibration_nets: int = 20,
-    grid: bool = True,
-    overwrite: bool = False,
-    progress: bool = True,
-    guard: ContentionGuard | None = None,
-) -> Path:
+def _profile_paths(out_dir: Path, device_name: str, overwrite: bool) -> tuple[Path, Path]:
+    """``NAME.csv`` and ``NAME.json`` in ``out_dir`` (created); ``overwrite``: the old profile's files removed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out_dir / f"{device_name}.csv", out_dir / f"{device_name}.json"
+    if overwrite:
+        for path in (csv_path, json_path, networks_path(csv_path)):
+            path.unlink(missing_ok=True)
+    return csv_path, json_path
+
+
+def _pending(spaces: Sequence[SearchSpace], batch_sizes: Sequence[int], grid: bool,
+             done: set[str]) -> list[tuple[OpDescriptor, int, bool]]:
+    """``(op, batch size, exact)`` of every row still to measure, once each, in the spaces' order."""
+    todo: list[tuple[OpDescriptor, int, bool]] = []
+    for space in spaces:
+        exact = space_descriptors(space)
+        exact_keys = {descriptor_key(d) for d in exact}
+        descs = grid_descriptors(exact) if grid else exact
+        todo += [(d, bs, descriptor_key(d) in exact_keys) for d in descs for bs in batch_sizes]
+    return list({descriptor_key(d, bs): (d, bs, e) for d, bs, e in todo if descriptor_key(d, bs) not in done}.values())
+
+
+def _close_profile(csv_path: Path, json_path: Path, timing: dict, guard: ContentionGuard | None,
+                   extra: dict) -> None:
+    """Rewrite ``NAME.json`` after a run, also a stopped one: rows, timing, the guard's figures and ``extra``.
+
+    The speed index is kept even when the run stops, so that a resumed run keeps the yardstick.
+    """
+    meta = json.loads(json_path.read_text())
+    guard_info: dict[str, object] = {}
+    if guard is not None:
+        guard_info["guard"] = {**guard.stats.to_dict(), "tolerance": guard.tolerance}
+        if guard.speed_index_ms is not None:
+            guard_info["speed_index_ms"] = guard.speed_index_ms
+        guard_info["speed_index_by_phase"] = guard.speed_index
+    _write_json(json_path, {**meta, **timing, "rows": len(read_rows(csv_path)), **guard_info, **extra})
+
+
+def profile_search_spaces(spaces: Sequence[SearchSpace], device_name: str, out_dir: Path, *, threads: int = 1,
+                          device: str = "cpu", batch_sizes: Sequence[int] = (1,), warmup: int = 5, blocks: int = 10,
+                          block_size: int = 10, calibration_nets: int = 20, grid: bool = True,
+                          overwrite: bool = False, progress: bool = True,
+                          guard: ContentionGuard | None = None) -> Path:
     """Time every op of ``spaces`` (exact shapes, plus the grid) and write ``out_dir/device_name.csv``.
 
     Args:
@@ -177,24 +203,14 @@ def profile_search_spaces(
     """
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise JmsnasError("--device cuda was asked for but torch sees no CUDA device", field="--device")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, json_path = out_dir / f"{device_name}.csv", out_dir / f"{device_name}.json"
-    if overwrite:
-        for path in (csv_path, json_path, networks_path(csv_path)):
-            path.unlink(missing_ok=True)
+    csv_path, json_path = _profile_paths(out_dir, device_name, overwrite)
     conditions = measurement_conditions(threads, device)
     load = machine_load() if guard is not None else None
     if load is not None and load.warning():
         print(load.warning())
     opened = _open_profile(csv_path, json_path, conditions, [s.config.name for s in spaces], guard)
     done = {r["key"] for r in opened}
-    todo: list[tuple[OpDescriptor, int, bool]] = []
-    for space in spaces:
-        exact = space_descriptors(space)
-        exact_keys = {descriptor_key(d) for d in exact}
-        descs = grid_descriptors(exact) if grid else exact
-        todo += [(d, bs, descriptor_key(d) in exact_keys) for d in descs for bs in batch_sizes]
-    todo = list({descriptor_key(d, bs): (d, bs, e) for d, bs, e in todo if descriptor_key(d, bs) not in done}.values())
+    todo = _pending(spaces, batch_sizes, grid, done)
     timing = {"device": device, "threads": threads, "warmup": warmup, "blocks": blocks, "block_size": block_size}
     complete = False
     try:
@@ -202,17 +218,10 @@ def profile_search_spaces(
         if calibration_nets:
             measure_networks(spaces, calibration_nets, networks_path(csv_path), timing, progress, guard=guard)
         complete = True
-    finally:  # the speed index is kept even when the run stops, so that a resumed run keeps the yardstick
-        meta = json.loads(json_path.read_text())
-        guard_info: dict[str, object] = {}
-        if guard is not None:
-            guard_info["guard"] = {**guard.stats.to_dict(), "tolerance": guard.tolerance}
-            if guard.speed_index_ms is not None:
-                guard_info["speed_index_ms"] = guard.speed_index_ms
-            guard_info["speed_index_by_phase"] = guard.speed_index
+    finally:
         extra = {"complete": True, "batch_sizes": list(batch_sizes),
                  "calibration_nets_per_space": calibration_nets} if complete else {}
-        _write_json(json_path, {**meta, **timing, "rows": len(read_rows(csv_path)), **guard_info, **extra})
+        _close_profile(csv_path, json_path, timing, guard, extra)
     return csv_path
 
 
