@@ -15,7 +15,7 @@ import yaml
 
 from jmsnas.config import load_experiment
 from jmsnas.search import main
-from jmsnas.tune import expected_trials, smoke_config, trial_strategy
+from jmsnas.rundir import expected_trials, smoke_config, trial_strategy
 
 RUN_FILES = ("experiment.yaml", "run.json", "summary.json", "report.md", "pareto.png", "latency_breakdown.png",
              "arch.json", "best/t1000ms/arch.json", "best/t1000ms/model.pt")

@@ -16,8 +16,6 @@ take a file lock, so one trains and the others load. A teacher the user gives
 from __future__ import annotations
 
 import fcntl
-import json
-import os
 import time
 from pathlib import Path
 
@@ -28,10 +26,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from jmsnas.config import Experiment, MorphismConfig, TeacherConfig
 from jmsnas.data import JmsnasDataModule
-from jmsnas.errors import ConfigError
+from jmsnas.errors import ConfigError, JmsnasError
+from jmsnas.io import atomic_write
 from jmsnas.space.arch import ArchSpec, BlockSpec, HeadSpec, StemSpec, build_model
 from jmsnas.space.ops import CANDIDATES
 from jmsnas.space.spec import SearchSpace
+from jmsnas.strategies.records import TeacherRecord, UserTeacher
 from jmsnas.strategies.retrain import Classifier
 
 FIELD = "strategy.teacher.model"
@@ -49,15 +49,12 @@ def _library(name: str) -> str | None:
     return None
 
 
-def check_teacher(exp: Experiment) -> None:
-    """Fail now, naming the field, on a teacher this experiment cannot have.
+def check_teacher(exp: Experiment, strategy: MorphismConfig) -> None:
+    """Fail now, naming the field, on a teacher this experiment's morphism ``strategy`` cannot have.
 
     Raises:
         ConfigError: a timm/torchvision teacher for 1-D inputs, an unknown model, a missing checkpoint.
     """
-    strategy = exp.config.strategy
-    if not isinstance(strategy, MorphismConfig):
-        return
     cfg = strategy.teacher
     if cfg.model != "wide":
         if exp.search_space.dims != 2:
@@ -169,27 +166,34 @@ def load_or_train_teacher(exp: Experiment, strategy: MorphismConfig, dm: JmsnasD
     model = build_teacher(cfg, exp.search_space, info.num_classes, info.input_shape)
     if cfg.checkpoint is not None:
         load_user_teacher(model, cfg.checkpoint, exp)
-        return model.eval(), {"checkpoint": str(cfg.checkpoint), "model": cfg.model}
+        return model.eval(), UserTeacher(checkpoint=str(cfg.checkpoint), model=cfg.model).model_dump()
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = _cache_key(exp, cfg, info.num_classes, info.input_shape)
     weights, record_path = cache_dir / "teacher.pt", cache_dir / "teacher.json"
     with open(cache_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one trial trains; the others wait, then load
-        record = json.loads(record_path.read_text()) if record_path.is_file() else None
-        if record is not None and record.get("key") == key and weights.is_file():
+        cached = _cached_record(record_path)
+        if cached is not None and cached.key == key and weights.is_file():
             model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            return model.eval(), record
+            return model.eval(), cached.data()
         pl.seed_everything(seed, workers=True, verbose=False)
         model = build_teacher(cfg, exp.search_space, info.num_classes, info.input_shape)
         scores = _train(model, dm, strategy, cache_dir, progress)
-        record = {"key": key, "model": cfg.model, "params": sum(p.numel() for p in model.parameters()), **scores}
-        tmp = weights.with_suffix(".pt.tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, weights)
-        tmp_record = record_path.with_suffix(".json.tmp")
-        tmp_record.write_text(json.dumps(record, indent=2))
-        os.replace(tmp_record, record_path)
-    return model.eval(), record
+        record = TeacherRecord.of({"key": key, "model": cfg.model, "params": sum(p.numel() for p in model.parameters()),
+                                   **scores})
+        atomic_write(weights, lambda p: torch.save(model.state_dict(), p))
+        record.write(record_path)
+    return model.eval(), record.data()
+
+
+def _cached_record(path: Path) -> TeacherRecord | None:
+    """The cached teacher's record, or None when there is none or it is unreadable (the teacher is retrained)."""
+    if not path.is_file():
+        return None
+    try:
+        return TeacherRecord.load(path)
+    except JmsnasError:
+        return None
 
 
 @torch.no_grad()
