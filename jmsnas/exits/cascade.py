@@ -18,29 +18,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from jmsnas.exits.graph import _MAC_TYPES, BlockGraph, module_macs
+from jmsnas.exits.graph import BlockGraph
 from jmsnas.exits.thresholds import confidence
+from jmsnas.space.macs import MacCounter
 
-
-class MacCounter:
-    """Context manager: MACs of the conv / linear modules of ``module`` executed inside it (all samples)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        self.macs = 0
-        self._handles: list = []
-
-    def __enter__(self) -> MacCounter:
-        def hook(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
-            self.macs += module_macs(mod, out)
-
-        self._handles = [m.register_forward_hook(hook) for m in self.module.modules() if isinstance(m, _MAC_TYPES)]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+__all__ = ["EarlyExitNet", "MacCounter"]
 
 
 class EarlyExitNet(nn.Module):

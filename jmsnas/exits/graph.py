@@ -19,8 +19,8 @@ post-processing layers with compute layers", whose boundaries are where exits ma
 - **Candidate exit locations** are the block boundaries strictly between the input and the
   classifier: an exit in front of the classifier would duplicate it.
 
-MACs are counted as ``space/macs.py`` counts them (convolutions and linear layers, per sample),
-with forward hooks, so the figures match what ``cascade.MacCounter`` measures at run time.
+MACs are counted by ``space.macs.MacCounter`` (convolutions and linear layers, per sample), the
+counter the cascade measures with at run time, so the figures match.
 """
 
 from __future__ import annotations
@@ -36,19 +36,12 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from jmsnas.errors import ConfigError
 from jmsnas.export.split import live_values, split_graph, trace_units, units
+from jmsnas.space.macs import MacCounter
 from jmsnas.space.ops import Head
 
-_MAC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _AVG_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d)
 _MAX_POOLS = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.MaxPool1d, nn.MaxPool2d)
 _ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu", nn.GELU: "gelu", nn.Hardswish: "hardswish"}
-
-
-def module_macs(module: nn.Module, output: torch.Tensor) -> int:
-    """MACs of one call of a conv or linear module that produced ``output`` (whole batch)."""
-    if isinstance(module, nn.Linear):
-        return output.numel() * module.in_features
-    return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
 
 
 @dataclass(frozen=True)
@@ -223,29 +216,19 @@ def _fx_graph(model: nn.Module, gm: fx.GraphModule, input_shape: tuple[int, ...]
     return BlockGraph(model, gm, input_shape, infos, shapes, single, bp, start)
 
 
-def _hooked_macs(module: nn.Module, call) -> tuple[int, torch.Tensor]:
-    total = 0
-
-    def hook(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
-        nonlocal total
-        total += module_macs(mod, out)
-
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, _MAC_TYPES)]
-    try:
+def _counted(call) -> tuple[int, torch.Tensor]:
+    with MacCounter() as counter:
         out = call()
-    finally:
-        for h in handles:
-            h.remove()
-    return total, out
+    return counter.macs, out
 
 
 def _fx_unit_macs(gm: fx.GraphModule, example: torch.Tensor) -> dict[fx.Node, int]:
-    """Per node, MACs of the conv/linear modules it runs (hooks, attributed by an interpreter)."""
+    """Per node, MACs of the convolutions and linear layers it runs (``MacCounter``, attributed by an interpreter)."""
     per_node: dict[fx.Node, int] = {}
 
     class Counter(fx.Interpreter):
         def run_node(self, n: fx.Node):
-            macs, out = _hooked_macs(self.module, lambda: super(Counter, self).run_node(n))
+            macs, out = _counted(lambda: super(Counter, self).run_node(n))
             if macs:
                 per_node[n] = macs
             return out

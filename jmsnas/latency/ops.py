@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from jmsnas.space.macs import OpDescriptor, describe_head, describe_op, describe_stem
+from jmsnas.space.macs import OpDescriptor, describe_head, describe_op, describe_space, describe_stem
 from jmsnas.space.ops import Head, Stem, build_op
 from jmsnas.space.spec import SearchSpace
 
@@ -28,18 +28,8 @@ PROFILE_NUM_CLASSES = 10
 
 def space_descriptors(space: SearchSpace, input_shape: Sequence[int] | None = None) -> list[OpDescriptor]:
     """Every op the space can present at ``input_shape``: the stem, each allowed candidate of each layer, the head."""
-    shape = space.resolve_input_shape(None if input_shape is None else tuple(input_shape))
-    cfg = space.config
-    stem = describe_stem(shape[0], cfg.stem.channels, cfg.stem.kernel_size, cfg.stem.stride, tuple(shape[1:]),
-                         space.dims)
-    out = [stem]
-    slots = space.layers(tuple(shape))
-    for slot in slots:
-        out += [describe_op(name, slot.in_channels, slot.out_channels, slot.stride, slot.in_size, space.dims)
-                for name in slot.candidates]
-    last = slots[-1] if slots else None
-    head_in = (last.out_channels, last.out_size) if last else (stem.out_channels, stem.out_size)
-    out.append(describe_head(head_in[0], cfg.head.channels, PROFILE_NUM_CLASSES, head_in[1], space.dims))
+    ops = describe_space(space, PROFILE_NUM_CLASSES, input_shape)
+    out = [ops.stem, *(d for layer in ops.layers for d in layer), ops.head]
     return _unique(out)
 
 

@@ -17,13 +17,14 @@ pick boundaries, then ``chain_latency`` evaluates eq. (1) for them with gradient
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from jmsnas.topology import Link
+from jmsnas.topology import Link, Topology
 
 
 @dataclass(frozen=True)
@@ -204,3 +205,31 @@ def _infeasible_message(mem: np.ndarray, cap: np.ndarray, max_n: np.ndarray) -> 
     if too_big:
         msg += f"; layers {too_big} alone exceed every device's memory"
     return msg
+
+
+T = TypeVar("T")
+
+
+def best_path(topology: Topology, solve: Callable[[tuple[str, ...]], T],
+              latency_ms: Callable[[T], float]) -> tuple[tuple[str, ...], T]:
+    """The source-to-sink path of ``topology`` whose ``solve(path)`` is fastest (every mesh path is a chain).
+
+    A path whose ``solve`` raises ``ValueError`` (the network does not fit its devices) is skipped; on
+    ties the first path of ``topology.paths()`` wins.
+
+    Raises:
+        ValueError: no path fits (the last path's reason).
+    """
+    best: tuple[tuple[str, ...], T] | None = None
+    error: ValueError | None = None
+    for path in topology.paths():
+        try:
+            result = solve(tuple(path))
+        except ValueError as exc:
+            error = exc
+            continue
+        if best is None or latency_ms(result) < latency_ms(best[1]):
+            best = (tuple(path), result)
+    if best is None:
+        raise ValueError(f"no path of the {topology.kind} fits: {error}")
+    return best

@@ -24,9 +24,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from jmsnas.compress.quantize import Compressor, as_compressor
 from jmsnas.plan.artifact import CutPlan, DeploymentPlan, DeviceSegment
-from jmsnas.plan.chain import ChainSplit, best_chain_split, sent_bytes
+from jmsnas.plan.chain import ChainSplit, best_chain_split, best_path, chain_latency, sent_bytes
 from jmsnas.topology import Link, Topology
 
 _Compressors = Mapping[str, "str | Compressor"]
@@ -82,19 +84,8 @@ def plan_sequential(
         ValueError: no placement fits the memory limits, or inconsistent lengths.
     """
     part = _Part("main", layer_latency_ms, layer_output_bytes, input_bytes, memory_bytes_per_layer)
-    best: tuple[ChainSplit, tuple[str, ...]] | None = None
-    error: ValueError | None = None
-    for path in topology.paths():
-        try:
-            split = _split_part(part, path, topology, _on_path(compressors, path))
-        except ValueError as exc:
-            error = exc
-            continue
-        if best is None or split.latency_ms < best[0].latency_ms:
-            best = (split, path)
-    if best is None:
-        raise ValueError(f"no path of the {topology.kind} fits: {error}")
-    split, path = best
+    path, split = best_path(topology, lambda p: _split_part(part, p, topology, _on_path(compressors, p)),
+                            lambda split: split.latency_ms)
     segments, cuts = _describe(part, path, split, topology, _on_path(compressors, path))
     return DeploymentPlan(topology.kind, tuple(segments), tuple(cuts), split.latency_ms)
 
@@ -124,11 +115,8 @@ def plan_fixed(
     if len(b) != len(path) + 1 or b[0] != 0 or b[-1] != n or any(x > y for x, y in zip(b, b[1:], strict=False)):
         raise ValueError(f"boundaries must be {len(path) + 1} non-decreasing ints from 0 to {n}, got {b}")
     links = path_links(topology, path, [comp.get(a, "none") for a in path[:-1]])
-    total = 0.0
-    for m, name in enumerate(path):
-        total += float(sum(layer_latency_ms[name][b[m]:b[m + 1]]))
-        if m < len(links):
-            total += links[m].latency_ms(sent_bytes(b[m + 1], layer_output_bytes, input_bytes))
+    tau = torch.tensor([[float(layer_latency_ms[name][i]) for name in path] for i in range(n)], dtype=torch.float64)
+    total = float(chain_latency(tau.reshape(n, len(path)), b, layer_output_bytes, input_bytes, links))
     segments, cuts = _describe(part, tuple(path), ChainSplit(tuple(b), total), topology, comp)
     return DeploymentPlan(topology.kind, tuple(segments), tuple(cuts), total)
 

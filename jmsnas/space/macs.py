@@ -19,14 +19,19 @@ profile's measurement of the plain op is never taken for it (the regressor estim
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from jmsnas.space.arch import ArchSpec, BlockSpec
 from jmsnas.space.ops import CANDIDATES, Dims, allowed, conv_output_size
+
+if TYPE_CHECKING:
+    from jmsnas.space.spec import SearchSpace
 
 DescriptorKind = Literal["mbconv", "identity", "stem", "head"]
 
@@ -77,39 +82,54 @@ def head_macs(in_channels: int, channels: int, num_classes: int, in_size: tuple[
     return _conv(in_channels, channels, 1, 1, tuple(in_size))[0] + channels * num_classes
 
 
+class MacCounter:
+    """Context manager: the MACs of every convolution and matrix product executed inside it (whole batches).
+
+    The one MAC counter of jmsnas: torch's ``FlopCounterMode`` (a MAC is two of its FLOPs), which sees
+    every convolution and linear layer whatever module runs it. Pooling, normalisation and
+    element-wise ops are not counted, as in the analytic counts. Entering again adds to ``macs``.
+
+    Args:
+        module: the module run inside (kept for reports; the count covers whatever runs).
+    """
+
+    def __init__(self, module: nn.Module | None = None) -> None:
+        self.module = module
+        self.macs = 0
+        self._mode: FlopCounterMode | None = None
+
+    def __enter__(self) -> MacCounter:
+        self._mode = FlopCounterMode(display=False)
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._mode is not None
+        self._mode.__exit__(*exc)
+        self.macs += self._mode.get_total_flops() // 2
+        self._mode = None
+
+
 def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Measure MACs of Conv1d/Conv2d/Linear layers with forward hooks on one forward pass.
+    """Measure the MACs of one forward pass of ``module`` on a zero batch of one in eval mode (``MacCounter``).
 
     Args:
         module: any module.
-        input_shape: input shape without batch; the pass runs on a zero batch of one in eval mode.
+        input_shape: input shape without batch.
 
     Returns:
         MACs per sample (the reference for the analytic counts).
     """
-    total = 0
-
-    def hook(mod: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-            total += out.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
-        else:
-            total += out.numel() * mod.in_features
-
-    handles = [
-        m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
-    ]
     modes = [(m, m.training) for m in module.modules()]  # each submodule's own mode, restored one by one
+    counter = MacCounter(module)
     try:
         module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             module(torch.zeros(1, *input_shape))
     finally:
         for m, training in modes:
             m.training = training
-        for h in handles:
-            h.remove()
-    return total
+    return counter.macs
 
 
 @dataclass(frozen=True)
@@ -244,3 +264,27 @@ def arch_descriptors(spec: ArchSpec) -> list[OpDescriptor]:
 def arch_macs(spec: ArchSpec) -> list[int]:
     """MACs per sample of ``[stem, *blocks, head]`` of ``spec``."""
     return [d.macs for d in arch_descriptors(spec)]
+
+
+@dataclass(frozen=True)
+class SpaceOps:
+    """Every op a search space presents at one input shape: the stem, each layer's candidates, the head."""
+
+    stem: OpDescriptor
+    layers: list[list[OpDescriptor]]
+    head: OpDescriptor
+
+
+def describe_space(space: SearchSpace, num_classes: int, input_shape: Sequence[int] | None = None) -> SpaceOps:
+    """``SpaceOps`` of ``space`` for a classifier of ``num_classes`` at ``input_shape`` (default: the space's).
+
+    The one description of a search space's ops: the E[T] predictor prices it, the profiler times it.
+    """
+    shape = space.resolve_input_shape(None if input_shape is None else tuple(input_shape))
+    cfg, dims = space.config, space.dims
+    stem = describe_stem(shape[0], cfg.stem.channels, cfg.stem.kernel_size, cfg.stem.stride, tuple(shape[1:]), dims)
+    layers = [[describe_op(c, s.in_channels, s.out_channels, s.stride, s.in_size, dims) for c in s.candidates]
+              for s in space.layers(tuple(shape))]
+    last = layers[-1][0] if layers else stem
+    head = describe_head(last.out_channels, cfg.head.channels, num_classes, last.out_size, dims)
+    return SpaceOps(stem, layers, head)

@@ -28,10 +28,10 @@ import torch
 
 from jmsnas.compress.quantize import Compressor
 from jmsnas.latency.model import LatencyModel
-from jmsnas.plan.chain import best_chain_split, chain_latency, sent_bytes
+from jmsnas.plan.chain import ChainSplit, best_chain_split, best_path, chain_latency, sent_bytes
 from jmsnas.plan.planners import path_links
 from jmsnas.plan.wire import BYTES_PER_PARAM, payload_bytes
-from jmsnas.space.macs import describe_head, describe_op, describe_stem
+from jmsnas.space.macs import describe_space
 from jmsnas.space.spec import SearchSpace
 from jmsnas.topology import Topology
 
@@ -76,14 +76,8 @@ class ExpectedLatency:
         self.compressors = list(compressors)
         self.devices = [d.name for d in topology.devices]
         self.max_layers_per_device = max_layers_per_device
-        shape = space.resolve_input_shape(None if input_shape is None else tuple(input_shape))
-        cfg, dims = space.config, space.dims
-        stem = describe_stem(shape[0], cfg.stem.channels, cfg.stem.kernel_size, cfg.stem.stride, tuple(shape[1:]), dims)
-        slots = space.layers(tuple(shape))
-        layer_ops = [[describe_op(c, s.in_channels, s.out_channels, s.stride, s.in_size, dims) for c in s.candidates]
-                     for s in slots]
-        last = layer_ops[-1][0] if layer_ops else stem
-        head = describe_head(last.out_channels, cfg.head.channels, num_classes, last.out_size, dims)
+        ops = describe_space(space, num_classes, input_shape)
+        stem, layer_ops, head = ops.stem, ops.layers, ops.head
 
         def table(ops) -> torch.Tensor:  # [R, D] latency of each op on each device
             return torch.tensor(np.stack([models[d].predict(ops) for d in self.devices], axis=1), dtype=torch.float32)
@@ -113,16 +107,18 @@ class ExpectedLatency:
     def __call__(self, probs: Sequence[torch.Tensor]) -> LatencyEstimate:
         tau = self.layer_latency(probs)
         memory = self.layer_memory_bytes(probs)
-        best = None
-        for path in self.topology.paths():
+        tau_np = tau.detach().cpu().numpy()
+
+        def solve(path: tuple[str, ...]) -> ChainSplit:
             cols = [self.devices.index(d) for d in path]
-            links = path_links(self.topology, path, self.compressors)
             caps = [self.topology.device(d).memory_limit_bytes for d in path]
-            split = best_chain_split(tau[:, cols].detach().cpu().numpy(), self.output_bytes, self.input_bytes, links,
-                                     memory, caps, self.max_layers_per_device)
-            if best is None or split.latency_ms < best[1].latency_ms:
-                best = (path, split, cols, links)
-        path, split, cols, links = best
+            return best_chain_split(tau_np[:, cols], self.output_bytes, self.input_bytes,
+                                    path_links(self.topology, path, self.compressors), memory, caps,
+                                    self.max_layers_per_device)
+
+        path, split = best_path(self.topology, solve, lambda split: split.latency_ms)
+        cols = [self.devices.index(d) for d in path]
+        links = path_links(self.topology, path, self.compressors)
         total = chain_latency(tau[:, cols], split.boundaries, self.output_bytes, self.input_bytes, links)
         b = split.boundaries
         device_ms = {d: float(tau[b[m]:b[m + 1], cols[m]].detach().sum()) for m, d in enumerate(path)}
