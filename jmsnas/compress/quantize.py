@@ -34,9 +34,9 @@ import torch
 from torch import nn
 
 from jmsnas.compress.registry import COMPRESSORS, LEARNED
+from jmsnas.plan.wire import FLOAT32_BYTES
 
 BITS: tuple[int, ...] = (2, 4, 8)
-_FLOAT32_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class Compressor:
         """Bytes on the wire for a cut whose float32 tensors take ``raw_bytes`` (an estimate for learned kinds)."""
         if self.kind == "none":
             return float(raw_bytes)
-        values = float(raw_bytes) / _FLOAT32_BYTES
+        values = float(raw_bytes) / FLOAT32_BYTES
         if self.kind in LEARNED:
             values *= self.channel_fraction * self.positions_fraction
         return float(math.ceil(values * self.bits / 8))

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from jmsnas.compress.quantize import Compressor
 from jmsnas.exits.graph import BlockGraph
 from jmsnas.plan.planners import path_links
+from jmsnas.plan.wire import BYTES_PER_PARAM, payload_bytes
 from jmsnas.topology import Topology
 
 #: ``(device name, exit location) -> ms`` of running the head of that location on that device.
@@ -89,7 +90,7 @@ class Placement:
 
 def unit_memory_bytes(graph: BlockGraph) -> list[float]:
     """Default memory need per unit: float32 parameters plus the float32 output it writes."""
-    return [4.0 * u.params + u.output_bytes for u in graph.units]
+    return [float(BYTES_PER_PARAM) * u.params + u.output_bytes for u in graph.units]
 
 
 def place(graph: BlockGraph, topology: Topology, path: Sequence[str], boundaries: Sequence[int],
@@ -131,7 +132,7 @@ def place(graph: BlockGraph, topology: Topology, path: Sequence[str], boundaries
             compute[-1] += head_latency(name, hi)
             forward = _forward_logits_ms(graph, topology, path, m) if result_to_sink else 0.0
             exit_ms.append(elapsed + compute[-1] + forward)
-            need += 4.0 * head_params[hi]
+            need += float(BYTES_PER_PARAM) * head_params[hi]
         elapsed += compute[-1]
         mem.append((name, need))
         if m + 1 < len(path):
@@ -146,12 +147,12 @@ def place(graph: BlockGraph, topology: Topology, path: Sequence[str], boundaries
 
 
 def _forward_logits_ms(graph: BlockGraph, topology: Topology, path: Sequence[str], m: int) -> float:
-    logits = 4.0 * graph.blueprint.num_classes
+    logits = float(payload_bytes(graph.blueprint.num_classes))
     return sum(topology.link(a, b).latency_ms(logits) for a, b in zip(path[m:], path[m + 1:], strict=False))
 
 
 def _sent_bytes(graph: BlockGraph, hi: int) -> float:
-    return graph.units[hi - 1].output_bytes if hi > 0 else 4.0 * _numel(graph.input_shape)
+    return graph.units[hi - 1].output_bytes if hi > 0 else float(payload_bytes(_numel(graph.input_shape)))
 
 
 def _numel(shape: Sequence[int]) -> int:

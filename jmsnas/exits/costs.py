@@ -21,6 +21,7 @@ from jmsnas.errors import ConfigError
 from jmsnas.exits.candidates import HeadLatency
 from jmsnas.exits.graph import BlockGraph
 from jmsnas.latency.model import AnalyticLatencyModel, LatencyModel
+from jmsnas.plan.wire import FLOAT32_BYTES
 from jmsnas.space.arch import ArchSpec
 from jmsnas.space.macs import OpDescriptor, arch_descriptors
 from jmsnas.topology import Topology
@@ -37,7 +38,7 @@ def unit_descriptors(graph: BlockGraph) -> list[OpDescriptor]:
     """One roofline descriptor per unit (MACs, parameters, input and output elements)."""
     out, prev = [], math.prod(graph.input_shape)
     for u in graph.units:
-        numel = int(u.output_bytes // 4) if math.isfinite(u.output_bytes) else prev
+        numel = int(u.output_bytes // FLOAT32_BYTES) if math.isfinite(u.output_bytes) else prev
         out.append(_descriptor(u.name, u.macs, u.params, prev, numel))
         prev = numel
     return out

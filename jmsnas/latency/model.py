@@ -53,11 +53,12 @@ import numpy as np
 
 from jmsnas.errors import ConfigError
 from jmsnas.latency.ops import descriptor_key, log_features
+from jmsnas.plan.wire import FLOAT32_BYTES
 from jmsnas.space.macs import OpDescriptor
 from jmsnas.topology import AnalyticSpec, Device, Topology
 
 #: Bytes per tensor element moved by an analytic device (float32 inference).
-DEFAULT_BYTES_PER_ELEMENT = 4
+DEFAULT_BYTES_PER_ELEMENT = FLOAT32_BYTES
 
 
 class LatencyModel(Protocol):

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 
 import torch
 
+#: bytes of one float32 value: what a cut sends uncompressed, and one weight in memory
+FLOAT32_BYTES = 4
 #: bytes of one float32 weight (memory of a layer = weights + output activation)
-BYTES_PER_PARAM = 4
+BYTES_PER_PARAM = FLOAT32_BYTES
 
 
 def payload_bytes(shape_or_numel: int | Sequence[int], bits: int = 32) -> int:
