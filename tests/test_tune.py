@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from jmsnas.config import load_experiment
-from jmsnas.search import main
 from jmsnas.rundir import expected_trials, smoke_config, trial_strategy
+from jmsnas.search import main
 
 RUN_FILES = ("experiment.yaml", "run.json", "summary.json", "report.md", "pareto.png", "latency_breakdown.png",
              "arch.json", "best/t1000ms/arch.json", "best/t1000ms/model.pt")

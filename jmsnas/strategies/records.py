@@ -22,9 +22,9 @@ the keys and the order it had before the models existed, with ``version`` added 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag
 
 from jmsnas.io import load_artifact, write_json
 
@@ -161,6 +161,23 @@ class ClimbStep(Record):
     children: list[ChildStep]
 
 
+def _step_kind(entry: Any) -> str:
+    return "start" if isinstance(entry, StartStep) or (isinstance(entry, dict) and "start" in entry) else "climb"
+
+
+def _teacher_kind(record: Any) -> str:
+    return "user" if isinstance(record, UserTeacher) or (isinstance(record, dict) and "checkpoint" in record) \
+        else "trained"
+
+
+#: A history entry: the start network (``start``) or one iteration (``climb``); an error names the kind.
+HistoryEntry = Annotated[Annotated[StartStep, Tag("start")] | Annotated[ClimbStep, Tag("climb")],
+                         Discriminator(_step_kind)]
+#: The teacher of a climb: trained here (``trained``) or the user's checkpoint (``user``).
+Teacher = Annotated[Annotated[TeacherRecord, Tag("trained")] | Annotated[UserTeacher, Tag("user")],
+                    Discriminator(_teacher_kind)]
+
+
 class ClimbState(Artifact):
     """``climb/state.json``: the current parent (``arch``, an ``ArchSpec.to_dict``), its scores, the history.
 
@@ -174,7 +191,7 @@ class ClimbState(Artifact):
     val_acc: float
     latency_ms: float
     wall_s: float
-    history: list[StartStep | ClimbStep]
+    history: list[HistoryEntry]
     weights: str
 
 
@@ -185,7 +202,7 @@ class ClimbRecord(ClimbState):
     weights the run resumed from).
     """
 
-    teacher: TeacherRecord | UserTeacher | None
+    teacher: Teacher | None
     weights: str | None = None
 
     def data(self) -> dict[str, Any]:
