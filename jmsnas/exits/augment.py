@@ -146,9 +146,8 @@ def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topol
             uncompressed); None: every split is enumerated (paper 001 maps each subgraph to the next device).
         compressors: without a plan, one per cut in path order: the enumerated splits price each link
             with its compressor, as the planner does (a plan brings its own payloads).
-        trained_heads: heads already trained on this frozen backbone, per location (from an earlier
-            ``augment`` or ``train.train_heads``): reused as they are, as paper 001 reuses trained
-            exits across candidates; other locations are trained as usual.
+        trained_heads: heads already trained on this frozen backbone, per location (an earlier ``augment``
+            or ``train.train_heads``): reused as paper 001 reuses trained exits; others are trained.
         run_dir: if given, ``result.json``, ``heads.json`` and ``heads/u<unit>.pt`` are written there.
         seed: seeds head initialisation and batch order.
         cache_features: force feature caching on / off (None: when it fits ``cfg.feature_cache_bytes``).
@@ -162,16 +161,14 @@ def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topol
     if plan is not None and any(s.part != "main" for s in plan.segments):
         raise ConfigError("exits need a sequential plan (a chain or one path through a mesh)", field="plan")
     graph = block_graph(model, datamodule.info().input_shape)
-    unit_ms = latency.units(graph, topology)
-    fixed = plan.boundaries() if plan is not None else (None if split is None else list(split))
+    unit_ms, fixed = latency.units(graph, topology), plan.boundaries() if plan is not None else split
     _check_inputs(graph, unit_ms, topology, fixed)
     torch.manual_seed(seed)
     cands = _Candidates.build(graph, cfg, topology, latency, unit_ms, dict(trained_heads or {}), plan, fixed,
                               compressors, t_const_ms)
     timings = {"graph_and_candidates": time.perf_counter() - t0}
     if progress:
-        print(f"exits: {len(graph.locations)} locations, {len(cands.placements)} candidates, {len(cands.ok)} within "
-              f"T_const/memory, training heads at units {cands.needed}")
+        print(f"exits: {len(graph.locations)} locations, {cands.summary()}")
     training, kept = _train_needed(graph, cands, datamodule, cfg, seed, cache_features, progress)
     timings["head_training"] = training.seconds if training is not None else 0.0
     chosen = _choose(graph, cands, kept, datamodule, cfg, seed, timings)
@@ -188,7 +185,7 @@ def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topol
         net=chosen.net, graph=chosen.graph,
         heads={loc: h for loc, h in zip(chosen.placement.exits, chosen.heads, strict=True)})
     if run_dir is not None:
-        save_result(result, Path(run_dir), finetuned=chosen.finetune is not None and chosen.finetune["kept"])
+        save_result(result, Path(run_dir), finetuned=bool(chosen.finetune and chosen.finetune["kept"]))
     return result
 
 
@@ -231,6 +228,10 @@ class _Candidates:
         original = min(originals, key=lambda p: p.worst_latency_ms)
         needed = sorted({loc for p in ok for loc in p.exits})
         return cls(heads, given, head_macs, head_params, cap, placements, ok, original, needed, fixed, t_const_ms)
+
+    def summary(self) -> str:
+        return (f"{len(self.placements)} candidates, {len(self.ok)} within T_const/memory, training heads at units "
+                f"{self.needed}")
 
     def counts(self, after_dropping: int) -> dict[str, Any]:
         n_feasible = len(feasible(self.placements, self.t_const_ms))

@@ -149,6 +149,17 @@ def _accuracy(heads: Mapping[int, nn.Module], locations: Sequence[int], feats: S
     return out
 
 
+def _drop_useless(active: dict[int, nn.Module], acc: Mapping[int, float], bar: float) -> dict[int, float]:
+    """Heads whose accuracy is below ``bar`` taken out of ``active`` (their gradients cleared): location -> accuracy."""
+    dropped = {}
+    for loc, a in acc.items():
+        if a < bar:
+            dropped[loc] = a
+            for p in active.pop(loc).parameters():
+                p.grad = None
+    return dropped
+
+
 def train_heads(graph: BlockGraph, heads: Mapping[int, nn.Module], train_set: Dataset, calib_set: Dataset, *,
                 epochs: int, lr: float, batch_size: int, cache_bytes: int, min_accuracy_gain: float,
                 seed: int = 0, cache: bool | None = None, progress: bool = False) -> HeadTraining:
@@ -198,11 +209,7 @@ def train_heads(graph: BlockGraph, heads: Mapping[int, nn.Module], train_set: Da
         for loc, a in acc.items():
             history[loc].append(a)
         if epoch == 0 and min_accuracy_gain > 0:
-            for loc, a in acc.items():
-                if a < majority + min_accuracy_gain:
-                    dropped[loc] = a
-                    for p in active.pop(loc).parameters():
-                        p.grad = None
+            dropped.update(_drop_useless(active, acc, majority + min_accuracy_gain))
         if progress:
             print(f"  heads epoch {epoch + 1}/{epochs}: " + ", ".join(f"u{k} {v:.3f}" for k, v in acc.items()))
         if not active:

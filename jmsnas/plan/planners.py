@@ -144,28 +144,20 @@ def plan_branched(
         join_input_bytes: size of the merged branch outputs, which the join relays if it runs no layer.
         topology: a mesh.
         compressors: per sending device, a compressor name; others send raw.
-        memory_bytes: ``(pre, branches, post)``: the memory each layer needs (per branch a list);
-            None: no memory limit is checked. Each device holds only its own layers (every device of
-            a mesh is in exactly one part), so the pre and post splits are memory-constrained chain
-            DPs and a branch must fit its device.
+        memory_bytes: ``(pre, branches, post)``: the memory each layer needs (per branch a list); None:
+            unchecked. A device holds only its own layers (each mesh device is in one part), so the pre
+            and post splits are memory-constrained chain DPs and a branch must fit its device.
 
     Raises:
-        ValueError: not a mesh, the number of branches differs from the branch devices, or no
-            placement fits the memory limits.
+        ValueError: not a mesh, branches unlike the branch devices, or no placement fits the memory.
     """
     if topology.kind != "mesh" or len(branches) != len(topology.branches):
-        raise ValueError(
-            f"need a mesh with one branch device per branch ({len(branches)}), got {topology.kind} "
-            f"with branches {list(topology.branches)}"
-        )
+        raise ValueError(f"need a mesh with one branch device per branch ({len(branches)}), got {topology.kind} "
+                         f"with branches {list(topology.branches)}")
     comp = dict(compressors or {})
     root = str(topology.root)
     pre_mem, branch_mem, post_mem = memory_bytes if memory_bytes is not None else (None, None, None)
-    if branch_mem is not None:
-        for i, (name, mem) in enumerate(zip(topology.branches, branch_mem, strict=True)):
-            cap = topology.device(name).memory_limit_bytes
-            if cap is not None and float(sum(mem)) > cap:
-                raise ValueError(f"branch {i} needs {float(sum(mem)):g} B but its device {name!r} has {cap} B")
+    _check_branch_memory(topology, branch_mem)
     pre_part = _Part("pre", pre[0], pre[1], input_bytes, pre_mem)
     post_part = _Part("post", post[0], post[1], join_input_bytes, post_mem)
     pre_path, post_path = (*topology.chain_before, root), topology.chain_after
@@ -188,6 +180,16 @@ def plan_branched(
     post_segments, post_cuts = _describe(post_part, post_path, post_split, topology, comp)
     total = pre_split.latency_ms + tree + post_split.latency_ms
     return DeploymentPlan("mesh", tuple(segments + post_segments), tuple(cuts + joins + post_cuts), total)
+
+
+def _check_branch_memory(topology: Topology, branch_mem: Sequence[Sequence[float]] | None) -> None:
+    """Each branch runs whole on its device: its layers must fit that device's memory."""
+    if branch_mem is None:
+        return
+    for i, (name, mem) in enumerate(zip(topology.branches, branch_mem, strict=True)):
+        cap = topology.device(name).memory_limit_bytes
+        if cap is not None and float(sum(mem)) > cap:
+            raise ValueError(f"branch {i} needs {float(sum(mem)):g} B but its device {name!r} has {cap} B")
 
 
 def _split_part(
