@@ -14,17 +14,15 @@ from collections.abc import Sequence
 
 from jmsnas.config import Experiment, load_experiment
 from jmsnas.errors import ConfigError, JmsnasError
-
-#: Search strategies that exist in this version (``strategy.name``).
-BUILT_STRATEGIES: tuple[str, ...] = ("proxyless", "morphism", "random")
+from jmsnas.strategies.registry import STRATEGIES
 
 
 def check_stages(exp: Experiment) -> None:
     """Reject a strategy that this version does not implement, naming the field."""
     name = exp.config.strategy.name
-    if name not in BUILT_STRATEGIES:
+    if name not in STRATEGIES:
         raise ConfigError(f"strategy {name!r} is not built in this version of jmsnas; use one of "
-                          f"{', '.join(BUILT_STRATEGIES)}", file=exp.path, field="strategy.name")
+                          f"{', '.join(STRATEGIES)}", file=exp.path, field="strategy.name")
 
 
 def _bytes_text(n: float) -> str:
