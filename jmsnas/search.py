@@ -58,7 +58,7 @@ def _strategy_text(strategy) -> str:
 def summary(exp: Experiment) -> str:
     """A readable summary of a validated experiment (what ``--check`` prints)."""
     from jmsnas.data import JmsnasDataModule
-    from jmsnas.tune import expected_trials
+    from jmsnas.rundir import expected_trials
 
     cfg = exp.config
     info = JmsnasDataModule(cfg.dataset, seed=cfg.seed).info()
@@ -95,9 +95,9 @@ def summary(exp: Experiment) -> str:
 
 def deploy_after_search(exp: Experiment, *, smoke: bool) -> None:
     """Partition, compress and export every feasible choice of the finished search (`jmsnas.pipeline`)."""
-    import json
 
     from jmsnas import tune
+    from jmsnas.report import Summary
     from jmsnas.stages import deploy as pipeline
 
     config = tune.smoke_config(exp.config) if smoke else exp.config
@@ -109,8 +109,7 @@ def deploy_after_search(exp: Experiment, *, smoke: bool) -> None:
                                                                                     "joint_epochs": 1})})
     run = Experiment(config, exp.path, exp.topology, exp.search_space)
     run_dir = run.run_dir.resolve()
-    summary = json.loads((run_dir / "summary.json").read_text())
-    for d in pipeline.deploy_run(run, run_dir, summary):
+    for d in pipeline.deploy_run(run, run_dir, Summary.load(run_dir / "summary.json")):
         print(f"deployed    {d['dir']}: {d['predicted_latency_ms']:.4g} ms on {' -> '.join(d['devices'])}, "
               f"test acc {100 * d['test_acc_split']:.2f} % ({d['acc_change_pp']:+.2f} pp)"
               + (f", bundle {run_dir / d['dir'] / 'bundle'}" if "bundle" in d else ""))

@@ -30,7 +30,6 @@ student head.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -57,11 +56,13 @@ from jmsnas.plan.baselines import baselines
 from jmsnas.plan.costs import LayerCosts, arch_costs, plan_arch, sequential_latency_ms
 from jmsnas.plan.planners import plan_fixed
 from jmsnas.plan.wire import tensor_bytes
+from jmsnas.report import Summary
 from jmsnas.runtime.measure import measure_parts
 from jmsnas.runtime.verify import SplitPipeline, accuracy, verify_exit_decisions, verify_parts
 from jmsnas.space.arch import ArchSpec, build_model
 from jmsnas.stages.deploy_record import CutRecord, DeployRecord, ExitsSummary
 from jmsnas.stages.deploy_report import deployment_markdown, exits_line, write_deployment_section
+from jmsnas.strategies.records import Outcome
 
 __all__ = ["BUNDLE_DIR", "DEPLOY_JSON", "EXITS_DIR", "PLAN_JSON", "check_partition", "deploy_choice", "deploy_run",
            "deployment_markdown", "exits_line", "load_choice"]
@@ -227,7 +228,7 @@ def _t_const(exp: Experiment, choice_dir: Path, t_const_ms: float | None) -> flo
     if t_const_ms is not None:
         return t_const_ms
     outcome = choice_dir / "outcome.json"
-    return float(json.loads(outcome.read_text())["t_const_ms"] if outcome.is_file() else exp.config.strategy.t_const_ms)
+    return float(Outcome.load(outcome).t_const_ms if outcome.is_file() else exp.config.strategy.t_const_ms)
 
 
 def _split_with_exits(exp: Experiment, plan: DeploymentPlan, spec: ArchSpec, model: nn.Module, dm: JmsnasDataModule,
@@ -302,23 +303,23 @@ def _with_real_payloads(plan: DeploymentPlan, segments, codecs, x: torch.Tensor,
     return replace(plan, segments=tuple(segs), cuts=tuple(cuts), total_latency_ms=sequential_latency_ms(segs, cuts))
 
 
-def deploy_run(exp: Experiment, run_dir: Path, summary: dict) -> list[dict]:
+def deploy_run(exp: Experiment, run_dir: Path, summary: Summary) -> list[dict]:
     """`deploy_choice` for every feasible choice of a finished search; append the section to ``report.md``.
 
     Returns:
         Per deployed choice, its ``deploy.json`` with ``t_const_ms`` and ``dir`` (the choice folder).
     """
     done = []
-    for sel in summary["selections"]:
-        if not sel["feasible"]:
+    for sel in summary.selections:
+        if not sel.feasible or sel.best_dir is None:
             continue
-        choice = run_dir / sel["best_dir"]
+        choice = run_dir / sel.best_dir
         if (choice / DEPLOY_JSON).is_file():
             record = DeployRecord.load(choice / DEPLOY_JSON)
         else:
-            print(f"deploy      {sel['best_dir']}: plan, compress, export ...", flush=True)
-            record = deploy_choice(exp, choice, t_const_ms=sel["t_const_ms"])
-        done.append({"t_const_ms": sel["t_const_ms"], "dir": sel["best_dir"], **record.to_dict()})
+            print(f"deploy      {sel.best_dir}: plan, compress, export ...", flush=True)
+            record = deploy_choice(exp, choice, t_const_ms=sel.t_const_ms)
+        done.append({"t_const_ms": sel.t_const_ms, "dir": sel.best_dir, **record.to_dict()})
     report = run_dir / "report.md"
     if done and report.is_file():
         write_deployment_section(report, done)
