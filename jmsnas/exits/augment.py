@@ -46,6 +46,7 @@ from jmsnas.exits.result import ExitsResult, evaluate_eenn
 from jmsnas.exits.thresholds import CascadeStats, Objective, ThresholdSearch, confidence, objective_value
 from jmsnas.exits.thresholds import search_thresholds as _search
 from jmsnas.exits.train import ExitOutputs, default_loss_weights, exit_outputs, joint_finetune, train_heads
+from jmsnas.io import write_json
 from jmsnas.plan.artifact import DeploymentPlan
 from jmsnas.topology import Topology
 
@@ -364,7 +365,7 @@ def save_result(result: ExitsResult, run_dir: Path, finetuned: bool = False) -> 
     for (loc, head), t in zip(result.heads.items(), result.thresholds, strict=True):
         torch.save({k: v.detach().clone() for k, v in head.state_dict().items()}, run_dir / "heads" / f"u{loc}.pt")
         heads.append({"unit": loc, "threshold": t, "file": f"heads/u{loc}.pt", "config": head.config.to_dict()})
-    (run_dir / "heads.json").write_text(json.dumps({"exits": heads}, indent=2) + "\n")
+    write_json(run_dir / "heads.json", {"exits": heads}, newline=True)
     if finetuned:
         torch.save({k: v.detach().clone() for k, v in result.graph.model.state_dict().items()}, run_dir / "backbone.pt")
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from jmsnas.exits.candidates import Placement
 from jmsnas.exits.cascade import EarlyExitNet, MacCounter
 from jmsnas.exits.graph import BlockGraph
 from jmsnas.exits.thresholds import CascadeMetrics
+from jmsnas.io import write_json
 
 
 @dataclass
@@ -85,7 +85,7 @@ class ExitsResult:
                 "timings_s": self.timings_s, "config": self.config}
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(_finite(self.to_dict()), indent=2) + "\n")
+        write_json(Path(path), _finite(self.to_dict()), newline=True)
 
     def to_markdown(self) -> str:
         return evaluation_markdown(self.test)

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from jmsnas.errors import ConfigError
-from jmsnas.io import atomic_write
+from jmsnas.io import write_json
 from jmsnas.validation import validate_or_raise
 
 #: Sections present only when their stage ran (absent from ``deploy.json`` otherwise, never null).
@@ -82,8 +82,7 @@ class DeployRecord(_Record):
 
     def save(self, path: str | Path) -> None:
         """Write ``deploy.json`` atomically."""
-        text = json.dumps(self.to_dict(), indent=2) + "\n"
-        atomic_write(Path(path), lambda p: p.write_text(text))
+        write_json(Path(path), self.to_dict(), newline=True)
 
     @classmethod
     def load(cls, path: str | Path) -> DeployRecord:

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from jmsnas.io import atomic_write
+from jmsnas.io import write_text
 
 
 def exits_line(d: dict) -> str | None:
@@ -102,4 +102,4 @@ def write_deployment_section(report: Path, done: Sequence[dict]) -> None:
     """Replace (or add) the "Deployment" section at the end of ``report.md``."""
     text = report.read_text().split("\n## Deployment", 1)[0].rstrip("\n")
     new = text + "\n\n" + deployment_markdown(done)
-    atomic_write(report, lambda p: p.write_text(new))
+    write_text(report, new)
