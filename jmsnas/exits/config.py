@@ -4,9 +4,39 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from jmsnas.validation import Strict
+
+
+class DecisionUnitConfig(Strict):
+    """Paper 000's decision unit (``jmsnas/exits/decision.py``): a binary classifier on softmax meta-information.
+
+    The unit answers locally when its certainty that the exit is right exceeds ``du_threshold``
+    (paper 000's "sensitivity", renamed so it is not confused with the TPR metric); otherwise the
+    sample goes on (next exit, or the server). The threshold is chosen on the validation split by
+    ``objective``.
+    """
+
+    model: Literal["mlp", "gbm"] = Field("mlp", description="4-hidden-layer MLP (paper) or gradient boosting")
+    hidden: list[PositiveInt] = Field([64, 64, 32, 16], min_length=1, description="MLP hidden widths")
+    epochs: PositiveInt = 200
+    lr: PositiveFloat = 1e-3
+    weight_decay: float = Field(1e-4, ge=0)
+    holdout_fraction: float = Field(0.2, ge=0, lt=1, description="share of the validation split for early stopping")
+    gbm_max_iter: PositiveInt = 200
+    gbm_learning_rate: PositiveFloat = 0.05
+    objective: Literal["max_accuracy", "max_offload", "max_latency"] = Field(
+        "max_accuracy", description="threshold choice: best overall accuracy, optionally under an offload or "
+        "mean-latency cap")
+    max_offload_fraction: float = Field(1.0, ge=0, le=1, description="objective max_offload: cap on the share sent")
+    max_mean_latency_ms: PositiveFloat | None = Field(None, description="objective max_latency: cap on the mean")
+
+    @model_validator(mode="after")
+    def _latency_cap_given(self) -> DecisionUnitConfig:
+        if self.objective == "max_latency" and self.max_mean_latency_ms is None:
+            raise ValueError("objective 'max_latency' needs max_mean_latency_ms (a mean latency cap in ms)")
+        return self
 
 
 class ExitsConfig(Strict):
@@ -37,5 +67,9 @@ class ExitsConfig(Strict):
         None, description="joint fine-tuning: one weight per exit, final last (default: paper 004's 0.2/0.3/0.5 rule)")
     joint_epochs: PositiveInt = 1
     joint_lr: PositiveFloat = 0.005
+    decision: Literal["threshold", "decision_unit"] = Field(
+        "threshold", description="exit rule: max-softmax >= threshold (paper 001), or a learned decision unit "
+        "(paper 000)")
+    decision_unit: DecisionUnitConfig = Field(default_factory=DecisionUnitConfig)
     result_at: Literal["exit", "sink"] = Field(
         "exit", description="where an exited sample's answer is needed: on the exiting device, or at the last one")
