@@ -19,11 +19,26 @@ from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from jmsnas.compress.config import PartitionConfig
 from jmsnas.errors import ConfigError, JmsnasError
 from jmsnas.exits.config import ExitsConfig
+from jmsnas.resources import shipped
 from jmsnas.topology import AnalyticSpec, Device, Link, Topology, build_topology
 from jmsnas.validation import FieldValueError, Strict, load_yaml_mapping, validate_or_raise
 
-#: Where ``profile: NAME`` devices are looked up when the experiment names no ``profiles_dir``.
-DEFAULT_PROFILES_DIR = Path(__file__).resolve().parent.parent / "latency_profiles"
+#: The shipped latency profiles (inside a wheel, or the checkout's ``latency_profiles/``).
+DEFAULT_PROFILES_DIR = shipped("latency_profiles")
+#: Where ``jmsnas profile`` writes by default, relative to the working directory.
+USER_PROFILES_DIR = Path("latency_profiles")
+
+
+def default_profiles_dir(names: list[str]) -> Path:
+    """Where ``profile: NAME`` devices are looked up when the experiment names no ``profiles_dir``.
+
+    ``./latency_profiles`` (what ``jmsnas profile`` writes) when it holds every named profile, else the
+    shipped profiles.
+    """
+    local = (Path.cwd() / USER_PROFILES_DIR).resolve()
+    if names and all((local / f"{n}.csv").is_file() for n in names):
+        return local
+    return DEFAULT_PROFILES_DIR
 
 
 # --- dataset ---------------------------------------------------------------------------------
@@ -287,7 +302,8 @@ class ExperimentConfig(Strict):
     partition: PartitionConfig | None = None
     export: ExportConfig | None = None
     profiles_dir: Path | None = Field(None, description="where profile: NAME devices are looked up; resolved at load "
-                                      "(default: the shipped latency_profiles/)")
+                                      "(default: ./latency_profiles when it holds every profile named, "
+                                      "else the shipped ones)")
     output_dir: Path | None = Field(None, description="runs are written to OUTPUT_DIR/<name>; resolved at load "
                                     "(default: ./runs)")
 
@@ -314,8 +330,9 @@ def _resolve(base: Path, p: Path | None) -> Path | None:
 
 
 def _resolve_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
+    names = [d.profile for d in config.topology.devices if d.profile is not None]
     updates: dict[str, Any] = {"search_space": _resolve(base, config.search_space),
-                               "profiles_dir": _resolve(base, config.profiles_dir) or DEFAULT_PROFILES_DIR,
+                               "profiles_dir": _resolve(base, config.profiles_dir) or default_profiles_dir(names),
                                "output_dir": _resolve(base, config.output_dir) or Path.cwd() / "runs"}
     dataset = config.dataset
     if hasattr(dataset, "root"):

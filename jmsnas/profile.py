@@ -5,9 +5,10 @@ Example (a phone-class CPU at one thread)::
     python -m jmsnas.profile --search-space search_spaces/mbconv13_1d.yaml \\
         --search-space search_spaces/mbconv13.yaml --device-name cpu-1t --threads 1
 
-writes ``latency_profiles/cpu-1t.csv`` and ``cpu-1t.json``; an experiment then names the device
-``profile: cpu-1t``. Run the same command on a Raspberry Pi or a Jetson (``--device cuda``) and
-copy the two files into ``latency_profiles/``. An interrupted run resumes when run again.
+writes ``./latency_profiles/cpu-1t.csv`` and ``cpu-1t.json`` (``--out-dir`` elsewhere); an experiment
+then names the device ``profile: cpu-1t`` (found in ``./latency_profiles``, or set ``profiles_dir``).
+Run the same command on a Raspberry Pi or a Jetson (``--device cuda``) and copy the two files into
+the ``latency_profiles/`` of the machine that searches. An interrupted run resumes when run again.
 
 Profile on a quiet machine: every chunk of ops is measured under a contention guard (a reference
 workload timed around it; see `jmsnas.latency.guard`). A chunk measured while the machine slowed
@@ -30,7 +31,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jmsnas.config import DEFAULT_PROFILES_DIR
+from jmsnas.config import USER_PROFILES_DIR
 from jmsnas.errors import JmsnasError
 from jmsnas.latency.guard import DEFAULT_TOLERANCE, ContentionError
 
@@ -60,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration-nets", type=int, default=60,
                         help="random whole networks per space timed to calibrate how op times add up (0: none)")
     parser.add_argument("--no-grid", action="store_true", help="time only the exact shapes of the spaces")
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_PROFILES_DIR, help="where profiles are written")
+    parser.add_argument("--out-dir", type=Path, default=USER_PROFILES_DIR,
+                        help="where profiles are written (and --verify reads them; default: ./%(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
     return parser
 

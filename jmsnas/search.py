@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from jmsnas.config import Experiment, load_experiment
 from jmsnas.errors import ConfigError, JmsnasError
+from jmsnas.resources import experiment_file
 from jmsnas.strategies.registry import STRATEGIES
 
 
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="check the set-up in about a minute: one epoch, first grid point, into runs/<name>-smoke")
     args = parser.parse_args(argv)
     try:
-        exp = load_experiment(args.experiment)
+        exp = load_experiment(experiment_file(args.experiment))
         check_stages(exp)
         from jmsnas.stages.deploy import check_partition
 
