@@ -21,7 +21,6 @@ import jmsnas
 from jmsnas.resources import SHIPPED
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.packaging
 
 
 def _skip(why: str) -> None:
@@ -64,6 +63,7 @@ def installed(tmp_path_factory) -> Path:
     return env_dir / "bin"
 
 
+@pytest.mark.packaging
 def test_wheel_ships_the_data_and_runs_a_packaged_experiment(installed: Path, tmp_path: Path) -> None:
     py = str(installed / "python")
     where = _run([py, "-c", "import jmsnas, jmsnas.config as c; print(jmsnas.__file__); print(c.DEFAULT_PROFILES_DIR)"],
