@@ -67,7 +67,9 @@ class Header(_Strict):
     """The JSON frame of every message.
 
     ``hops`` holds one timing record per device a sample went through (``serve.hop_record``);
-    ``answer`` where and how a sample was answered; ``error`` why a message was refused.
+    ``best`` names the exit (``device``, ``exit``) of a sample's last tensor ``best.logits``, the
+    answer a device falls back on when its next hop is gone; ``answer`` where and how a sample was
+    answered; ``error`` why a message was refused.
     """
 
     v: int
@@ -80,6 +82,7 @@ class Header(_Strict):
     codec: Codec | None = None
     reply_to: str | None = None
     hops: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
     answer: dict[str, Any] | None = None
     error: str | None = None
 
@@ -109,6 +112,11 @@ def pack(header: Mapping[str, Any], tensors: Sequence[tuple[str, np.ndarray]] = 
     head = {**header, "v": WIRE_VERSION, "tensors": metas}
     Header.model_validate(head)  # a bug of ours, not the peer's: fail where it is made
     return [json.dumps(head, separators=(",", ":")).encode(), *frames]
+
+
+def rehead(frame: bytes, **changes: Any) -> bytes:
+    """A header frame made by ``pack`` with some fields replaced (``hops`` timed after framing)."""
+    return json.dumps({**json.loads(frame), **changes}, separators=(",", ":")).encode()
 
 
 def unpack(frames: Sequence[bytes | zmq.Frame]) -> Message:
@@ -179,6 +187,7 @@ class Receiver:
 
     def __init__(self, ctx: zmq.Context, address: str, bind_timeout_s: float = 5.0) -> None:
         self.sock = _socket(ctx, zmq.ROUTER)
+        self.decode_ms = 0.0  # how long the last message took to unpack and check
         end = time.monotonic() + bind_timeout_s
         while True:  # a socket just closed here releases its port asynchronously
             try:
@@ -194,10 +203,13 @@ class Receiver:
         if not self.sock.poll(timeout_ms, zmq.POLLIN):
             return None
         peer, *frames = self.sock.recv_multipart(copy=True)
+        start = time.monotonic()
         try:
             return peer, unpack(frames)
         except WireError as e:
             return peer, e
+        finally:
+            self.decode_ms = 1e3 * (time.monotonic() - start)
 
     def reply(self, peer: bytes, header: Mapping[str, Any]) -> None:
         """Send ``header`` (``ack`` or ``error``) back to ``peer``; never blocks."""

@@ -1,0 +1,310 @@
+"""The local launcher: one process per device on this machine, wired as the plan's chain, fed samples.
+
+``serve_local`` is what ``python -m jmsnas.serve BUNDLE --local`` runs. Each device is a
+``python -m jmsnas.serve BUNDLE --device NAME --listen 127.0.0.1:PORT --next ...`` process with its
+outgoing link emulated (``links``); the feeder sends samples to the first device, one at a time
+(``rate=None``: each after the previous answer, the unloaded latency) or at ``rate`` samples per
+second (open loop: devices work on different samples at once), and collects the answers on its
+own port. Every wait is bounded; every process started is ended in ``finally``.
+
+Nothing is lost without being counted: a sample unanswered ``sample_deadline_s`` after it was fed is
+fed again (a new ``attempt``; devices run an attempt once), at most ``refeeds`` times; a second answer
+to a sample is counted as a duplicate and dropped; what is still unanswered at the end is ``lost``.
+Faults to test with: ``kill`` a device's process after a given sample (and restart it on the same
+port after a delay: it rejoins), ``drop`` the first send of given samples on a device's outgoing link.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from jmsnas.errors import JmsnasError
+from jmsnas.export.manifest import MANIFEST, Backend
+from jmsnas.io import write_json
+from jmsnas.runtime.bundle import read_manifest
+from jmsnas.runtime.links import LinkSpec, plan_links
+from jmsnas.runtime.report import Answer, runtime_report
+from jmsnas.runtime.serve import manifest_hash, part_index
+from jmsnas.runtime.transport import Sender, endpoint, pack, unpack
+
+log = logging.getLogger("jmsnas.serve")
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Kill ``device``'s process once sample ``after_sample`` is fed; restart it ``restart_after_s`` later."""
+
+    device: str
+    after_sample: int
+    restart_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """How ``serve_local`` runs.
+
+    Args:
+        backend: the parts' file format.
+        rate: samples per second (open loop); None feeds each sample after the previous answer.
+        links: one per cut (None: ``plan_links`` of the manifest's plan, derived from its ``link_ms``).
+        emulated: devices that wait until their predicted compute time (analytic devices).
+        timeout_ms: one send's wait for an acknowledgement; attempts: sends per hop before falling back.
+        sample_deadline_s: an unanswered sample is fed again after this long; refeeds: how often.
+        startup_timeout_s: how long every device has to come up; run_timeout_s: the whole feed's limit.
+        kill: process faults; drop: per device, samples whose first send on its outgoing link is lost.
+        log_dir: where each device's log goes (None: a temporary folder beside ``runtime.json`` or cwd).
+    """
+
+    backend: Backend = "onnx"
+    rate: float | None = None
+    links: tuple[LinkSpec, ...] | None = None
+    emulated: frozenset[str] = frozenset()
+    timeout_ms: int = 1000
+    attempts: int = 3
+    sample_deadline_s: float = 10.0
+    refeeds: int = 2
+    startup_timeout_s: float = 120.0
+    run_timeout_s: float = 600.0
+    kill: tuple[Kill, ...] = ()
+    drop: dict[str, frozenset[int]] = field(default_factory=dict)
+    log_dir: Path | None = None
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` loopback ports free now (held open together, so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class _Device:
+    """One device's server process: its command line, its log, start / kill / stop."""
+
+    def __init__(self, name: str, cmd: list[str], log_path: Path) -> None:
+        self.name, self.cmd, self.log_path = name, cmd, log_path
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.pids: list[int] = []
+
+    def start(self) -> None:
+        with self.log_path.open("a") as f:
+            self.proc = subprocess.Popen(self.cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.starts += 1
+        self.pids.append(self.proc.pid)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s: the process is gone when this returns."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def failed(self) -> str | None:
+        """The log's tail if the process has exited, else None."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        return self.log_path.read_text()[-2000:]
+
+
+def _commands(bundle: Path, devices: list[str], ports: list[int], run: LocalRun, links: Sequence[LinkSpec],
+              log_dir: Path) -> list[_Device]:
+    out = []
+    for m, name in enumerate(devices):
+        cmd = [sys.executable, "-m", "jmsnas.serve", str(bundle), "--device", name, "--listen",
+               f"127.0.0.1:{ports[m]}", "--backend", run.backend, "--timeout-ms", str(run.timeout_ms),
+               "--attempts", str(run.attempts), "--parent", str(os.getpid())]
+        if m + 1 < len(devices):
+            link = links[m]
+            cmd += ["--next", f"127.0.0.1:{ports[m + 1]}", "--link", f"{link.bandwidth_mbps!r},{link.rtt_ms!r}"]
+        if name in run.emulated:
+            cmd.append("--emulated")
+        if run.drop.get(name):
+            cmd += ["--drop", ",".join(str(i) for i in sorted(run.drop[name]))]
+        out.append(_Device(name, cmd, log_dir / f"{m:02d}_{name}.log"))
+    return out
+
+
+def _wait_ready(ctx: zmq.Context, devices: list[_Device], ports: list[int], token: str, timeout_s: float) -> None:
+    """Ping every device until it acknowledges with this bundle's manifest hash.
+
+    Raises:
+        JmsnasError: a device exited (its log's tail is in the message) or did not answer in time.
+    """
+    end = time.monotonic() + timeout_s
+    for dev, port in zip(devices, ports, strict=True):
+        ping = Sender(ctx, f"127.0.0.1:{port}", timeout_ms=500, attempts=1)
+        try:
+            while True:
+                if (tail := dev.failed()) is not None:
+                    raise JmsnasError(f"device {dev.name!r} exited while starting:\n{tail}", file=dev.log_path)
+                ok, _ = ping.send(pack({"kind": "ping", "sample": 0}), 0)
+                if ok:
+                    break
+                if time.monotonic() > end:
+                    raise JmsnasError(f"device {dev.name!r} did not come up within {timeout_s:.0f} s",
+                                      file=dev.log_path)
+                ping.reconnect()
+        finally:
+            ping.close()
+    del token  # the hash is checked on every sample by the device itself
+
+
+class _Feeder:
+    """Feeds samples to the first device and collects answers; counts re-feeds and duplicates."""
+
+    def __init__(self, ctx: zmq.Context, first: str, answer_port: int, token: str, run: LocalRun) -> None:
+        self.run, self.token, self.id = run, token, uuid.uuid4().hex[:12]
+        self.reply_to = f"127.0.0.1:{answer_port}"
+        self.pull = ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.bind(endpoint(self.reply_to))
+        self.sender = Sender(ctx, first, run.timeout_ms, run.attempts)
+        self.fed_at: dict[int, float] = {}
+        self.last_fed: dict[int, float] = {}
+        self.attempt: dict[int, int] = {}
+        self.answers: dict[int, Answer] = {}
+        self.duplicates = 0
+        self.refed = 0
+
+    def feed(self, i: int, x: np.ndarray) -> None:
+        attempt = self.attempt.get(i, -1) + 1
+        self.attempt[i] = attempt
+        now = time.monotonic()
+        self.fed_at.setdefault(i, now)
+        self.last_fed[i] = now
+        frames = pack({"kind": "sample", "run": self.id, "sample": i, "attempt": attempt, "manifest": self.token,
+                       "reply_to": self.reply_to}, [("input", x)])
+        ok, reason = self.sender.send(frames, i)
+        if not ok:
+            log.warning("sample %d: first device: %s (fed again after the deadline)", i, reason)
+
+    def collect(self, timeout_ms: int) -> None:
+        if not self.pull.poll(timeout_ms, zmq.POLLIN):
+            return
+        got = time.monotonic()
+        msg = unpack(self.pull.recv_multipart())
+        h = msg.header
+        if h.kind != "answer" or h.run != self.id or h.sample not in self.fed_at:
+            return
+        if h.sample in self.answers:
+            self.duplicates += 1
+            return
+        logits = msg.named().get("logits")
+        self.answers[h.sample] = Answer(h.sample, 1e3 * (got - self.fed_at[h.sample]), dict(h.answer or {}),
+                                        list(h.hops), 1e3 * (got - h.hops[-1].get("answered_at", got)),
+                                        None if logits is None else logits.copy())
+
+    def overdue(self) -> list[int]:
+        now = time.monotonic()
+        return [i for i, t in self.last_fed.items() if i not in self.answers
+                and now - t > self.run.sample_deadline_s and self.attempt[i] < self.run.refeeds]
+
+    def close(self) -> None:
+        self.sender.close()
+        self.pull.close(linger=0)
+
+
+def serve_local(bundle_dir: str | Path, inputs: Sequence[np.ndarray], run: LocalRun | None = None,
+                out: str | Path | None = None) -> dict[str, Any]:
+    """Serve a bundle with one process per device on this machine and feed it ``inputs`` (one sample each).
+
+    Args:
+        bundle_dir: the bundle (its hashes are checked by every device).
+        inputs: one network input per sample, without the batch axis.
+        run: how to run (``LocalRun``).
+        out: where to write ``runtime.json`` (None: not written).
+
+    Returns:
+        The ``runtime.json`` data (``report.runtime_report``), each answer's logits under ``"_logits"``
+        and the process ids it started (all ended) under ``"_pids"``.
+    """
+    run = run or LocalRun()
+    bundle = Path(bundle_dir)
+    spec = read_manifest(bundle)
+    devices = [p.device for p in spec.parts]
+    part_index(spec.parts, devices[0], bundle / MANIFEST)  # refuses a branched bundle
+    links = list(run.links) if run.links is not None else plan_links(spec.plan)
+    token = manifest_hash(bundle)
+    log_dir = run.log_dir or (Path(out).parent if out is not None else Path.cwd()) / "runtime_logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ports = free_ports(len(devices) + 1)
+    procs = _commands(bundle, devices, ports, run, links, log_dir)
+    ctx = zmq.Context()
+    feeder = None
+    try:
+        for p in procs:
+            p.start()
+        _wait_ready(ctx, procs, ports[:-1], token, run.startup_timeout_s)
+        feeder = _Feeder(ctx, f"127.0.0.1:{ports[0]}", ports[-1], token, run)
+        wall = _feed_all(feeder, procs, inputs, run)
+    finally:
+        if feeder is not None:
+            feeder.close()
+        for p in procs:
+            p.stop()
+        ctx.destroy(linger=0)
+    report = runtime_report(str(bundle), spec, token, run, links, feeder.answers, len(inputs), wall,
+                            {"duplicates": feeder.duplicates, "refed": feeder.refed,
+                             "restarts": {p.name: p.starts - 1 for p in procs}})
+    if out is not None:
+        write_json(out, report, newline=True)
+    return {**report, "_logits": {i: a.logits for i, a in feeder.answers.items()},
+            "_pids": [pid for p in procs for pid in p.pids]}
+
+
+def _feed_all(feeder: _Feeder, procs: list[_Device], inputs: Sequence[np.ndarray], run: LocalRun) -> float:
+    """Feed every sample (closed or open loop), apply the faults, collect until all are answered or time runs out."""
+    by_name = {p.name: p for p in procs}
+    restarts: list[tuple[float, _Device]] = []
+    start = time.monotonic()
+    end = start + run.run_timeout_s
+    nxt = 0
+    while len(feeder.answers) < len(inputs) and time.monotonic() < end:
+        now = time.monotonic()
+        due = (nxt < len(inputs) and (len(feeder.answers) == nxt if run.rate is None
+                                      else now >= start + nxt / run.rate))
+        if due:
+            feeder.feed(nxt, np.asarray(inputs[nxt])[None])
+            for k in run.kill:
+                if k.after_sample == nxt:
+                    by_name[k.device].kill()
+                    log.warning("killed %s after sample %d", k.device, nxt)
+                    if k.restart_after_s is not None:
+                        restarts.append((time.monotonic() + k.restart_after_s, by_name[k.device]))
+            nxt += 1
+        for i in feeder.overdue():
+            feeder.refed += 1
+            feeder.feed(i, np.asarray(inputs[i])[None])
+        for when, dev in [r for r in restarts if r[0] <= now]:
+            restarts.remove((when, dev))
+            dev.start()
+        feeder.collect(1 if due else 20)
+    return time.monotonic() - start

@@ -1,0 +1,305 @@
+"""One device of a bundle as a server: receive a sample, run the device's part, exit or send it on.
+
+``DeviceServer`` is what ``python -m jmsnas.serve BUNDLE --device NAME --listen HOST:PORT --next
+HOST:PORT`` runs. Three threads, each owning its sockets (ZeroMQ sockets are not thread-safe):
+
+- *receive*: the bound ROUTER (``transport.Receiver``). Every message is checked (``check_sample``:
+  the sha256 of ``manifest.json`` must be this device's, the tensors the part's inputs by name,
+  dtype and shape with one sample on the batch axis, the cut's compressor this part's decoder);
+  a bad one gets an ``error`` reply with the reason and is logged, a good one an ``ack`` and goes
+  to the compute queue. A resent sample (its acknowledgement was lost) is acknowledged again and
+  not run twice.
+- *compute*: runs the part (``Bundle.runners[m]``, ONNX Runtime by default). An **emulated**
+  device (an analytic one: no measured profile) runs its part on this CPU and then waits until its
+  predicted compute time (the plan's) has passed. An exit decides as ``Bundle.run_exits`` does (top-1
+  softmax probability in float64 against the threshold): a sample that leaves is answered here.
+- *send*: the next hop's DEALER (``transport.Sender``) behind the link emulator
+  (``links.TokenBucket``); answers go to the feeder's address (``reply_to``). When the next hop
+  does not acknowledge within its attempts, the device answers alone from the best exit the
+  sample has passed (its own, or the one it carries as ``best.logits``): "client only" mode,
+  marked ``fell_back``. A sample with no exit behind it is answered ``failed``, never dropped.
+
+Every sample's header collects one timing record per device (``hops``): time queued, compute,
+emulated wait, framing (encode), link wait, and the wire time from the previous device's hand-over
+to the link until this device received it (``time.monotonic`` is one clock per machine: across
+machines only the per-device figures mean anything).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import zmq
+
+from jmsnas.errors import BundleError, ConfigError
+from jmsnas.export.manifest import MANIFEST, Backend, PartEntry, sha256_file
+from jmsnas.runtime.bundle import load_bundle
+from jmsnas.runtime.links import LinkSpec, TokenBucket
+from jmsnas.runtime.plan_times import predicted_times
+from jmsnas.runtime.transport import Message, Pusher, Receiver, Sender, WireError, pack, rehead
+
+log = logging.getLogger("jmsnas.serve")
+BEST = "best.logits"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How one device serves.
+
+    Args:
+        backend: the part's file format (``onnx`` or ``torchscript``).
+        emulated: wait after each part until the plan's predicted compute time has passed.
+        link: the outgoing link to emulate (None: send at once).
+        timeout_ms: how long one send waits for the next hop's acknowledgement.
+        attempts: sends per sample before the device answers alone.
+        drop: sample ids whose first send on the outgoing link is lost (a fault to test with).
+    """
+
+    backend: Backend = "onnx"
+    emulated: bool = False
+    link: LinkSpec | None = None
+    timeout_ms: int = 1000
+    attempts: int = 3
+    drop: frozenset[int] = field(default_factory=frozenset)
+
+
+def manifest_hash(bundle_dir: str | Path) -> str:
+    """The sha256 of a bundle's ``manifest.json``: the token every message carries."""
+    return sha256_file(Path(bundle_dir) / MANIFEST)
+
+
+def part_index(parts: list[PartEntry], device: str, file: Path) -> int:
+    """The index of ``device``'s part in a sequential bundle.
+
+    Raises:
+        BundleError: a branched bundle (parts with ``sources``), or a device the bundle does not name.
+    """
+    if any(p.sources is not None for p in parts):
+        raise BundleError("this bundle is branched (mesh branches); the runtime serves sequential (chain) "
+                          "bundles only", file=file, field="parts[].sources")
+    names = [p.device for p in parts]
+    if device not in names:
+        raise ConfigError(f"device {device!r} is not in this bundle; valid: {names}", file=file, field="--device")
+    return names.index(device)
+
+
+def check_sample(msg: Message, part: PartEntry, token: str) -> str | None:
+    """Why ``msg`` is not a sample this part can run, or None when it is."""
+    h = msg.header
+    if h.kind != "sample":
+        return f"kind {h.kind!r}: this device takes 'sample' or 'ping'"
+    if h.manifest != token:
+        return f"manifest sha256 {h.manifest[:12]!r}... is not this device's bundle ({token[:12]}...)"
+    if not h.reply_to or h.sample < 0:
+        return "a sample needs reply_to (the feeder's HOST:PORT) and a sample id >= 0"
+    metas = h.tensors[:-1] if h.best is not None else h.tensors
+    if h.best is not None and (not h.tensors or h.tensors[-1].name != BEST):
+        return f"header.best is set but the last tensor is not {BEST!r}"
+    if [t.name for t in metas] != [t.name for t in part.inputs]:
+        return f"tensors {[t.name for t in metas]}, this part takes {[t.name for t in part.inputs]}"
+    for meta, want in zip(metas, part.inputs, strict=True):
+        fixed = [1 if i == 0 and d is None else d for i, d in enumerate(want.shape)]
+        if meta.dtype != want.dtype or len(meta.shape) != len(fixed) or any(
+                d is not None and d != s for d, s in zip(fixed, meta.shape, strict=True)):
+            return (f"tensor {meta.name!r} is {meta.dtype}{meta.shape}, this part takes {want.dtype}{fixed} "
+                    "(one sample per message)")
+    codec = part.decoder
+    got = None if h.codec is None else (h.codec.compressor, h.codec.params)
+    if got != (None if codec is None else (codec.compressor, codec.params)):
+        return f"codec {got} does not match this part's decoder {None if codec is None else codec.compressor!r}"
+    return None
+
+
+class DeviceServer:
+    """One device's part of a bundle, served on ``listen`` and sending on to ``next_hop`` (None: the last).
+
+    Raises:
+        BundleError: a bad bundle (hashes are checked), or a branched one.
+        ConfigError: a device the bundle does not name, or a next hop on the last device.
+    """
+
+    def __init__(self, bundle_dir: str | Path, device: str, listen: str, next_hop: str | None,
+                 options: ServeOptions | None = None) -> None:
+        self.options = options or ServeOptions()
+        self.bundle = load_bundle(bundle_dir, self.options.backend)
+        parts = self.bundle.spec.parts
+        self.m = part_index(parts, device, Path(bundle_dir) / MANIFEST)
+        self.part, self.device, self.listen = parts[self.m], device, listen
+        self.last = self.m == len(parts) - 1
+        if self.last == (next_hop is not None):
+            raise ConfigError(f"device {device!r} is part {self.m} of {len(parts)}: "
+                              + ("the last part sends no further; drop --next" if self.last else "give --next"),
+                              field="--next")
+        self.next_hop, self.token = next_hop, manifest_hash(bundle_dir)
+        self.exit_k = sum(p.exit is not None for p in parts[: self.m])  # this part's exit index, if any
+        self.predicted_ms = predicted_times(self.bundle.spec).device_ms[self.m]
+        self.work: queue.Queue = queue.Queue(maxsize=256)
+        self.out: queue.Queue = queue.Queue(maxsize=256)
+        self.stop = threading.Event()
+        self.seen: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+
+    def serve(self, stop: threading.Event | None = None) -> None:
+        """Serve until ``stop`` (or ``self.stop``) is set; every thread is joined and every socket closed."""
+        if stop is not None:
+            self.stop = stop
+        ctx = zmq.Context()
+        threads = [threading.Thread(target=self._send_loop, args=(ctx,), daemon=True),
+                   threading.Thread(target=self._compute_loop, daemon=True)]
+        try:
+            receiver = Receiver(ctx, self.listen)
+            for t in threads:
+                t.start()
+            log.info("device %s (part %d) listening on %s", self.device, self.m, self.listen)
+            try:
+                while not self.stop.is_set():
+                    self._receive_one(receiver)
+            finally:
+                receiver.close()
+        finally:
+            self.stop.set()
+            for t in threads:
+                if t.is_alive():
+                    t.join(timeout=5)
+            ctx.destroy(linger=0)
+
+    def _receive_one(self, receiver: Receiver) -> None:
+        got = receiver.recv(100)
+        if got is None:
+            return
+        peer, msg = got
+        recv_at = time.monotonic()
+        if isinstance(msg, WireError):
+            log.warning("refused a malformed message: %s", msg)
+            receiver.reply(peer, {"kind": "error", "error": str(msg)})
+            return
+        h = msg.header
+        if h.kind == "ping":
+            receiver.reply(peer, {"kind": "ack", "sample": h.sample, "answer": {"device": self.device, "part": self.m,
+                                                                                "manifest": self.token}})
+            return
+        reason = check_sample(msg, self.part, self.token)
+        if reason is not None:
+            log.warning("refused sample %d: %s", h.sample, reason)
+            receiver.reply(peer, {"kind": "error", "sample": h.sample, "error": reason})
+            return
+        key = (h.run, h.sample, h.attempt)
+        fresh = key not in self.seen
+        if fresh:
+            self.seen[key] = None
+            while len(self.seen) > 100_000:
+                self.seen.popitem(last=False)
+            self.work.put((msg, recv_at, receiver.decode_ms), timeout=self.options.timeout_ms / 1e3)
+        receiver.reply(peer, {"kind": "ack", "sample": h.sample})
+
+    def _compute_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                msg, recv_at, decode_ms = self.work.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            try:
+                self.out.put(self._run(msg, recv_at, decode_ms), timeout=30)
+            except Exception as e:  # a bug or a broken part: answer the sample, keep serving
+                log.exception("part %d failed on sample %d", self.m, msg.header.sample)
+                self.out.put(("answer", msg, _failed(f"part {self.m} on {self.device} raised {e!r}"), []), timeout=30)
+
+    def _run(self, msg: Message, recv_at: float, decode_ms: float) -> tuple[str, Message, dict[str, Any], list]:
+        """Run the part on one sample; returns what the send thread does with it."""
+        start = time.monotonic()
+        n_in = len(self.part.inputs)
+        with torch.no_grad():
+            outs = self.bundle.runners[self.m](tuple(torch.from_numpy(a) for a in msg.tensors[:n_in]))
+        computed = time.monotonic()
+        waited = 0.0
+        if self.options.emulated and (left := start + self.predicted_ms / 1e3 - computed) > 0:
+            time.sleep(left)
+            waited = left
+        hop = {"device": self.device, "part": self.m, "emulated": self.options.emulated,
+               "recv_at": recv_at, "decode_ms": decode_ms, "queue_ms": 1e3 * (start - recv_at),
+               "compute_ms": 1e3 * (computed - start),
+               "emulated_wait_ms": 1e3 * waited, "predicted_ms": self.predicted_ms,
+               "wire_ms": None if not msg.header.hops else 1e3 * (recv_at - msg.header.hops[-1]["link_start"])}
+        best = (msg.header.best, msg.tensors[-1]) if msg.header.best is not None else None
+        if self.part.exit is not None:
+            logits = outs[0].numpy()
+            conf = float(torch.softmax(outs[0].double(), dim=-1).amax(dim=-1).max())
+            if conf >= self.part.exit.threshold:
+                return "answer", msg, {**_answered(self.device, self.exit_k), "hop": hop}, [("logits", logits)]
+            best = ({"device": self.device, "exit": self.exit_k}, logits)
+            outs = outs[1:]
+        if self.last:
+            return "answer", msg, {**_answered(self.device, self.exit_k), "hop": hop}, [("logits", outs[0].numpy())]
+        names = [t.name for t in self.bundle.spec.parts[self.m + 1].inputs]
+        return "forward", msg, {"hop": hop, "best": best}, list(zip(names, (o.numpy() for o in outs), strict=True))
+
+    def _send_loop(self, ctx: zmq.Context) -> None:
+        sender = None if self.next_hop is None else Sender(ctx, self.next_hop, self.options.timeout_ms,
+                                                           self.options.attempts)
+        bucket = TokenBucket(self.options.link or LinkSpec(0.0, source="none"))
+        pusher = Pusher(ctx)
+        try:
+            while not self.stop.is_set():
+                try:
+                    what, msg, info, tensors = self.out.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if what == "forward":
+                    assert sender is not None
+                    what, info, tensors = self._forward(sender, bucket, msg, info, tensors)
+                self._answer(pusher, msg, info, tensors)
+        finally:
+            pusher.close()
+            if sender is not None:
+                sender.close()
+
+    def _forward(self, sender: Sender, bucket: TokenBucket, msg: Message, info: dict[str, Any],
+                 tensors: list) -> tuple[str, dict[str, Any], list]:
+        """Send one sample on; on failure, what the device answers instead."""
+        h, hop, best = msg.header, info["hop"], info["best"]
+        wire = sum(a.nbytes for _, a in tensors)
+        hop["link_start"] = time.monotonic()
+        hop["link_wait_ms"] = 1e3 * bucket.send_delay(wire)
+        start = time.monotonic()
+        extra = [] if best is None else [(BEST, best[1])]
+        codec = self.part.encoder
+        head = {"kind": "sample", "run": h.run, "sample": h.sample, "attempt": h.attempt, "manifest": self.token,
+                "reply_to": h.reply_to, "hops": [*h.hops, hop], "best": None if best is None else best[0],
+                "codec": None if codec is None else {"compressor": codec.compressor, "params": codec.params}}
+        frames = pack(head, tensors + extra)
+        hop["encode_ms"], hop["wire_bytes"] = 1e3 * (time.monotonic() - start), wire
+        frames[0] = rehead(frames[0], hops=[*h.hops, hop])  # the header again, with its own framing time
+        ok, reason = sender.send(frames, h.sample, drop_first=h.sample in self.options.drop and h.attempt == 0)
+        if ok:
+            return "sent", {}, []
+        log.warning("sample %d: %s; answering here", h.sample, reason)
+        if best is None:
+            return "answer", {**_failed(reason), "hop": hop}, []
+        return "answer", {**_answered(best[0]["device"], best[0]["exit"], reason), "hop": hop}, [("logits", best[1])]
+
+    def _answer(self, pusher: Pusher, msg: Message, info: dict[str, Any], tensors: list) -> None:
+        if not info:
+            return  # sent on: the next hop answers
+        h = msg.header
+        hop = {**info.pop("hop"), "answered_at": time.monotonic()}
+        frames = pack({"kind": "answer", "run": h.run, "sample": h.sample, "attempt": h.attempt,
+                       "manifest": self.token, "hops": [*h.hops, hop], "answer": info}, tensors)
+        if not pusher.push(h.reply_to, frames):
+            log.error("sample %d: the feeder at %s takes no answers", h.sample, h.reply_to)
+
+
+def _answered(device: str, exit_k: int, fell_back_reason: str | None = None) -> dict[str, Any]:
+    return {"device": device, "exit": exit_k, "fell_back": fell_back_reason is not None,
+            "reason": fell_back_reason, "failed": False}
+
+
+def _failed(reason: str) -> dict[str, Any]:
+    return {"device": None, "exit": None, "fell_back": True, "reason": reason, "failed": True}
+

@@ -1,0 +1,177 @@
+"""``python -m jmsnas.serve``: serve an exported bundle, one process per device.
+
+One device of a real deployment (run one per machine, each with the same bundle folder)::
+
+    python -m jmsnas.serve BUNDLE --device NAME --listen HOST:PORT [--next HOST:PORT] [--link MBPS,RTT_MS]
+
+All devices on this machine, fed samples, measured against the plan (writes ``runtime.json``)::
+
+    python -m jmsnas.serve BUNDLE --local [--samples N --rate R] [--experiment EXPERIMENT.yaml]
+
+With ``--local`` the links are emulated from the experiment's topology (bandwidth, round trip),
+and the devices it describes analytically are **emulated** (they run on this CPU, then wait until
+their predicted time). The experiment is the one beside the run the bundle came from
+(``runs/NAME/experiment.yaml`` above ``runs/NAME/best/tXms/bundle``) unless ``--experiment``
+names one; without one the links are derived from the plan's ``link_ms`` and only the devices
+named by ``--emulate`` are emulated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jmsnas.errors import ConfigError, JmsnasError
+from jmsnas.runtime.links import LinkSpec, plan_links
+from jmsnas.runtime.local import LocalRun, serve_local
+from jmsnas.runtime.serve import DeviceServer, ServeOptions
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jmsnas.serve", description="Serve a bundle: one device "
+                                "(--device, --listen, --next) or every device on this machine (--local).")
+    p.add_argument("bundle", help="bundle folder (manifest.json and one .pt/.onnx pair per device)")
+    p.add_argument("--backend", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--timeout-ms", type=int, default=1000, help="wait for the next hop's acknowledgement")
+    p.add_argument("--attempts", type=int, default=3, help="sends per sample before answering alone")
+    one = p.add_argument_group("one device")
+    one.add_argument("--device", help="the device (a name in manifest.json's devices)")
+    one.add_argument("--listen", help="HOST:PORT to receive samples on")
+    one.add_argument("--next", nargs="+", default=None, help="HOST:PORT of the next device (none on the last)")
+    one.add_argument("--link", type=LinkSpec.parse, default=None, help="emulate the outgoing link: MBPS[,RTT_MS]")
+    one.add_argument("--emulated", action="store_true", help="wait until the plan's predicted compute time")
+    one.add_argument("--drop", default="", help="fault: sample ids whose first send is lost, e.g. 3,7")
+    one.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)
+    loc = p.add_argument_group("every device here")
+    loc.add_argument("--local", action="store_true", help="one process per device on this machine")
+    loc.add_argument("--samples", type=int, default=100, help="how many samples to feed")
+    loc.add_argument("--rate", type=float, default=None, help="samples per second (default: one at a time)")
+    loc.add_argument("--inputs", type=Path, default=None, help=".npy of network inputs [N, ...] (default: random)")
+    loc.add_argument("--experiment", type=Path, default=None, help="experiment YAML for links and analytic devices")
+    loc.add_argument("--emulate", nargs="*", default=None, help="devices to emulate (overrides the experiment)")
+    loc.add_argument("--out", type=Path, default=None, help="runtime.json path (default: beside the bundle)")
+    loc.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.device or 'local'} %(levelname)s %(message)s")
+    try:
+        if args.local:
+            if args.device or args.listen or args.next:
+                raise ConfigError("--local starts every device itself: drop --device, --listen and --next",
+                                  field="--local")
+            return _local(args)
+        if not (args.device and args.listen):
+            raise ConfigError("give --device NAME --listen HOST:PORT (one device) or --local (all here)",
+                              field="--device")
+        return _one(args)
+    except JmsnasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _one(args: argparse.Namespace) -> int:
+    if args.next is not None and len(args.next) > 1:
+        raise ConfigError(f"{len(args.next)} next hops given; a chain bundle has one next device (mesh "
+                          "branches are not served yet)", field="--next")
+    try:
+        drop = frozenset(int(v) for v in args.drop.split(",") if v)
+    except ValueError:
+        raise ConfigError(f"{args.drop!r} is not a comma-separated list of sample ids", field="--drop") from None
+    options = ServeOptions(args.backend, args.emulated, args.link, args.timeout_ms, args.attempts, drop)
+    server = DeviceServer(args.bundle, args.device, args.listen, args.next[0] if args.next else None, options)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop.set())
+    if args.parent is not None:
+        threading.Thread(target=_watch_parent, args=(args.parent, server.stop), daemon=True).start()
+    try:
+        server.serve()
+    except KeyboardInterrupt:
+        server.stop.set()
+    return 0
+
+
+def _watch_parent(pid: int, stop: threading.Event) -> None:
+    """Stop when the launcher that started this process is gone (its children are re-parented)."""
+    while not stop.wait(0.5):
+        if os.getppid() != pid:
+            stop.set()
+
+
+def _topology(args: argparse.Namespace) -> tuple[dict[tuple[str, str], LinkSpec] | None, frozenset[str]]:
+    path = args.experiment
+    if path is None:
+        found = [d / "experiment.yaml" for d in Path(args.bundle).resolve().parents[:4]]
+        path = next((f for f in found if f.is_file()), None)
+    if path is None:
+        return None, frozenset(args.emulate or ())
+    from jmsnas.config import load_experiment  # noqa: PLC0415  (only with an experiment)
+
+    topo = load_experiment(path, check_data=False).topology
+    links = {(ln.src, ln.dst): LinkSpec(ln.bandwidth_mbps, ln.rtt_ms) for ln in topo.links}
+    analytic = frozenset(d.name for d in topo.devices if d.analytic is not None)
+    print(f"topology    {path}: links {len(links)}, analytic (emulated) {sorted(analytic) or 'none'}")
+    return links, frozenset(args.emulate) if args.emulate is not None else analytic
+
+
+def _inputs(args: argparse.Namespace, shape: Sequence[int]) -> list[np.ndarray]:
+    if args.inputs is not None:
+        try:
+            data = np.load(args.inputs, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read a .npy array ({e})", file=args.inputs, field="--inputs") from None
+        if tuple(data.shape[1:]) != tuple(shape):
+            raise ConfigError(f"inputs of shape {list(data.shape)}; the bundle takes [N, {', '.join(map(str, shape))}]",
+                              file=args.inputs, field="--inputs")
+        return [data[i].astype(np.float32) for i in range(min(len(data), args.samples))]
+    if args.samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {args.samples}", field="--samples")
+    rng = np.random.default_rng(args.seed)
+    return [rng.standard_normal(shape).astype(np.float32) for _ in range(args.samples)]
+
+
+def _local(args: argparse.Namespace) -> int:
+    from jmsnas.runtime.bundle import read_manifest  # noqa: PLC0415
+
+    if args.rate is not None and not args.rate > 0:
+        raise ConfigError(f"--rate must be > 0 samples/s, got {args.rate}", field="--rate")
+    spec = read_manifest(args.bundle)
+    links, emulated = _topology(args)
+    run = LocalRun(backend=args.backend, rate=args.rate, links=tuple(plan_links(spec.plan, links)),
+                   emulated=emulated, timeout_ms=args.timeout_ms, attempts=args.attempts)
+    out = args.out or Path(args.bundle).resolve().parent / "runtime.json"
+    report = serve_local(args.bundle, _inputs(args, spec.parts[0].inputs[0].example_shape[1:]), run, out)
+    _print(report)
+    print(f"written     {out}")
+    return 0
+
+
+def _print(r: dict) -> None:
+    e = r["end_to_end"]
+    print(f"samples     {r['samples']}: answered {r['answered']}, lost {r['lost']}, fell back {r['fell_back']}, "
+          f"failed {r['failed']}; answered at {r['answered_at']}")
+    if e["measured_mean_ms"] is not None:
+        print(f"end to end  mean {e['measured_mean_ms']:.3f} ms, p50 {e['measured_p50_ms']:.3f}, p95 "
+              f"{e['measured_p95_ms']:.3f}, p99 {e['measured_p99_ms']:.3f}; predicted mean "
+              f"{e['predicted_mean_ms']:.3f} ms; {e['throughput_sps']:.1f} samples/s")
+    for d in r["devices"]:
+        measured = "-" if d["measured_mean_ms"] is None else f"{d['measured_mean_ms']:.3f}"
+        print(f"  device    {d['device']:<10} {d['label']:<20} predicted {d['predicted_ms']:.3f} ms, "
+              f"measured {measured} ms")
+    for ln in r["links"]:
+        measured = "-" if ln["measured_wire_mean_ms"] is None else f"{ln['measured_wire_mean_ms']:.3f}"
+        print(f"  link      {ln['src']} -> {ln['dst']} ({ln['source']}) plan {ln['plan_link_ms']:.3f} ms, "
+              f"measured {measured} ms")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The local runtime: one process per device answers as ``Bundle.run_exits`` does, and leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from partition_specs import tiny_arch_spec
+from torch import nn
+
+from jmsnas.export.split import run_segments, split_archnet
+from jmsnas.export.writer import calibrate_plan, export_bundle
+from jmsnas.plan.planners import plan_sequential
+from jmsnas.runtime.bundle import load_bundle
+from jmsnas.runtime.local import LocalRun, serve_local
+from jmsnas.runtime.report import RuntimeReport
+from jmsnas.space.arch import build_model
+from jmsnas.space.macs import arch_descriptors
+from jmsnas.topology import Device, Link, build_topology
+
+FAST = {"timeout_ms": 500, "attempts": 2, "sample_deadline_s": 6.0, "startup_timeout_s": 120.0,
+        "run_timeout_s": 120.0}
+
+
+def _chain(n: int):
+    names = [f"d{i}" for i in range(n)]
+    links = [Link(a, b, 100.0, 1.0) for a, b in zip(names, names[1:], strict=False)]
+    return build_topology("chain", [Device(name) for name in names], links)
+
+
+def build_exit_bundle(out: Path, threshold_quantile: float = 0.5) -> tuple[Path, torch.Tensor]:
+    """A tiny ArchNet on three devices, an exit head on d0, an 8-bit cut d1 -> d2; returns the bundle and inputs."""
+    torch.manual_seed(0)
+    spec = tiny_arch_spec()
+    model = build_model(spec).eval()
+    out_bytes = [4.0 * d.output_numel for d in arch_descriptors(spec)]
+    fast = {"d0": [1.0, 1.0, 90.0, 90.0], "d1": [90.0, 90.0, 1.0, 90.0], "d2": [90.0, 90.0, 90.0, 1.0]}
+    plan = plan_sequential(fast, out_bytes, 4.0 * 3 * 16 * 16, _chain(3), compressors={"d1": "quantize"})
+    segments = split_archnet(model, plan.boundaries())
+    plan = calibrate_plan(plan, segments, [torch.randn(4, 3, 16, 16) for _ in range(3)])
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    x = torch.randn(12, 3, 16, 16)
+    with torch.no_grad():
+        conf = torch.softmax(head(run_segments(segments[:1], x)[0]).double(), -1).amax(-1)
+    threshold = float(torch.quantile(conf, threshold_quantile))
+    export_bundle(segments, plan, x[:2], out, exits={0: (head, threshold)})
+    return out, x
+
+
+@pytest.fixture(scope="module")
+def exit_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor]:
+    return build_exit_bundle(tmp_path_factory.mktemp("serve") / "bundle")
+
+
+def assert_gone(pids: list[int]) -> None:
+    """Every process the launcher started has exited and been reaped."""
+    assert pids
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists(), f"process {pid} is still there"
+
+
+def test_local_runtime_answers_as_the_in_process_cascade(exit_bundle, tmp_path: Path) -> None:
+    bundle, x = exit_bundle
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["parts"][0]["exit"] and manifest["parts"][2]["decoder"]["compressor"] == "quantize"
+    expected, exit_index = load_bundle(bundle, "onnx").run_exits(x)
+    assert 0 < int((exit_index == 0).sum()) < len(x)  # some samples leave at d0, some go on
+    report = serve_local(bundle, [xi.numpy() for xi in x], LocalRun(emulated=frozenset({"d1"}), **FAST),
+                         out=tmp_path / "runtime.json")
+    assert_gone(report["_pids"])
+    assert report["samples"] == report["answered"] == len(x) and report["lost"] == 0 and report["fell_back"] == 0
+    for row in report["per_sample"]:
+        i = row["sample"]
+        assert row["exit"] == int(exit_index[i]) and row["device"] == ("d0" if exit_index[i] == 0 else "d2")
+        np.testing.assert_allclose(report["_logits"][i][0], expected[i].numpy(), atol=1e-5)
+    assert report["answered_at"] == {"d0": int((exit_index == 0).sum()), "d2": int((exit_index == 1).sum())}
+    loaded = RuntimeReport.load(tmp_path / "runtime.json")
+    assert [d.label for d in loaded.devices] == ["measured on this CPU", "emulated", "measured on this CPU"]
+    d1 = loaded.devices[1]
+    assert d1.samples == int((exit_index == 1).sum())
+    assert d1.measured_mean_ms >= d1.predicted_ms  # it waited out its predicted time (a lower bound only)
+    assert all(ln.samples == d1.samples for ln in loaded.links)
+
+
+def test_a_device_refuses_a_bundle_it_does_not_hold(exit_bundle, tmp_path: Path) -> None:
+    from jmsnas.errors import ConfigError
+    from jmsnas.runtime.serve import DeviceServer
+
+    with pytest.raises(ConfigError, match="not in this bundle"):
+        DeviceServer(exit_bundle[0], "phone", "127.0.0.1:1", None)
+    with pytest.raises(ConfigError, match="--next"):
+        DeviceServer(exit_bundle[0], "d0", "127.0.0.1:1", None)
