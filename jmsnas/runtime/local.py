@@ -24,8 +24,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +46,14 @@ log = logging.getLogger("jmsnas.serve")
 
 @dataclass(frozen=True)
 class Kill:
-    """Kill ``device``'s process once sample ``after_sample`` is fed; restart it ``restart_after_s`` later."""
+    """Kill ``device``'s process just before sample ``before_sample`` is fed; restart it ``restart_after_s`` later.
+
+    Feeding goes on while the device is down; once restarted, feeding waits (bounded by the startup
+    timeout) until it answers a ping, so the samples after it show it rejoined.
+    """
 
     device: str
-    after_sample: int
+    before_sample: int
     restart_after_s: float | None = None
 
 
@@ -66,6 +70,7 @@ class LocalRun:
         sample_deadline_s: an unanswered sample is fed again after this long; refeeds: how often.
         startup_timeout_s: how long every device has to come up; run_timeout_s: the whole feed's limit.
         kill: process faults; drop: per device, samples whose first send on its outgoing link is lost.
+        warmup: samples fed first and left out of the report (connections, first runs of each part).
         log_dir: where each device's log goes (None: a temporary folder beside ``runtime.json`` or cwd).
     """
 
@@ -81,6 +86,7 @@ class LocalRun:
     run_timeout_s: float = 600.0
     kill: tuple[Kill, ...] = ()
     drop: dict[str, frozenset[int]] = field(default_factory=dict)
+    warmup: int = 0
     log_dir: Path | None = None
 
 
@@ -264,24 +270,33 @@ def serve_local(bundle_dir: str | Path, inputs: Sequence[np.ndarray], run: Local
             p.start()
         _wait_ready(ctx, procs, ports[:-1], token, run.startup_timeout_s)
         feeder = _Feeder(ctx, f"127.0.0.1:{ports[0]}", ports[-1], token, run)
-        wall = _feed_all(feeder, procs, inputs, run)
+        port_of = {p.name: port for p, port in zip(procs, ports, strict=False)}
+        warm = [inputs[i % len(inputs)] for i in range(run.warmup)]
+        wall = _feed_all(feeder, procs, [*warm, *inputs], run,
+                         lambda d: _wait_ready(ctx, [d], [port_of[d.name]], token, run.startup_timeout_s))
     finally:
         if feeder is not None:
             feeder.close()
         for p in procs:
             p.stop()
         ctx.destroy(linger=0)
-    report = runtime_report(str(bundle), spec, token, run, links, feeder.answers, len(inputs), wall,
+    answers = {i - run.warmup: replace(a, sample=i - run.warmup) for i, a in feeder.answers.items()
+               if i >= run.warmup}
+    report = runtime_report(str(bundle), spec, token, run, links, answers, len(inputs), wall,
                             {"duplicates": feeder.duplicates, "refed": feeder.refed,
                              "restarts": {p.name: p.starts - 1 for p in procs}})
     if out is not None:
         write_json(out, report, newline=True)
-    return {**report, "_logits": {i: a.logits for i, a in feeder.answers.items()},
+    return {**report, "_logits": {i: a.logits for i, a in answers.items()},
             "_pids": [pid for p in procs for pid in p.pids]}
 
 
-def _feed_all(feeder: _Feeder, procs: list[_Device], inputs: Sequence[np.ndarray], run: LocalRun) -> float:
-    """Feed every sample (closed or open loop), apply the faults, collect until all are answered or time runs out."""
+def _feed_all(feeder: _Feeder, procs: list[_Device], inputs: Sequence[np.ndarray], run: LocalRun,
+              ready: Callable[[_Device], None]) -> float:
+    """Feed every sample (closed or open loop), apply the faults, collect until all are answered or time runs out.
+
+    Returns the seconds from the first measured sample's feed (after the warm-up) to the end.
+    """
     by_name = {p.name: p for p in procs}
     restarts: list[tuple[float, _Device]] = []
     start = time.monotonic()
@@ -289,16 +304,19 @@ def _feed_all(feeder: _Feeder, procs: list[_Device], inputs: Sequence[np.ndarray
     nxt = 0
     while len(feeder.answers) < len(inputs) and time.monotonic() < end:
         now = time.monotonic()
-        due = (nxt < len(inputs) and (len(feeder.answers) == nxt if run.rate is None
-                                      else now >= start + nxt / run.rate))
+        closed = run.rate is None or nxt < run.warmup  # the warm-up goes one at a time
+        due = nxt < len(inputs) and (len(feeder.answers) == nxt if closed
+                                     else now >= start + (nxt - run.warmup) / run.rate)
         if due:
-            feeder.feed(nxt, np.asarray(inputs[nxt])[None])
+            if nxt == run.warmup:
+                start = now  # throughput and open-loop pacing count from the first measured sample
             for k in run.kill:
-                if k.after_sample == nxt:
+                if k.before_sample + run.warmup == nxt:
                     by_name[k.device].kill()
-                    log.warning("killed %s after sample %d", k.device, nxt)
+                    log.warning("killed %s before sample %d", k.device, nxt)
                     if k.restart_after_s is not None:
                         restarts.append((time.monotonic() + k.restart_after_s, by_name[k.device]))
+            feeder.feed(nxt, np.asarray(inputs[nxt])[None])
             nxt += 1
         for i in feeder.overdue():
             feeder.refed += 1
@@ -306,5 +324,6 @@ def _feed_all(feeder: _Feeder, procs: list[_Device], inputs: Sequence[np.ndarray
         for when, dev in [r for r in restarts if r[0] <= now]:
             restarts.remove((when, dev))
             dev.start()
+            ready(dev)
         feeder.collect(1 if due else 20)
     return time.monotonic() - start

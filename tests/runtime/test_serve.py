@@ -63,15 +63,19 @@ def assert_gone(pids: list[int]) -> None:
 
 
 def test_local_runtime_answers_as_the_in_process_cascade(exit_bundle, tmp_path: Path) -> None:
+    """Every sample answered once, where ``run_exits`` answers it, with its logits; dropped sends are resent."""
     bundle, x = exit_bundle
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["parts"][0]["exit"] and manifest["parts"][2]["decoder"]["compressor"] == "quantize"
     expected, exit_index = load_bundle(bundle, "onnx").run_exits(x)
     assert 0 < int((exit_index == 0).sum()) < len(x)  # some samples leave at d0, some go on
-    report = serve_local(bundle, [xi.numpy() for xi in x], LocalRun(emulated=frozenset({"d1"}), **FAST),
+    going_on = [int(i) for i in torch.nonzero(exit_index == 1).flatten()]
+    drop = {"d0": frozenset(going_on[:2]), "d1": frozenset(going_on[1:3])}  # first sends lost on both links
+    report = serve_local(bundle, [xi.numpy() for xi in x], LocalRun(emulated=frozenset({"d1"}), drop=drop, **FAST),
                          out=tmp_path / "runtime.json")
     assert_gone(report["_pids"])
     assert report["samples"] == report["answered"] == len(x) and report["lost"] == 0 and report["fell_back"] == 0
+    assert report["duplicates"] == 0 and report["refed"] == 0  # a lost send is resent by its hop, not re-fed
     for row in report["per_sample"]:
         i = row["sample"]
         assert row["exit"] == int(exit_index[i]) and row["device"] == ("d0" if exit_index[i] == 0 else "d2")
