@@ -5,13 +5,14 @@
 Walks ``summary.json``, ``run.json`` and every choice folder ``best/t<T>ms/`` (``arch.json``,
 ``outcome.json``, ``plan.json``, ``deploy.json``, ``exits/*.json``, ``bundle/manifest.json``) and
 compares the JSON values, the bytes of ``model.pt``, and every bundle file by content. What differs
-between two runs by nature is left out and said so: Ray's trial ids, absolute paths (the run root is
-replaced by ``<run>``), wall-clock figures (keys ending in ``seconds`` or ``_s``, ``latency_measured``,
-dates), the ``version`` key the artifacts gained, and the source locations the exporters record:
-a TorchScript file is compared member by member without its ``.debug_pkl`` (file:line of every frame
-of the tracing call stack) and ``serialization_id`` (and the manifest without its files' sha256);
-an ONNX file graph by graph without the nodes' ``doc_string`` (their source lines). Floats agree
-within a relative 1e-9. Exits 0 when everything agrees, 1 otherwise, listing each difference.
+between two runs by nature is left out and said so: Ray's trial ids (inside paths too), absolute
+paths (the run root is replaced by ``<run>``), the git commit, wall-clock figures (keys ending in
+``seconds`` or ``_s``, ``latency_measured``, dates), the ``version`` key the artifacts gained, and what
+exporters record about the source: a TorchScript file is compared by its weights and its outputs on a
+fixed input (its code names the Python module of each traced class and the file:line of every frame
+of the tracing call stack), an ONNX file by its graph without the nodes' ``doc_string`` and
+``metadata_props`` (source lines, class hierarchy), the manifest without its files' sha256. Floats
+agree within a relative 1e-9. Exits 0 when everything agrees, 1 otherwise, listing each difference.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 VOLATILE_KEYS = {"trial_id", "version", "latency_measured", "timings_s", "date", "started", "finished", "wall_s",
-                 "python", "host", "git", "ray"}
+                 "python", "host", "git", "ray", "git_commit"}
+TRIAL_ID = re.compile(r"[0-9a-f]{5}_\d{5}")
 
 
 def _volatile(key: str) -> bool:
@@ -38,7 +41,7 @@ def normalise(value: Any, root: str) -> Any:
     if isinstance(value, list):
         return [normalise(v, root) for v in value]
     if isinstance(value, str):
-        return value.replace(root, "<run>")
+        return TRIAL_ID.sub("<trial>", value.replace(root, "<run>"))
     return value
 
 
@@ -63,22 +66,50 @@ def _sha(path: Path) -> str:
 
 
 def _content(path: Path) -> str:
-    """A digest of what a file computes: TorchScript and ONNX files without their source locations."""
-    if path.suffix == ".pt" and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            members = sorted(n for n in z.namelist() if not n.endswith((".debug_pkl", "serialization_id")))
-            digest = hashlib.sha256()
-            for name in members:
-                digest.update(name.split("/", 1)[-1].encode() + z.read(name))
-            return digest.hexdigest()
+    """A digest of what a file holds, without the source locations and module names exporters record.
+
+    TorchScript: its weights and buffers, and its outputs on a fixed input (``_probe``); the code
+    members name the Python module of each traced class, which a move changes. ONNX: the graph with
+    every node's ``doc_string`` and ``metadata_props`` (source lines, class hierarchy) cleared.
+    """
+    if path.suffix == ".pt" and path.parent.name == "bundle" and zipfile.is_zipfile(path):
+        import torch
+
+        module = torch.jit.load(str(path), map_location="cpu")
+        digest = hashlib.sha256()
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
+        with torch.no_grad():
+            out = module(*_probe(path))
+        for t in out if isinstance(out, tuple) else (out,):
+            digest.update(t.detach().contiguous().numpy().tobytes())
+        return digest.hexdigest()
     if path.suffix == ".onnx":
         import onnx
 
         model = onnx.load(str(path))
         for node in model.graph.node:
             node.doc_string = ""
+            del node.metadata_props[:]
         return hashlib.sha256(model.SerializeToString()).hexdigest()
     return _sha(path)
+
+
+def _probe(path: Path) -> list:
+    """A fixed input for the bundle part in ``path``, from the shapes and dtypes ``manifest.json`` gives it."""
+    import torch
+
+    manifest = json.loads((path.parent / "manifest.json").read_text())
+    part = next(p for p in manifest["parts"] if p["files"]["torchscript"]["path"] == path.name)
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for spec in part["inputs"]:
+        shape = [2, *spec["example_shape"][1:]]
+        if spec["dtype"] == "uint8":
+            out.append(torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen))
+        else:
+            out.append(torch.randn(shape, generator=gen))
+    return out
 
 
 def _without_hashes(manifest: Any) -> Any:
