@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -173,6 +174,10 @@ def _wait_ready(ctx: zmq.Context, devices: list[_Device], ports: list[int], toke
                     raise JmsnasError(f"device {dev.name!r} exited while starting:\n{tail}", file=dev.log_path)
                 ok, _ = ping.send(pack({"kind": "ping", "sample": 0}), 0)
                 if ok:
+                    served = (ping.last_ack.answer or {}) if ping.last_ack is not None else {}
+                    if served.get("manifest") != token or served.get("device") != dev.name:
+                        raise JmsnasError(f"port {port} answers as {served.get('device')!r} with manifest "
+                                          f"{str(served.get('manifest'))[:12]}..., not {dev.name!r} of this bundle")
                     break
                 if time.monotonic() > end:
                     raise JmsnasError(f"device {dev.name!r} did not come up within {timeout_s:.0f} s",
@@ -180,7 +185,6 @@ def _wait_ready(ctx: zmq.Context, devices: list[_Device], ports: list[int], toke
                 ping.reconnect()
         finally:
             ping.close()
-    del token  # the hash is checked on every sample by the device itself
 
 
 class _Feeder:
@@ -299,14 +303,16 @@ def _feed_all(feeder: _Feeder, procs: list[_Device], inputs: Sequence[np.ndarray
     """
     by_name = {p.name: p for p in procs}
     restarts: list[tuple[float, _Device]] = []
+    rejoining: list[threading.Thread] = []  # answers keep being collected (and timed) while a device restarts
     start = time.monotonic()
     end = start + run.run_timeout_s
     nxt = 0
     while len(feeder.answers) < len(inputs) and time.monotonic() < end:
         now = time.monotonic()
         closed = run.rate is None or nxt < run.warmup  # the warm-up goes one at a time
-        due = nxt < len(inputs) and (len(feeder.answers) == nxt if closed
-                                     else now >= start + (nxt - run.warmup) / run.rate)
+        rejoining = [t for t in rejoining if t.is_alive()]
+        due = not rejoining and nxt < len(inputs) and (len(feeder.answers) == nxt if closed
+                                                       else now >= start + (nxt - run.warmup) / run.rate)
         if due:
             if nxt == run.warmup:
                 start = now  # throughput and open-loop pacing count from the first measured sample
@@ -324,6 +330,7 @@ def _feed_all(feeder: _Feeder, procs: list[_Device], inputs: Sequence[np.ndarray
         for when, dev in [r for r in restarts if r[0] <= now]:
             restarts.remove((when, dev))
             dev.start()
-            ready(dev)
+            rejoining.append(threading.Thread(target=ready, args=(dev,), daemon=True))
+            rejoining[-1].start()
         feeder.collect(1 if due else 20)
     return time.monotonic() - start

@@ -235,6 +235,7 @@ class Sender:
     def __init__(self, ctx: zmq.Context, address: str, timeout_ms: int = 1000, attempts: int = 3) -> None:
         self.ctx, self.address = ctx, endpoint(address, what="--next")
         self.timeout_ms, self.attempts = timeout_ms, max(1, attempts)
+        self.last_ack: Header | None = None  # the acknowledgement of the last delivered message
         self.sock = self._connect()
 
     def _connect(self) -> zmq.Socket:
@@ -285,6 +286,7 @@ class Sender:
                 continue  # a late acknowledgement of an earlier message
             if header.kind == "error":
                 return False, f"refused by {self.address}: {header.error}"
+            self.last_ack = header
             return header.kind == "ack", ""
         return False, f"no acknowledgement from {self.address} within {self.timeout_ms} ms"
 

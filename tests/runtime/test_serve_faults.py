@@ -20,7 +20,7 @@ from jmsnas.runtime.transport import Sender, pack, unpack
 
 @pytest.fixture(scope="module")
 def exit_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor]:
-    return build_exit_bundle(tmp_path_factory.mktemp("faults") / "bundle", threshold_quantile=0.25)
+    return build_exit_bundle(tmp_path_factory.mktemp("faults") / "bundle", threshold_quantile=0.6)
 
 
 def test_a_killed_device_loses_no_sample_and_rejoins(exit_bundle, tmp_path: Path) -> None:
