@@ -327,13 +327,20 @@ def main() -> int:
     parser.add_argument("--render", action="store_true", help="rewrite the .md from the saved .json only")
     args = parser.parse_args()
     if args.render:
-        (RESULTS / "early_exit.md").write_text(to_markdown(json.loads((RESULTS / "early_exit.json").read_text())))
+        from jmsnas.latency.watch import contention_markdown
+
+        stored = json.loads((RESULTS / "early_exit.json").read_text())
+        watch_line = contention_markdown(stored.get("contention"))
+        (RESULTS / "early_exit.md").write_text(to_markdown(stored) + "\n" + watch_line + "\n")
         return 0
     if args.smoke:
         args.mnist1d_samples, args.mnist1d_epochs, args.digits_epochs, args.head_epochs = 2000, 3, 1, 2
         args.repeats, args.timing_epochs, args.timing_samples, args.cap_fraction = 1, 1, 64, 0.0
     torch.set_num_threads(1)
     start = time.time()
+    from jmsnas.latency.watch import ContentionWatch
+
+    watch = ContentionWatch()  # wall times are void if anything else ran meanwhile
     builders = {"mnist1d": mnist1d_case, "digits": digits_case}
     cases = {}
     for key in args.only or list(builders):
@@ -360,7 +367,9 @@ def main() -> int:
         "versions": _versions(), "command": "python benchmarks/early_exit.py " + " ".join(sys.argv[1:]),
         "smoke": args.smoke,
     }
-    md = to_markdown(result)
+    watch.checkpoint("the whole run")
+    result["contention"] = watch.summary()
+    md = to_markdown(result) + "\n" + watch.markdown() + "\n"
     if not args.smoke:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "early_exit.json").write_text(json.dumps(_finite(result), indent=2) + "\n")

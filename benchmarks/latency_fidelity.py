@@ -222,10 +222,16 @@ def main() -> int:
     if args.smoke:
         args.n_nets = 3
     start = time.time()
+    from jmsnas.latency.watch import ContentionWatch
+
+    watch = ContentionWatch()  # beside the per-block guard: did anything else run during the whole benchmark?
     load = machine_load()
     if load is not None and load.warning():
         print(load.warning(), file=sys.stderr)
-    results = [bench_device_or_refusal(n, args.n_nets, args.seed) for n in args.device_name]
+    results = []
+    for name in args.device_name:
+        results.append(bench_device_or_refusal(name, args.n_nets, args.seed))
+        watch.checkpoint(name)
     env = {**measurement_conditions(1, "cpu"), "date": time.strftime("%Y-%m-%d")}
     command = "python benchmarks/latency_fidelity.py " + " ".join(sys.argv[1:])
     head = results[0]
@@ -233,12 +239,13 @@ def main() -> int:
                                        "nets_p95_abs_rel_err", "n_nets")},
                "valid": all(r["valid"] for r in results),
                "by_device": results, "environment": env, "command": command, "wall_s": time.time() - start,
-               "smoke": args.smoke}
+               "smoke": args.smoke, "contention": watch.summary()}
     if not args.smoke:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "latency_fidelity.json").write_text(json.dumps(payload, indent=2) + "\n")
-        (RESULTS / "latency_fidelity.md").write_text(to_markdown(results, env, command))
-    print(to_markdown(results, env, command))
+        (RESULTS / "latency_fidelity.md").write_text(to_markdown(results, env, command) + "\n" + watch.markdown()
+                                                     + "\n")
+    print(to_markdown(results, env, command) + "\n" + watch.markdown())
     return 0
 
 

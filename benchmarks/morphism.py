@@ -140,6 +140,9 @@ def main() -> int:
     seeds = [0] if args.smoke else list(range(args.seeds))
     t = args.t_const
     start = time.time()
+    from jmsnas.latency.watch import ContentionWatch
+
+    watch = ContentionWatch()  # wall times are void if anything else ran meanwhile
     with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.workers) as pool:
         # The teacher first: KD runs wait on its lock (runs/<name>/teacher) and then load it.
         teacher = pool.submit(train_teacher, t, args.smoke, root)
@@ -166,7 +169,9 @@ def main() -> int:
         "hardware": f"{processor_name()}, {os.cpu_count()} cores, {args.workers} runs side by side at 1 thread",
         "command": "python benchmarks/morphism.py " + " ".join(sys.argv[1:]), "smoke": args.smoke,
     }
-    md = to_markdown(result)
+    watch.checkpoint("the whole run")
+    result["contention"] = watch.summary()
+    md = to_markdown(result) + "\n" + watch.markdown() + "\n"
     if not args.smoke:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "morphism.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -34,13 +34,19 @@ def timed(cmd: list[str], cwd: Path, log: Path) -> float:
 
 
 def main() -> int:
+    from jmsnas.latency.watch import ContentionWatch
+
+    watch = ContentionWatch()  # the wall times are void if anything else ran meanwhile
     with tempfile.TemporaryDirectory() as tmp:
         clone = Path(tmp) / "jmsnas"
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True,
                                 check=True).stdout.strip()
+        watch.checkpoint("clone")
         setup_s = timed(["make", "setup"], clone, Path(tmp) / "setup.log")
+        watch.checkpoint("make setup")
         run_s = timed(["make", "quickstart"], clone, Path(tmp) / "run.log")
+        watch.checkpoint("make quickstart")
         summary = json.loads((clone / "runs" / "quickstart" / "summary.json").read_text())
         tail = (Path(tmp) / "run.log").read_text().splitlines()[-40:]
         deployed = {}
@@ -60,7 +66,7 @@ def main() -> int:
         "feasible": [c.get("feasible") for c in choices],
         "selections": choices, "overall": summary.get("overall"), "deployed": deployed,
         "hardware": f"{os.cpu_count()} cores, x86_64 VM", "command": "python benchmarks/quickstart.py",
-        "run_log_tail": tail,
+        "run_log_tail": tail, "contention": watch.summary(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quickstart.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -100,6 +106,7 @@ def main() -> int:
                 flag = " (flagged: > 15 % off)" if part.get("flagged") else ""
                 lines.append(f"| `{name}` | {part['device']} | {part['predicted_ms']:.3f} | {got} | "
                              f"{part['status']}{flag} |")
+    lines += ["", watch.markdown()]
     (RESULTS / "quickstart.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

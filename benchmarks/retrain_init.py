@@ -51,6 +51,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     start = time.time()
+    from jmsnas.latency.watch import ContentionWatch
+
+    watch = ContentionWatch()  # wall times are void if anything else ran meanwhile
     jobs = [(args.t_const, seed, init) for seed in range(args.seeds) for init in ("inherit", "scratch")]
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(2) as pool:
         runs = list(pool.map(one_run, *zip(*jobs, strict=True), [tmp] * len(jobs)))
@@ -63,6 +66,8 @@ def main() -> int:
     payload = {"t_const_ms": args.t_const, "seeds": list(range(args.seeds)), "runs": runs, **summary,
                "same_arch_per_seed": same_arch, "better": better, "wall_s": time.time() - start,
                "command": "python benchmarks/retrain_init.py " + " ".join(sys.argv[1:])}
+    watch.checkpoint("the whole run")
+    payload["contention"] = watch.summary()
     lines = ["# Retraining init: inherit vs scratch", "", f"Command: `{payload['command']}`; quickstart, "
              f"T_const {args.t_const:g} ms, {runs[0]['retrain_epochs']} retraining epochs; two runs side by side "
              "at one thread on this project's 2-core VM.", "", "| init | test acc. per seed | mean ± sd |",
@@ -71,7 +76,8 @@ def main() -> int:
         s = summary[init]
         lines.append(f"| {init} | {', '.join(f'{100 * a:.2f}' for a in s['test_acc'])} | "
                      f"{100 * s['mean']:.2f} ± {100 * s['sd']:.2f} |")
-    lines += ["", f"Same derived network for both inits of a seed: {same_arch}. Better on this run: **{better}**."]
+    lines += ["", f"Same derived network for both inits of a seed: {same_arch}. Better on this run: **{better}**.", "",
+              watch.markdown()]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrain_init.json").write_text(json.dumps(payload, indent=2) + "\n")
     (RESULTS / "retrain_init.md").write_text("\n".join(lines) + "\n")

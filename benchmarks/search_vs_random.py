@@ -162,6 +162,9 @@ def to_markdown(payload: dict) -> str:
     lines += [""] + [f"- {st}: beats random (+1 pp, or equal at -15 % latency) at {payload[st]['levels_won']} of "
                      f"{len(payload['t_const_ms'])} levels: goal {'met' if payload[st]['goal_met'] else 'NOT met'}"
                      for st in ("proxyless", "morphism")]
+    from jmsnas.latency.watch import contention_markdown
+
+    lines += ["", contention_markdown(payload.get("contention"))]
     return "\n".join(lines) + "\n"
 
 
@@ -179,6 +182,9 @@ def main() -> int:
     from jmsnas.latency.profiler import processor_name
 
     start = time.time()
+    from jmsnas.latency.watch import ContentionWatch
+
+    watch = ContentionWatch()  # wall times are void if anything else ran meanwhile
     spreads = [spread(t, args.spread_nets, args.spread_epochs, 0) for t in args.levels]
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,6 +194,7 @@ def main() -> int:
                     budget = next((r["wall_s"] for r in runs if r["strategy"] == "proxyless" and r["t_const_ms"] == t
                                    and r["seed"] == seed), None)
                     outcome = one_run(strategy, t, seed, Path(tmp), args.smoke, budget)
+                    watch.checkpoint(f"{strategy} T={t:g} seed {seed}")
                     runs.append({**outcome, "strategy": strategy, "t_const_ms": t})
                     print(f"{strategy} T={t:g} seed {seed}: test acc {outcome['test_acc']:.4f}, "
                           f"{outcome['predicted_latency_ms']:.2f} ms, {outcome['wall_s']:.0f} s", flush=True)
@@ -197,7 +204,7 @@ def main() -> int:
                                            "wall_s", "compact")} for r in runs],
                "seeds": list(range(args.seeds)), "hardware": f"{processor_name()}, {os.cpu_count()} cores, one thread",
                "command": "python benchmarks/search_vs_random.py " + " ".join(sys.argv[1:]),
-               "wall_s": time.time() - start, "smoke": args.smoke}
+               "wall_s": time.time() - start, "smoke": args.smoke, "contention": watch.summary()}
     if not args.smoke:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "search_vs_random.json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -330,6 +330,9 @@ def main() -> int:
     torch.set_num_threads(1)
     epochs = 2 if args.smoke else args.epochs
     start = time.time()
+    from jmsnas.latency.watch import ContentionWatch
+
+    watch = ContentionWatch()  # wall times are void if anything else ran meanwhile
     space2d = load_search_space(REPO / "search_spaces" / "mbconv13.yaml")
     space1d = load_search_space(REPO / "search_spaces" / "mbconv13_1d.yaml")
     digits_dm = JmsnasDataModule(DigitsDataset(name="digits", image_size=32, batch_size=64), seed=args.seed)
@@ -364,7 +367,9 @@ def main() -> int:
         "hardware": f"{processor_name()}, {os.cpu_count()} cores, 1 thread",
         "command": "python benchmarks/split_compression.py " + " ".join(sys.argv[1:]),
     }
-    md = to_markdown(result)
+    watch.checkpoint("the whole run")
+    result["contention"] = watch.summary()
+    md = to_markdown(result) + "\n" + watch.markdown() + "\n"
     if not args.smoke:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "split_compression.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -97,9 +97,13 @@ def main() -> int:
     levels = args.t_const or ([18.0] if args.smoke else [14.0, 18.0, 22.0])
     seeds = [0] if args.smoke else list(range(args.seeds))
     start = time.time()
+    from jmsnas.latency.watch import ContentionWatch
+
+    watch = ContentionWatch()  # wall times are void if anything else ran meanwhile
     with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.workers) as pool:
         futures = {(t, s): pool.submit(one_run, t, s, args.smoke, root) for t in levels for s in seeds}
         runs = {k: f.result() for k, f in futures.items()}
+    watch.checkpoint("the whole run")
     memory = memory_ratio(batch_size=64)
     per_level = []
     for t in levels:
@@ -108,6 +112,10 @@ def main() -> int:
             "t_const_ms": t, "predicted_latency_ms": statistics.mean(r["predicted_latency_ms"] for r in rs),
             "feasible_share": statistics.mean(float(r["feasible"]) for r in rs),
             "test_acc": statistics.mean(r["test_acc"] for r in rs),
+            # the derived network's validation accuracy with the supernet's weights (BN re-estimated) and after
+            # retraining, on the same split (issue 14: within 5 pp)
+            "derived_inherited_acc": statistics.mean(r["search_val_acc"] for r in rs),
+            "derived_retrained_acc": statistics.mean(r["val_acc"] for r in rs),
             "search_wall_s": statistics.median(r["search_wall_s"] for r in rs),
             "retrain_wall_s": statistics.median(r["retrain_wall_s"] for r in rs),
             "archs": [r["compact"] for r in rs], "splits": [r["split"]["boundaries"] for r in rs],
@@ -124,8 +132,11 @@ def main() -> int:
         "memory": memory, "seeds": seeds, "levels": per_level, "wall_s": time.time() - start,
         "hardware": f"{processor_name()}, {os.cpu_count()} cores, {args.workers} runs side by side at 1 thread",
         "command": "python benchmarks/supernet_search.py " + " ".join(sys.argv[1:]), "smoke": args.smoke,
+        "derived_inherited_acc": [p["derived_inherited_acc"] for p in per_level],
+        "derived_retrained_acc": [p["derived_retrained_acc"] for p in per_level],
+        "contention": watch.summary(),
     }
-    md = to_markdown(result)
+    md = to_markdown(result) + "\n" + watch.markdown() + "\n"
     if not args.smoke:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "supernet_search.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,136 @@
+"""Contention watch for long runs: how much CPU did *other* processes take while a benchmark ran?
+
+The contention guard (``guard.py``) protects measurements of milliseconds by timing a reference
+with every block. A benchmark whose figure is a wall time of minutes (a search, a retraining) cannot
+interleave a reference with its work, and a reference timed alone between phases moves by up to
+±35 % on an idle VM of this kind (``guard.py``'s docstring), so it cannot tell contention from the
+VM's own drift. What can: the CPU time the whole machine spent (``/proc/stat``) minus the CPU time of
+this process and its descendants (Ray's workers included; ``/proc/<pid>/stat``), per second of wall
+time, at each checkpoint. That is the number of cores somebody else used while the figures were
+taken. A run is *quiet* when no interval exceeds ``threshold_cores`` (default 0.1 core); a benchmark
+writes the watch's summary beside its figures and marks them void when the run was not quiet.
+
+Processes of ours that end between two checkpoints take their CPU time with them, so they count as
+others: on a quiet machine the watch can only err towards calling a run busy.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Other processes may use this many cores on average over an interval before a run is "not quiet".
+DEFAULT_THRESHOLD_CORES = 0.1
+
+
+def machine_cpu_s(proc: Path = Path("/proc")) -> float | None:
+    """CPU seconds every process of the machine has used since boot (``/proc/stat``), or None off Linux."""
+    try:
+        fields = (proc / "stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    values = [int(v) for v in fields]
+    busy = sum(values) - values[3] - (values[4] if len(values) > 4 else 0)  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(path: Path) -> tuple[int, int, float] | None:
+    """(pid, parent pid, CPU seconds) of one ``/proc/<pid>/stat``, or None when it is gone."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    rest = text[text.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid ... utime stime
+    return int(path.parent.name), int(rest[1]), (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s(pid: int | None = None, proc: Path = Path("/proc")) -> float:
+    """CPU seconds (user + system) of process ``pid`` (default: this one) and every descendant still alive."""
+    root = os.getpid() if pid is None else pid
+    stats = [s for p in proc.glob("[0-9]*/stat") if (s := _proc_stat(p)) is not None]
+    children: dict[int, list[int]] = {}
+    cpu = {}
+    for p, parent, seconds in stats:
+        children.setdefault(parent, []).append(p)
+        cpu[p] = seconds
+    total, todo = 0.0, [root]
+    while todo:
+        p = todo.pop()
+        total += cpu.get(p, 0.0)
+        todo += children.get(p, [])
+    return total
+
+
+@dataclass
+class Interval:
+    """One stretch between checkpoints: its label, wall seconds and the cores other processes used."""
+
+    label: str
+    wall_s: float
+    others_cores: float
+
+
+@dataclass
+class ContentionWatch:
+    """Checkpoints through a long run; ``summary()`` says whether anything else ran meanwhile.
+
+    Args:
+        threshold_cores: the most cores other processes may use over an interval of a quiet run.
+        machine: CPU seconds of the whole machine (default ``machine_cpu_s``; injectable for tests).
+        own: CPU seconds of this process tree (default ``own_cpu_s``).
+        clock: wall clock (default ``time.monotonic``).
+    """
+
+    threshold_cores: float = DEFAULT_THRESHOLD_CORES
+    machine: Callable[[], float | None] = machine_cpu_s
+    own: Callable[[], float] = own_cpu_s
+    clock: Callable[[], float] = time.monotonic
+    intervals: list[Interval] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._last = (self.clock(), self.machine(), self.own())
+
+    def checkpoint(self, label: str) -> Interval | None:
+        """Close the interval since the last checkpoint (or the start) under ``label``; None off Linux."""
+        now = (self.clock(), self.machine(), self.own())
+        (t0, m0, o0), (t1, m1, o1) = self._last, now
+        self._last = now
+        if m0 is None or m1 is None or t1 <= t0:
+            return None
+        interval = Interval(label, t1 - t0, max(0.0, ((m1 - m0) - (o1 - o0)) / (t1 - t0)))
+        self.intervals.append(interval)
+        return interval
+
+    @property
+    def quiet(self) -> bool:
+        return all(i.others_cores <= self.threshold_cores for i in self.intervals)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: ``quiet``, the threshold, the busiest interval and every interval."""
+        busiest = max(self.intervals, key=lambda i: i.others_cores, default=None)
+        return {"quiet": self.quiet if self.intervals else None, "threshold_cores": self.threshold_cores,
+                "max_others_cores": busiest.others_cores if busiest else None,
+                "busiest": busiest.label if busiest else None,
+                "intervals": [{"label": i.label, "wall_s": i.wall_s, "others_cores": i.others_cores}
+                              for i in self.intervals]}
+
+    def markdown(self) -> str:
+        """One line for a benchmark's report."""
+        return contention_markdown(self.summary())
+
+
+def contention_markdown(summary: dict[str, Any] | None) -> str:
+    """The report line of a stored ``ContentionWatch.summary()`` (None: a result written before the watch)."""
+    if summary is None:
+        return "Contention watch: none (this result was written before benchmarks had one)."
+    if summary["quiet"] is None:
+        return "Contention watch: no reading (not Linux); wall times unchecked."
+    if summary["quiet"]:
+        return (f"Contention watch: quiet (other processes used at most {summary['max_others_cores']:.2f} cores "
+                f"in any interval; threshold {summary['threshold_cores']:g}).")
+    return (f"**Contention watch: NOT quiet** — other processes used {summary['max_others_cores']:.2f} cores during "
+            f"'{summary['busiest']}' (threshold {summary['threshold_cores']:g}): the wall times of this run are void.")
