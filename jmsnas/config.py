@@ -10,13 +10,21 @@ stages never import this module; ``jmsnas.builders`` turns an ``Experiment`` int
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from jmsnas.compress.config import PartitionConfig
+from jmsnas.dataset_config import (  # noqa: F401 - the dataset sections are part of the experiment's schema
+    CifarDataset,
+    DatasetConfig,
+    DigitsDataset,
+    ImageFolderDataset,
+    Mnist1dDataset,
+    SyntheticDataset,
+)
 from jmsnas.errors import ConfigError, JmsnasError
 from jmsnas.exits.config import ExitsConfig
 from jmsnas.resources import shipped
@@ -25,6 +33,8 @@ from jmsnas.validation import FieldValueError, Strict, load_yaml_mapping, valida
 
 #: The shipped latency profiles (inside a wheel, or the checkout's ``latency_profiles/``).
 DEFAULT_PROFILES_DIR = shipped("latency_profiles")
+#: The file name errors give an experiment loaded from a mapping (in its ``base_dir``).
+DICT_SOURCE = "<dict>"
 #: Where ``jmsnas profile`` writes by default, relative to the working directory.
 USER_PROFILES_DIR = Path("latency_profiles")
 
@@ -39,62 +49,6 @@ def default_profiles_dir(names: list[str]) -> Path:
     if names and all((local / f"{n}.csv").is_file() for n in names):
         return local
     return DEFAULT_PROFILES_DIR
-
-
-# --- dataset ---------------------------------------------------------------------------------
-
-
-class _DatasetBase(Strict):
-    batch_size: PositiveInt = 128
-    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of the training data held out for validation")
-    num_workers: int = Field(0, ge=0)
-
-
-class Mnist1dDataset(_DatasetBase):
-    """MNIST-1D generated offline (Greydanus 2020): 4000 train / 1000 test of length 40 by default."""
-
-    name: Literal["mnist1d"]
-    num_samples: PositiveInt = Field(5000, description="train + test; the published set has 5000")
-    train_split: float = Field(0.8, gt=0, lt=1)
-
-
-class DigitsDataset(_DatasetBase):
-    """scikit-learn's 8x8 digits (1797 images), optionally resized to ``image_size``."""
-
-    name: Literal["digits"]
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    image_size: PositiveInt = 8
-
-
-class CifarDataset(_DatasetBase):
-    name: Literal["cifar10", "cifar100"]
-    root: Path
-    download: bool = False
-
-
-class ImageFolderDataset(_DatasetBase):
-    """A folder of class subfolders; ``root/train`` and ``root/test`` when both exist, else one folder split by seed."""
-
-    name: Literal["imagefolder"]
-    root: Path
-    image_size: PositiveInt = 32
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-
-
-class SyntheticDataset(_DatasetBase):
-    """Random tensors of a given shape with random labels: for throughput work, not accuracy."""
-
-    name: Literal["synthetic"]
-    shape: list[PositiveInt] = Field(min_length=2, max_length=3)
-    num_classes: int = Field(10, ge=2)
-    num_samples: PositiveInt = 512
-    test_samples: PositiveInt = 128
-
-
-DatasetConfig = Annotated[
-    Mnist1dDataset | DigitsDataset | CifarDataset | ImageFolderDataset | SyntheticDataset,
-    Field(discriminator="name"),
-]
 
 
 # --- topology --------------------------------------------------------------------------------
@@ -364,22 +318,54 @@ def _check_grid(config: ExperimentConfig, file: Path) -> None:
             raise ConfigError("a grid needs at least one value", file=file, field=f"tune.grid.{key}")
 
 
-def load_experiment(path: str | Path, check_data: bool = True) -> Experiment:
-    """Load, validate and resolve an experiment file.
+def _read(source: str | Path | Mapping[str, Any], base_dir: str | Path | None) -> tuple[Path, Path, dict[str, Any]]:
+    """The file errors name, the directory relative paths are resolved from, and the raw mapping."""
+    if isinstance(source, Mapping):
+        base = Path(base_dir if base_dir is not None else Path.cwd()).resolve()
+        return base / DICT_SOURCE, base, dict(source)
+    path = Path(source).resolve()
+    return path, path.parent if base_dir is None else Path(base_dir).resolve(), load_yaml_mapping(path)
+
+
+def _validate(data: dict[str, Any], path: Path, overrides: Sequence[str]) -> ExperimentConfig:
+    """The schema check, with the ``--set`` override that a bad field came from named in the error."""
+    from jmsnas.overrides import apply_overrides, override_keys
+
+    try:
+        data = apply_overrides(data, overrides)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, file=path, field=exc.field) from None
+    try:
+        return validate_or_raise(ExperimentConfig, data, file=path)
+    except ConfigError as exc:
+        hit = [o for o, key in zip(overrides, override_keys(overrides), strict=True)
+               if exc.field is not None and (exc.field == key or exc.field.startswith((key + ".", key + "[")))]
+        if not hit:
+            raise
+        raise ConfigError(f"{exc.message} (from --set {hit[-1]})", file=path, field=exc.field) from None
+
+
+def load_experiment(source: str | Path | Mapping[str, Any], check_data: bool = True, *,
+                    overrides: Sequence[str] = (), base_dir: str | Path | None = None) -> Experiment:
+    """Load, validate and resolve an experiment file (or the same content as a dict).
 
     Args:
-        path: the experiment YAML file.
+        source: the experiment YAML file, or its content as a mapping (a notebook's dict).
         check_data: also check that a dataset root holds what the dataset needs (cheap, no loading).
+        overrides: ``KEY.PATH=VALUE`` changes applied before validation (``jmsnas search --set``;
+            `jmsnas.overrides`), validated like the file.
+        base_dir: where relative paths are resolved from; default: the file's folder, or for a
+            mapping the working directory.
 
     Raises:
-        JmsnasError: naming the file, the field path and what would be valid.
+        JmsnasError: naming the file (``<dict>`` in ``base_dir`` for a mapping), the field path and what
+            would be valid.
     """
     from jmsnas.data import check_dataset
     from jmsnas.space.spec import load_search_space
 
-    path = Path(path).resolve()
-    data = load_yaml_mapping(path)
-    config = _resolve_paths(validate_or_raise(ExperimentConfig, data, file=path), path.parent)
+    path, base, data = _read(source, base_dir)
+    config = _resolve_paths(_validate(data, path, overrides), base)
     try:
         devices = build_devices(config.topology, config.profiles_dir, path)
         links = [Link(**link.model_dump()) for link in config.topology.links]

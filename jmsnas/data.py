@@ -1,4 +1,4 @@
-"""Datasets as Lightning DataModules: mnist1d, digits, cifar10/100, imagefolder, synthetic.
+"""Datasets: mnist1d, digits, cifar10/100, imagefolder, synthetic; their splits, loaders and Lightning DataModule.
 
 Every dataset has a train, a validation and a test split. The validation split is carved from
 the training data by a permutation seeded with the experiment's seed, so two loads with one seed
@@ -8,6 +8,10 @@ validation; the test split is for the final evaluation.
 Nothing is downloaded unless the user sets ``download: true`` (CIFAR only). MNIST-1D is generated
 offline with ``mnist1d.data.make_dataset`` (never ``get_dataset``, which goes to the network and
 writes a pickle into the working folder).
+
+`DatasetSplits` needs only torch; ``JmsnasDataModule`` (the same with Lightning's DataModule base, for
+``Trainer.fit(datamodule=...)``) lives in `jmsnas.datamodule` and is imported from here on first use,
+so that ``jmsnas search --check`` does not import Lightning.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
@@ -150,8 +153,8 @@ def _synthetic(cfg, seed: int) -> tuple[Dataset, Dataset, int]:
     return make(cfg.num_samples), make(cfg.test_samples), cfg.num_classes
 
 
-class JmsnasDataModule(pl.LightningDataModule):
-    """Train / validation / test splits of one dataset config.
+class DatasetSplits:
+    """Train / validation / test splits of one dataset config, and their loaders.
 
     Args:
         cfg: a dataset section of the experiment (``config.DatasetConfig``).
@@ -208,3 +211,11 @@ class JmsnasDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
+
+
+def __getattr__(name: str):
+    if name == "JmsnasDataModule":  # Lightning is imported only when a DataModule is wanted
+        from jmsnas.datamodule import JmsnasDataModule
+
+        return JmsnasDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""``python -m jmsnas.deploy EXPERIMENT.yaml CHOICE_DIR``: partition, compress and export one network alone.
+"""``jmsnas deploy EXPERIMENT.yaml CHOICE_DIR`` (``python -m jmsnas.deploy``): plan, compress, export one network.
 
 ``CHOICE_DIR`` holds ``arch.json`` and ``model.pt`` (a ``runs/<name>/best/t<T>ms/`` folder, or one a
 user fills with a network of the search space). The experiment gives the topology, the latency
@@ -19,20 +19,42 @@ from pathlib import Path
 
 from jmsnas.config import load_experiment
 from jmsnas.errors import ConfigError, JmsnasError
+from jmsnas.resources import experiment_file
+
+EXAMPLES = """examples:
+  jmsnas deploy experiments/quickstart.yaml runs/quickstart/best/t18ms
+  jmsnas deploy other_devices.yaml runs/quickstart/best/t18ms --force    re-plan the same network elsewhere
+  jmsnas deploy exp.yaml my_net/ --set partition.compressors[1].kind=quantize
+
+exit status: 0 deployed, 2 bad input (one 'error:' line names the file and field)"""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jmsnas.deploy",
+def _parser(prog: str) -> argparse.ArgumentParser:
+    from jmsnas.cli import add_verbosity
+
+    parser = argparse.ArgumentParser(prog=prog, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Plan, compress, add exits to, export and verify one chosen network "
                                      "(a folder with arch.json and model.pt) on the experiment's devices.")
-    parser.add_argument("experiment", help="experiment YAML: topology, dataset, exits, partition, export")
+    parser.add_argument("experiment", help="experiment YAML (or a shipped one's name): topology, dataset, exits, "
+                        "partition, export")
     parser.add_argument("choice", help="folder with arch.json and model.pt")
     parser.add_argument("--force", action="store_true", help="replace plan.json, deploy.json and bundle/ if present")
-    args = parser.parse_args(argv)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="change one field of the experiment before validation; VALUE is YAML (repeatable)")
+    add_verbosity(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m jmsnas.deploy") -> int:
+    """Run ``jmsnas deploy``; returns the exit status (0 deployed, 2 bad input)."""
+    from jmsnas.cli import setup_logging
+
+    args = _parser(prog).parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
     try:
         from jmsnas.stages import deploy as pipeline
 
-        exp = load_experiment(args.experiment)
+        exp = load_experiment(experiment_file(args.experiment), overrides=args.overrides)
         pipeline.check_partition(exp)
         choice = Path(args.choice)
         for name in ("arch.json", "model.pt"):

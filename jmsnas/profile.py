@@ -1,4 +1,4 @@
-"""``python -m jmsnas.profile``: measure this machine as a device for jmsnas.
+"""``jmsnas profile`` (``python -m jmsnas.profile``): measure this machine as a device for jmsnas.
 
 Example (a phone-class CPU at one thread)::
 
@@ -35,11 +35,22 @@ from jmsnas.config import USER_PROFILES_DIR
 from jmsnas.errors import JmsnasError
 from jmsnas.latency.guard import DEFAULT_TOLERANCE, ContentionError
 
+_EXAMPLES = """examples:
+  jmsnas profile --search-space search_spaces/mbconv13_1d.yaml --device-name cpu-1t --threads 1
+  jmsnas profile --search-space search_spaces/mbconv13.yaml --device-name jetson --device cuda
+  jmsnas profile --verify cpu-1t
 
-def _parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m jmsnas.profile``."""
-    parser = argparse.ArgumentParser(prog="python -m jmsnas.profile",
-                                     description="Time every candidate op of search spaces on this machine.")
+exit status: 0 done, 1 --verify: the profile does not hold here, 2 bad arguments, 3 no quiet window
+(machine too busy; run again later to finish), 130 interrupted (run again to resume)"""
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    """The command line of ``jmsnas profile`` (``python -m jmsnas.profile``)."""
+    from jmsnas.cli import add_verbosity
+
+    parser = argparse.ArgumentParser(prog=prog, description="Time every candidate op of search spaces on this machine.",
+                                     epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_verbosity(parser)
     parser.add_argument("--search-space", action="append", type=Path,
                         help="a search-space YAML file; repeat for several (required unless --verify)")
     parser.add_argument("--device-name", help="name of the profile (NAME.csv), e.g. cpu-1t or rpi4")
@@ -67,9 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m jmsnas.profile") -> int:
     """Profile (or ``--verify``) a device; returns the exit status (2: bad arguments, 3: no quiet window)."""
-    args = _parser().parse_args(argv)
+    from jmsnas.cli import setup_logging
+
+    args = _parser(prog).parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     try:
         if args.verify is not None:

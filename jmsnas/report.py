@@ -33,8 +33,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from matplotlib.figure import Figure
-
 from jmsnas.io import write_text
 from jmsnas.latency.profiler import processor_name
 from jmsnas.strategies.records import Artifact, Outcome, Record
@@ -180,6 +178,8 @@ def copy_best(run_dir: Path, selections: Sequence[dict], overall: dict | None) -
 def plot_pareto(path: Path, trials: Sequence[dict], selections: Sequence[dict]) -> None:
     """Validation accuracy vs predicted latency of every finished trial, the front, the T_const lines."""
     done = _finished(trials)
+    from matplotlib.figure import Figure  # imported when a plot is drawn: `jmsnas search --check` needs none
+
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.subplots()
     pts = [(t["predicted_latency_ms"], t["val_acc"]) for t in done]
@@ -220,6 +220,8 @@ def plot_breakdown(path: Path, outcome: Outcome) -> None:
             labels.append(link.replace("->", "\n→ "))
             values.append(split.link_ms.get(link, 0.0))
             colors.append("tab:orange")
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(max(4.0, 1.1 * len(labels)), 3.8), layout="constrained")
     ax = fig.subplots()
     ax.bar(range(len(values)), values, color=colors)

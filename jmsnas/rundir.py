@@ -15,8 +15,10 @@ cluster ``runs/`` must be on a filesystem every node sees (Tune's storage rule).
 from __future__ import annotations
 
 import datetime
+import logging
 import shlex
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ from jmsnas.errors import ConfigError, JmsnasError
 from jmsnas.io import write_text
 from jmsnas.strategies.records import Artifact, Outcome, Record
 from jmsnas.strategies.registry import kind_of
+
+log = logging.getLogger(__name__)
 
 TUNE_DIR = "tune"
 TUNE_NAME = "search"
@@ -131,9 +135,9 @@ class RunInfo(Artifact):
     resumes: list[RunStart] | None = None
 
 
-def resume_command(exp_path: Path, *, smoke: bool, address: str | None) -> str:
-    """The exact command that continues this run."""
-    parts = ["python", "-m", "jmsnas.search", str(exp_path), "--resume"]
+def resume_command(exp_path: Path, *, smoke: bool, address: str | None, extra_args: Sequence[str] = ()) -> str:
+    """The exact command that continues this run (``extra_args``: its ``--set`` / ``--output-dir`` options)."""
+    parts = ["python", "-m", "jmsnas.search", str(exp_path), "--resume", *extra_args]
     parts += ["--smoke"] if smoke else []
     parts += ["--address", address] if address else []
     return shlex.join(parts)
@@ -165,7 +169,8 @@ def prepare_run_dir(config: ExperimentConfig, run_dir: Path, *, resume: bool, ag
         info.resumes = [*(info.resumes or []), RunStart.model_validate(report.run_info(config.seed))]
         info.write(info_path)
         if (run_dir / "experiment.yaml").read_text() != frozen_yaml(config, run_dir):
-            print(f"note        the experiment changed since the run started; resuming with {run_dir}/experiment.yaml")
+            log.warning(f"note        the experiment changed since the run started; resuming with "
+                        f"{run_dir}/experiment.yaml")
         return
     if tune_state:
         raise JmsnasError(f"{run_dir} already holds a search; continue it with `{again}`, "
@@ -261,12 +266,12 @@ def trial_summary(metrics: dict, error: Any, overrides: dict, config: Experiment
 
 def print_summary(summary: dict, run_dir: Path) -> None:
     """The choice per T_const and the overall choice, as the search prints them at its end."""
-    print("\n".join(["", "choice per T_const", *report.selections_table(summary["selections"])]))
+    log.info("\n".join(["", "choice per T_const", *report.selections_table(summary["selections"])]))
     overall = summary["overall"]
     if overall is None:
-        print("overall     no constraint was met: no arch.json written")
+        log.info("overall     no constraint was met: no arch.json written")
     else:
-        print(f"overall     trial {overall['trial_id']}: val acc {overall['val_acc']:.3f}, test acc "
+        log.info(f"overall     trial {overall['trial_id']}: val acc {overall['val_acc']:.3f}, test acc "
               f"{overall['test_acc']:.3f}, {overall['predicted_latency_ms']:.4g} ms <= {overall['t_const_ms']:g} ms "
               f"-> {run_dir / 'arch.json'}")
-    print(f"report      {run_dir / 'report.md'}")
+    log.info(f"report      {run_dir / 'report.md'}")

@@ -1,4 +1,6 @@
-"""``python -m jmsnas.search EXPERIMENT.yaml [--check] [--resume] [--address RAY] [--smoke]``: the command users run.
+"""``jmsnas search EXPERIMENT [--check] [--set K=V] [--output-dir D] [--resume] [--address RAY] [--smoke]``.
+
+Also ``python -m jmsnas.search``.
 
 ``--check`` validates an experiment and prints a summary. Without it the search runs through Ray
 Tune (`jmsnas.tune`): one trial per grid point, each searching, retraining and testing a network,
@@ -11,19 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import yaml
+
+from jmsnas.checks import check_partition, check_stages
 from jmsnas.config import Experiment, load_experiment
-from jmsnas.errors import ConfigError, JmsnasError
+from jmsnas.errors import JmsnasError
 from jmsnas.resources import experiment_file
-from jmsnas.strategies.registry import STRATEGIES
+from jmsnas.rundir import check_search
 
-
-def check_stages(exp: Experiment) -> None:
-    """Reject a strategy that this version does not implement, naming the field."""
-    name = exp.config.strategy.name
-    if name not in STRATEGIES:
-        raise ConfigError(f"strategy {name!r} is not built in this version of jmsnas; use one of "
-                          f"{', '.join(STRATEGIES)}", file=exp.path, field="strategy.name")
+__all__ = ["check_stages", "deploy_after_search", "main", "summary"]
 
 
 def _bytes_text(n: float) -> str:
@@ -58,11 +58,11 @@ def _strategy_text(strategy) -> str:
 
 def summary(exp: Experiment) -> str:
     """A readable summary of a validated experiment (what ``--check`` prints)."""
-    from jmsnas.data import JmsnasDataModule
+    from jmsnas.data import DatasetSplits
     from jmsnas.rundir import expected_trials
 
     cfg = exp.config
-    info = JmsnasDataModule(cfg.dataset, seed=cfg.seed).info()
+    info = DatasetSplits(cfg.dataset, seed=cfg.seed).info()
     topo = exp.topology
     lines = [
         f"experiment  {cfg.name}  ({exp.path})",
@@ -118,38 +118,85 @@ def deploy_after_search(exp: Experiment, *, smoke: bool) -> None:
             print(f"  exits     {pipeline.exits_line(d)}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jmsnas.search",
+EXAMPLES = """examples:
+  jmsnas search experiments/quickstart.yaml --check      validate, print the summary, stop
+  jmsnas search experiments/quickstart.yaml              search, then deploy the choices (runs/quickstart/)
+  jmsnas search quickstart --smoke                       the shipped quickstart, one epoch, into runs/quickstart-smoke
+  jmsnas search exp.yaml --set tune.num_samples=2 --set strategy.epochs=5 --output-dir /tmp/runs
+  jmsnas search exp.yaml --print-config                  the experiment as validated, defaults filled
+  jmsnas search exp.yaml --resume                        continue an interrupted search
+
+exit status: 0 done (--check: valid), 1 some trial failed, 2 bad input (one 'error:' line names the file
+and field), 130 interrupted (the resume command is printed)"""
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    from jmsnas.cli import add_verbosity
+
+    parser = argparse.ArgumentParser(prog=prog, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Search a network and its split across devices for an experiment.")
-    parser.add_argument("experiment", help="path to an experiment YAML file (see experiments/)")
+    parser.add_argument("experiment", help="an experiment YAML file, or the name of a shipped one (quickstart, "
+                        "quickstart_random, quickstart_morphism, jmsnas_chain, jmsnas_mesh)")
     parser.add_argument("--check", action="store_true", help="validate the experiment, print a summary, and stop")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the experiment as validated (defaults filled, paths resolved) as YAML, and stop")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="change one field before validation; VALUE is YAML (repeatable), e.g. "
+                        "tune.num_samples=2, tune.grid.t_const_ms=[14,18], topology.devices[0].name=mcu")
+    parser.add_argument("--output-dir", type=Path, metavar="DIR",
+                        help="write the run to DIR/<name> (default: the experiment's output_dir, else ./runs)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the interrupted search in runs/<name>/ (finished trials are not rerun)")
+                        help="continue the interrupted search in the run directory (finished trials are not rerun)")
     parser.add_argument("--address", metavar="RAY_ADDRESS",
-                        help="connect to this Ray cluster instead of starting Ray on this machine")
+                        help="join this running Ray cluster (default: RAY_ADDRESS, else start a fresh local Ray)")
     parser.add_argument("--smoke", action="store_true",
-                        help="check the set-up in about a minute: one epoch, first grid point, into runs/<name>-smoke")
-    args = parser.parse_args(argv)
+                        help="check the set-up in about a minute: one epoch, first grid point, into <name>-smoke")
+    add_verbosity(parser)
+    return parser
+
+
+def load(args: argparse.Namespace) -> Experiment:
+    """The experiment of the command line: the file (or shipped name), ``--set`` and ``--output-dir`` applied."""
+    exp = load_experiment(experiment_file(args.experiment), overrides=args.overrides)
+    if args.output_dir is not None:
+        exp.config = exp.config.model_copy(update={"output_dir": args.output_dir.expanduser().resolve()})
+    return exp
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m jmsnas.search") -> int:
+    """Run ``jmsnas search``; returns the exit status (see ``EXAMPLES``)."""
+    from jmsnas.cli import setup_logging
+
+    args = _parser(prog).parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
     try:
-        exp = load_experiment(experiment_file(args.experiment))
+        exp = load(args)
+        if args.print_config:
+            print(yaml.safe_dump(exp.config.model_dump(mode="json"), sort_keys=False), end="")
+            return 0
         check_stages(exp)
-        from jmsnas.stages.deploy import check_partition
-
         check_partition(exp)
-        from jmsnas import tune  # imports Ray: only once the experiment is known to be valid
-
-        tune.check_search(exp)
+        check_search(exp)
         print(summary(exp))
         if args.check:
             print("check       OK")
             return 0
-        status = tune.run_search(exp, resume=args.resume, address=args.address, smoke=args.smoke)
+        from jmsnas import tune  # imports Ray: only once the experiment is known to be valid
+
+        status = tune.run_search(exp, resume=args.resume, address=args.address, smoke=args.smoke,
+                                 extra_args=_resume_args(args))
         if status == 0 and any(getattr(exp.config, s) is not None for s in ("exits", "partition", "export")):
             deploy_after_search(exp, smoke=args.smoke)
         return status
     except JmsnasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _resume_args(args: argparse.Namespace) -> list[str]:
+    """The options a resume command must repeat to name the same run."""
+    out = [a for o in args.overrides for a in ("--set", o)]
+    return out + (["--output-dir", str(args.output_dir)] if args.output_dir is not None else [])
 
 
 if __name__ == "__main__":

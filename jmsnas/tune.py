@@ -31,11 +31,13 @@ trial dicts of the report) is kept by `jmsnas.rundir`, which needs no Ray.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,8 @@ from jmsnas.rundir import (
 )
 from jmsnas.strategies.records import Outcome
 from jmsnas.strategies.registry import TrialContext, kind_of
+
+log = logging.getLogger(__name__)
 
 CKPT_FILE = "search.ckpt"
 _EXTRA_METRICS = ("val_loss", "gate_entropy")
@@ -259,7 +263,8 @@ def collect_trials(grid: tune.ResultGrid, config: ExperimentConfig, run_dir: Pat
             for result in grid]
 
 
-def run_search(exp: Experiment, *, resume: bool = False, address: str | None = None, smoke: bool = False) -> int:
+def run_search(exp: Experiment, *, resume: bool = False, address: str | None = None, smoke: bool = False,
+               extra_args: Sequence[str] = ()) -> int:
     """Run (or resume) the experiment's search through Ray Tune and write the run directory.
 
     Args:
@@ -267,6 +272,7 @@ def run_search(exp: Experiment, *, resume: bool = False, address: str | None = N
         resume: continue the interrupted search of this experiment's run directory.
         address: a Ray cluster to connect to; by default (and without ``RAY_ADDRESS``) Ray starts here.
         smoke: a one-epoch run of the first grid point, into ``<name>-smoke`` (see `smoke_config`).
+        extra_args: command-line options the resume command repeats (``--set``, ``--output-dir``).
 
     Returns:
         The exit status: 0 done, 1 some trial failed, 130 interrupted (the resume command is printed).
@@ -274,25 +280,25 @@ def run_search(exp: Experiment, *, resume: bool = False, address: str | None = N
     config = smoke_config(exp.config) if smoke else exp.config
     run_dir = Experiment(config, exp.path, exp.topology, exp.search_space).run_dir.resolve()
     address = address or os.environ.get("RAY_ADDRESS") or None
-    again = resume_command(exp.path, smoke=smoke, address=address)
+    again = resume_command(exp.path, smoke=smoke, address=address, extra_args=extra_args)
     prepare_run_dir(config, run_dir, resume=resume, again=again,
                     tune_state=_has_tune_state(run_dir / TUNE_DIR / TUNE_NAME))
     if resume:
         config = load_experiment(run_dir / "experiment.yaml").config
-    print(f"run         {run_dir}{' (smoke: 1 epoch, first grid point)' if smoke else ''}")
+    log.info(f"run         {run_dir}{' (smoke: 1 epoch, first grid point)' if smoke else ''}")
     handler = signal.getsignal(signal.SIGINT)
     try:
-        print("\n".join(start_ray(address)), flush=True)
+        log.info("\n".join(start_ray(address)))
         _check_fits_cluster(config, exp.path)
         grid = build_tuner(config, run_dir, resume=resume).fit()
         trials = collect_trials(grid, config, run_dir)
         unfinished = expected_trials(config) - sum(t["status"] != "incomplete" for t in trials)
         if unfinished:
-            print(f"\ninterrupted: {unfinished} trial(s) unfinished; resume with:\n  {again}")
+            log.warning(f"\ninterrupted: {unfinished} trial(s) unfinished; resume with:\n  {again}")
             return 130
         summary = report.write_outputs(run_dir, config.name, trials)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; resume with:\n  {again}")
+        log.warning(f"\ninterrupted; resume with:\n  {again}")
         return 130
     finally:
         if threading.current_thread() is threading.main_thread():
@@ -301,6 +307,6 @@ def run_search(exp: Experiment, *, resume: bool = False, address: str | None = N
     print_summary(summary, run_dir)
     failed = sum(t["status"] == "error" for t in trials)
     if failed:
-        print(f"{failed} trial(s) failed (see summary.json); retry them with:\n  {again}")
+        log.warning(f"{failed} trial(s) failed (see summary.json); retry them with:\n  {again}")
         return 1
     return 0

@@ -9,6 +9,7 @@ when the wheel cannot be built here (no setuptools / no pip in this venv), excep
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -35,6 +36,16 @@ def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complete
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _source_copy(dst: Path) -> Path:
+    """What the sdist would hold (MANIFEST.in): the package, the data directories, the build files."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("jmsnas", *SHIPPED):
+        shutil.copytree(REPO / name, dst / name, ignore=ignore)
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "CHANGELOG.md"):
+        shutil.copy2(REPO / name, dst / name)
+    return dst
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """The bin/ of a fresh venv holding only the built wheel (its dependencies come from this venv)."""
@@ -43,8 +54,9 @@ def installed(tmp_path_factory) -> Path:
         import setuptools  # noqa: F401
     except ImportError:
         _skip("setuptools is not installed in this venv: the wheel cannot be built offline")
+    src = _source_copy(tmp / "src")  # setuptools builds in the source tree (build/, *.egg-info): not in the checkout
     build = _run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--no-index",
-                  "-w", str(tmp / "dist"), str(REPO)], cwd=tmp)
+                  "-w", str(tmp / "dist"), str(src)], cwd=tmp)
     if build.returncode != 0:
         _skip(f"the wheel cannot be built here: {build.stderr.strip()[-400:]}")
     wheels = list((tmp / "dist").glob("jmsnas-*.whl"))
@@ -79,13 +91,17 @@ def test_wheel_ships_the_data_and_runs_a_packaged_experiment(installed: Path, tm
                         for p in (Path(module).parent / "_data" / name).rglob("*") if p.is_file())
         assert ours == theirs, name
 
-    check = _run([py, "-m", "jmsnas.search", "quickstart", "--check"], cwd=tmp_path)
-    assert check.returncode == 0, check.stderr
-    assert "check       OK" in check.stdout
-    assert f"output      {tmp_path.resolve() / 'runs' / 'quickstart'}" in check.stdout
+    version = _run([str(installed / "jmsnas"), "--version"], cwd=tmp_path)  # the console script
+    assert (version.returncode, version.stdout.strip()) == (0, f"jmsnas {jmsnas.__version__}"), version.stderr
+    for cmd in ([str(installed / "jmsnas"), "search", "experiments/quickstart.yaml", "--check"],
+                [py, "-m", "jmsnas.search", "quickstart", "--check"]):
+        check = _run(cmd, cwd=tmp_path)
+        assert check.returncode == 0, check.stderr
+        assert "check       OK" in check.stdout
+        assert f"output      {tmp_path.resolve() / 'runs' / 'quickstart'}" in check.stdout
     assert not (Path(module).parent.parent / "latency_profiles").exists()  # nothing written beside the package
-    version = _run([py, "-c", "import importlib.metadata as m; print(m.version('jmsnas'))"], cwd=tmp_path)
-    assert version.stdout.strip() == jmsnas.__version__
+    meta = _run([py, "-c", "import importlib.metadata as m; print(m.version('jmsnas'))"], cwd=tmp_path)
+    assert meta.stdout.strip() == jmsnas.__version__
 
 
 # --- the resolver, in the checkout (no wheel) ---------------------------------------------------

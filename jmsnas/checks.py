@@ -1,0 +1,47 @@
+"""The checks ``jmsnas search --check`` runs on a loaded experiment beyond its schema.
+
+They need neither Ray nor Lightning (``--check`` stays fast): the strategy is one this version
+builds, the compressors fit the topology's cuts and the exits.
+
+`check_partition` is the same check as ``jmsnas.stages.deploy.check_partition``, which the deploy
+stage runs; the stage should import it from here (one copy).
+"""
+
+from __future__ import annotations
+
+from jmsnas.compress.registry import COMPRESSORS
+from jmsnas.config import Experiment
+from jmsnas.errors import ConfigError
+from jmsnas.strategies.registry import STRATEGIES
+
+
+def check_stages(exp: Experiment) -> None:
+    """Reject a strategy that this version does not implement, naming the field."""
+    name = exp.config.strategy.name
+    if name not in STRATEGIES:
+        raise ConfigError(f"strategy {name!r} is not built in this version of jmsnas; use one of "
+                          f"{', '.join(STRATEGIES)}", file=exp.path, field="strategy.name")
+
+
+def check_partition(exp: Experiment) -> None:
+    """Fail now, naming the field, on compressors the topology has no cut for (or the exits cannot take)."""
+    part = exp.config.partition
+    if part is None:
+        return
+    longest = max(len(p) for p in exp.topology.paths()) - 1
+    if len(part.compressors) > longest:
+        raise ConfigError(f"{len(part.compressors)} compressors given but a plan on this topology has at most "
+                          f"{longest} cut(s); give one per cut in chain order", file=exp.path,
+                          field="partition.compressors")
+    if exp.config.exits is not None:
+        for i, c in enumerate(part.compressors):
+            if COMPRESSORS[c.kind].learned:
+                raise ConfigError(f"{c.kind!r} cannot be combined with early exits yet: training it changes the "
+                                  "layers around the cut, which the exit heads and thresholds were calibrated on; "
+                                  "use 'quantize' or 'none' here, or remove the exits section",
+                                  file=exp.path, field=f"partition.compressors[{i}].kind")
+    for i, c in enumerate(part.compressors[1:], start=1):
+        if COMPRESSORS[c.kind].first_cut_only:
+            raise ConfigError(f"{c.kind} replaces the first device's layers with a student head "
+                              "(paper 002), so it can only be the first cut's compressor; use 'autoencoder' here",
+                              file=exp.path, field=f"partition.compressors[{i}].kind")
