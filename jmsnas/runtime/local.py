@@ -228,8 +228,10 @@ class _Feeder:
             self.duplicates += 1
             return
         logits = msg.named().get("logits")
+        first = h.hops[0]["recv_at"] if h.hops else got  # one clock: every process is on this machine
         self.answers[h.sample] = Answer(h.sample, 1e3 * (got - self.fed_at[h.sample]), dict(h.answer or {}),
-                                        list(h.hops), 1e3 * (got - h.hops[-1].get("answered_at", got)),
+                                        list(h.hops), 1e3 * (first - self.last_fed[h.sample]),
+                                        1e3 * (got - h.hops[-1].get("answered_at", got)),
                                         None if logits is None else logits.copy())
 
     def overdue(self) -> list[int]:

@@ -8,7 +8,8 @@ Written by ``local.serve_local`` (``python -m jmsnas.serve BUNDLE --local``), re
   was gone, from the best exit it had), ``duplicates`` (second answers, dropped), ``refed``,
   ``answered_at`` (answers per device), ``restarts`` (per device).
 - ``end_to_end``: measured latency (mean, p50, p95, p99, max) from feeding a sample to its answer
-  at the feeder, ``throughput_sps``; ``predicted_mean_ms`` is the mean of each answered sample's
+  at the feeder, ``throughput_sps``, the feeder's own hops (``feed_mean_ms`` to the first device,
+  ``return_mean_ms`` from the answering device back); ``predicted_mean_ms`` is the mean of each answered sample's
   prediction (``plan_times``: up to the device that answered it), ``plan_mean_ms`` / ``plan_worst_ms``
   the plan's own figures; ``measured_over_predicted`` compares samples answered as planned (not
   fallen back).
@@ -49,6 +50,7 @@ class Answer:
     latency_ms: float
     answer: dict[str, Any]
     hops: list[dict[str, Any]]
+    feed_ms: float
     return_ms: float
     logits: np.ndarray | None
 
@@ -69,6 +71,8 @@ class EndToEnd(_M):
     measured_over_predicted: float | None
     throughput_sps: float
     wall_s: float
+    feed_mean_ms: float | None
+    return_mean_ms: float | None
 
 
 class DeviceRow(_M):
@@ -142,7 +146,9 @@ def _end_to_end(spec: Manifest, answers: Sequence[Answer], wall: float) -> EndTo
                     predicted_mean_ms=_mean(p_ms), plan_mean_ms=spec.plan.mean_latency_ms,
                     plan_worst_ms=spec.plan.total_latency_ms,
                     measured_over_predicted=_ratio(measured_planned, _mean(p_ms)),
-                    throughput_sps=len(answers) / wall if wall > 0 else 0.0, wall_s=wall)
+                    throughput_sps=len(answers) / wall if wall > 0 else 0.0, wall_s=wall,
+                    feed_mean_ms=_mean([a.feed_ms for a in answers]),
+                    return_mean_ms=_mean([a.return_ms for a in answers]))
 
 
 def _devices(spec: Manifest, answers: Sequence[Answer], emulated: frozenset[str]) -> list[DeviceRow]:

@@ -175,7 +175,7 @@ class DeviceServer:
         if got is None:
             return
         peer, msg = got
-        recv_at = time.monotonic()
+        recv_at = receiver.received_at  # before decoding: the wire time ends here
         if isinstance(msg, WireError):
             log.warning("refused a malformed message: %s", msg)
             receiver.reply(peer, {"kind": "error", "error": str(msg)})
@@ -223,7 +223,7 @@ class DeviceServer:
             time.sleep(left)
             waited = left
         hop = {"device": self.device, "part": self.m, "emulated": self.options.emulated,
-               "recv_at": recv_at, "decode_ms": decode_ms, "queue_ms": 1e3 * (start - recv_at),
+               "recv_at": recv_at, "decode_ms": decode_ms, "queue_ms": 1e3 * (start - recv_at) - decode_ms,
                "compute_ms": 1e3 * (computed - start),
                "emulated_wait_ms": 1e3 * waited, "predicted_ms": self.predicted_ms,
                "wire_ms": None if not msg.header.hops else 1e3 * (recv_at - msg.header.hops[-1]["link_start"])}

@@ -188,6 +188,7 @@ class Receiver:
     def __init__(self, ctx: zmq.Context, address: str, bind_timeout_s: float = 5.0) -> None:
         self.sock = _socket(ctx, zmq.ROUTER)
         self.decode_ms = 0.0  # how long the last message took to unpack and check
+        self.received_at = 0.0  # when it was taken off the socket (time.monotonic)
         end = time.monotonic() + bind_timeout_s
         while True:  # a socket just closed here releases its port asynchronously
             try:
@@ -203,7 +204,7 @@ class Receiver:
         if not self.sock.poll(timeout_ms, zmq.POLLIN):
             return None
         peer, *frames = self.sock.recv_multipart(copy=True)
-        start = time.monotonic()
+        start = self.received_at = time.monotonic()
         try:
             return peer, unpack(frames)
         except WireError as e:
