@@ -19,7 +19,7 @@ import yaml
 
 from jmsnas.checks import check_partition, check_stages
 from jmsnas.config import Experiment, load_experiment
-from jmsnas.errors import JmsnasError
+from jmsnas.errors import ConfigError, JmsnasError
 from jmsnas.resources import experiment_file
 from jmsnas.rundir import check_search
 
@@ -149,6 +149,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                         help="continue the interrupted search in the run directory (finished trials are not rerun)")
     parser.add_argument("--address", metavar="RAY_ADDRESS",
                         help="join this running Ray cluster (default: RAY_ADDRESS, else start a fresh local Ray)")
+    parser.add_argument("--num-cpus", type=int, metavar="N",
+                        help="CPUs of the local Ray jmsnas starts (default: Ray's own detection, container limits "
+                        "included)")
     parser.add_argument("--smoke", action="store_true",
                         help="check the set-up in about a minute: one epoch, first grid point, into <name>-smoke")
     add_verbosity(parser)
@@ -170,6 +173,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m jmsnas.sea
     args = _parser(prog).parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     try:
+        if args.num_cpus is not None and args.num_cpus < 1:
+            raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus}", field="--num-cpus")
         exp = load(args)
         if args.print_config:
             print(yaml.safe_dump(exp.config.model_dump(mode="json"), sort_keys=False), end="")
@@ -184,7 +189,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m jmsnas.sea
         from jmsnas import tune  # imports Ray: only once the experiment is known to be valid
 
         status = tune.run_search(exp, resume=args.resume, address=args.address, smoke=args.smoke,
-                                 extra_args=_resume_args(args))
+                                 extra_args=_resume_args(args), num_cpus=args.num_cpus)
         if status == 0 and any(getattr(exp.config, s) is not None for s in ("exits", "partition", "export")):
             deploy_after_search(exp, smoke=args.smoke)
         return status

@@ -178,28 +178,55 @@ def _dashboard_lines(url: str | None, note: str | None) -> list[str]:
     return lines
 
 
-def start_ray(address: str | None) -> list[str]:
-    """Start Ray on this machine's CPUs with its dashboard, or connect to ``address``.
+@dataclass(frozen=True)
+class RayStart:
+    """How the search got its Ray: the lines that say where its dashboard is, and whether it shuts Ray down."""
 
-    Returns:
-        Lines that say where the dashboard is and how to reach it.
+    lines: list[str]
+    owned: bool
+
+
+def _connect(address: str, num_cpus: int | None) -> RayStart:
+    if num_cpus is not None:
+        raise ConfigError("--num-cpus sizes a Ray that jmsnas starts; a cluster joined with --address keeps its own",
+                          field="--num-cpus")
+    try:
+        ctx = ray.init(address=address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise JmsnasError(f"cannot connect to Ray at {address!r} ({exc}); a cluster that uses token "
+                          "authentication also needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or "
+                          "~/.ray/auth_token)") from None
+    return RayStart([f"ray         connected to {address}", *_dashboard_lines(ctx.dashboard_url, None)], owned=True)
+
+
+def start_ray(address: str | None, num_cpus: int | None = None) -> RayStart:
+    """Join ``address``, reuse the Ray this process runs already, or start a fresh local Ray.
+
+    Without an address jmsnas never joins another cluster: ``address="local"`` starts a new instance
+    even when Ray's default-address file (``ray_current_cluster`` in Ray's temp dir) names a cluster
+    that has gone away, where a bare ``ray.init()`` would try to connect and fail. Ray detects the CPUs
+    (and container limits) itself; ``num_cpus`` overrides that only when given.
+
+    Args:
+        address: a Ray cluster to join (``--address``, or ``RAY_ADDRESS``); None: local.
+        num_cpus: CPUs of the local instance (``--num-cpus``); None: Ray's own detection.
     """
     if address:
-        try:
-            ctx = ray.init(address=address)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise JmsnasError(f"cannot connect to Ray at {address!r} ({exc}); a cluster that uses token "
-                              "authentication also needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or "
-                              "~/.ray/auth_token)") from None
-        return [f"ray         connected to {address}", *_dashboard_lines(ctx.dashboard_url, None)]
+        return _connect(address, num_cpus)
+    if ray.is_initialized():  # a notebook's Ray: used, and left running
+        cpus = ray.cluster_resources().get("CPU", 0.0)
+        return RayStart([f"ray         the Ray this process already runs, {cpus:g} CPUs"], owned=False)
+    kwargs = {} if num_cpus is None else {"num_cpus": num_cpus}
     try:
-        ctx = ray.init(num_cpus=os.cpu_count(), include_dashboard=True)
+        ctx = ray.init(address="local", include_dashboard=True, **kwargs)
         note = None
     except Exception as exc:  # Ray raises a bare Exception when the dashboard's packages are missing
         ray.shutdown()
-        ctx = ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+        ctx = ray.init(address="local", include_dashboard=False, **kwargs)
         note = f"it could not start ({exc}); the search runs without it"
-    return [f"ray         started on this machine, {os.cpu_count()} CPUs", *_dashboard_lines(ctx.dashboard_url, note)]
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    return RayStart([f"ray         started on this machine, {cpus:g} CPUs", *_dashboard_lines(ctx.dashboard_url, note)],
+                    owned=True)
 
 
 def trial_bundles(config: ExperimentConfig) -> list[dict[str, float]]:
@@ -264,15 +291,17 @@ def collect_trials(grid: tune.ResultGrid, config: ExperimentConfig, run_dir: Pat
 
 
 def run_search(exp: Experiment, *, resume: bool = False, address: str | None = None, smoke: bool = False,
-               extra_args: Sequence[str] = ()) -> int:
+               extra_args: Sequence[str] = (), num_cpus: int | None = None) -> int:
     """Run (or resume) the experiment's search through Ray Tune and write the run directory.
 
     Args:
         exp: the loaded, checked experiment.
         resume: continue the interrupted search of this experiment's run directory.
-        address: a Ray cluster to connect to; by default (and without ``RAY_ADDRESS``) Ray starts here.
+        address: a Ray cluster to join; by default (and without ``RAY_ADDRESS``) the Ray this process runs,
+            else a fresh local one (`start_ray`), shut down at the end.
         smoke: a one-epoch run of the first grid point, into ``<name>-smoke`` (see `smoke_config`).
         extra_args: command-line options the resume command repeats (``--set``, ``--output-dir``).
+        num_cpus: CPUs of a local Ray (default: Ray's own detection).
 
     Returns:
         The exit status: 0 done, 1 some trial failed, 130 interrupted (the resume command is printed).
@@ -287,8 +316,10 @@ def run_search(exp: Experiment, *, resume: bool = False, address: str | None = N
         config = load_experiment(run_dir / "experiment.yaml").config
     log.info(f"run         {run_dir}{' (smoke: 1 epoch, first grid point)' if smoke else ''}")
     handler = signal.getsignal(signal.SIGINT)
+    started = None
     try:
-        log.info("\n".join(start_ray(address)))
+        started = start_ray(address, num_cpus)
+        log.info("\n".join(started.lines))
         _check_fits_cluster(config, exp.path)
         grid = build_tuner(config, run_dir, resume=resume).fit()
         trials = collect_trials(grid, config, run_dir)
@@ -303,7 +334,8 @@ def run_search(exp: Experiment, *, resume: bool = False, address: str | None = N
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, handler)  # Tune leaves its Ctrl-C handler installed
-        ray.shutdown()
+        if started is None or started.owned:
+            ray.shutdown()
     print_summary(summary, run_dir)
     failed = sum(t["status"] == "error" for t in trials)
     if failed:
