@@ -33,6 +33,14 @@ from jmsnas.errors import ConfigError, JmsnasError
 from jmsnas.runtime.links import LinkSpec, plan_links
 from jmsnas.runtime.local import LocalRun, serve_local
 from jmsnas.runtime.serve import DeviceServer, ServeOptions
+from jmsnas.runtime.transport import endpoint
+
+
+def _link(text: str) -> LinkSpec:
+    try:
+        return LinkSpec.parse(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(e.message) from None  # argparse prints it and exits with status 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     one.add_argument("--device", help="the device (a name in manifest.json's devices)")
     one.add_argument("--listen", help="HOST:PORT to receive samples on")
     one.add_argument("--next", nargs="+", default=None, help="HOST:PORT of the next device (none on the last)")
-    one.add_argument("--link", type=LinkSpec.parse, default=None, help="emulate the outgoing link: MBPS[,RTT_MS]")
+    one.add_argument("--link", type=_link, default=None, help="emulate the outgoing link: MBPS[,RTT_MS]")
     one.add_argument("--emulated", action="store_true", help="wait until the plan's predicted compute time")
     one.add_argument("--drop", default="", help="fault: sample ids whose first send is lost, e.g. 3,7")
     one.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)
@@ -58,7 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     loc.add_argument("--experiment", type=Path, default=None, help="experiment YAML for links and analytic devices")
     loc.add_argument("--emulate", nargs="*", default=None, help="devices to emulate (overrides the experiment)")
     loc.add_argument("--out", type=Path, default=None, help="runtime.json path (default: beside the bundle)")
+    loc.add_argument("--warmup", type=int, default=5, help="samples fed first and left out of the figures")
     loc.add_argument("--seed", type=int, default=0)
+    feed = p.add_argument_group("feed devices serving elsewhere (the --samples, --rate, --inputs, --out options apply)")
+    feed.add_argument("--feed", default=None, help="HOST:PORT of the first device")
+    feed.add_argument("--reply", default=None, help="HOST:PORT of this machine the devices answer to")
     return p
 
 
@@ -66,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.device or 'local'} %(levelname)s %(message)s")
     try:
+        if args.feed:
+            return _feed(args)
         if args.local:
             if args.device or args.listen or args.next:
                 raise ConfigError("--local starts every device itself: drop --device, --listen and --next",
@@ -81,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one(args: argparse.Namespace) -> int:
+    endpoint(args.listen)
+    for address in args.next or ():
+        endpoint(address, what="--next")
     if args.next is not None and len(args.next) > 1:
         raise ConfigError(f"{len(args.next)} next hops given; a chain bundle has one next device (mesh "
                           "branches are not served yet)", field="--next")
@@ -147,9 +164,30 @@ def _local(args: argparse.Namespace) -> int:
     spec = read_manifest(args.bundle)
     links, emulated = _topology(args)
     run = LocalRun(backend=args.backend, rate=args.rate, links=tuple(plan_links(spec.plan, links)),
-                   emulated=emulated, timeout_ms=args.timeout_ms, attempts=args.attempts)
+                   emulated=emulated, timeout_ms=args.timeout_ms, attempts=args.attempts, warmup=max(0, args.warmup))
     out = args.out or Path(args.bundle).resolve().parent / "runtime.json"
     report = serve_local(args.bundle, _inputs(args, spec.parts[0].inputs[0].example_shape[1:]), run, out)
+    _print(report)
+    print(f"written     {out}")
+    return 0
+
+
+def _feed(args: argparse.Namespace) -> int:
+    from jmsnas.runtime.bundle import read_manifest  # noqa: PLC0415
+    from jmsnas.runtime.local import feed_chain  # noqa: PLC0415
+
+    if not args.reply:
+        raise ConfigError("--feed needs --reply HOST:PORT (this machine, where the devices send answers)",
+                          field="--reply")
+    endpoint(args.feed, what="--feed")
+    endpoint(args.reply, what="--reply")
+    spec = read_manifest(args.bundle)
+    run = LocalRun(backend=args.backend, rate=args.rate, emulated=frozenset(args.emulate or ()),
+                   timeout_ms=args.timeout_ms, attempts=args.attempts, warmup=max(0, args.warmup))
+    out = args.out or Path(args.bundle).resolve().parent / "runtime.json"
+    port = args.reply.rpartition(":")[2]
+    report = feed_chain(args.bundle, args.feed, args.reply, _inputs(args, spec.parts[0].inputs[0].example_shape[1:]),
+                        run, out, bind=f"*:{port}")
     _print(report)
     print(f"written     {out}")
     return 0

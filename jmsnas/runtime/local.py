@@ -159,43 +159,49 @@ def _commands(bundle: Path, devices: list[str], ports: list[int], run: LocalRun,
     return out
 
 
-def _wait_ready(ctx: zmq.Context, devices: list[_Device], ports: list[int], token: str, timeout_s: float) -> None:
-    """Ping every device until it acknowledges with this bundle's manifest hash.
+def _ping(ctx: zmq.Context, address: str, name: str, token: str, deadline: float,
+          failed: Callable[[], str | None] = lambda: None, log_path: Path | None = None) -> None:
+    """Ping the device at ``address`` until it acknowledges as ``name`` with this bundle's manifest hash.
 
     Raises:
-        JmsnasError: a device exited (its log's tail is in the message) or did not answer in time.
+        JmsnasError: the device exited (``failed`` returns its log's tail), serves another bundle or
+            device, or did not answer before ``deadline`` (``time.monotonic``).
     """
-    end = time.monotonic() + timeout_s
+    ping = Sender(ctx, address, timeout_ms=500, attempts=1)
+    try:
+        while True:
+            if (tail := failed()) is not None:
+                raise JmsnasError(f"device {name!r} exited while starting:\n{tail}", file=log_path)
+            ok, _ = ping.send(pack({"kind": "ping", "sample": 0}), 0)
+            if ok:
+                served = (ping.last_ack.answer or {}) if ping.last_ack is not None else {}
+                if served.get("manifest") != token or served.get("device") != name:
+                    raise JmsnasError(f"{address} answers as {served.get('device')!r} with manifest "
+                                      f"{str(served.get('manifest'))[:12]}..., not {name!r} of this bundle")
+                return
+            if time.monotonic() > deadline:
+                raise JmsnasError(f"device {name!r} did not answer at {address} in time", file=log_path)
+            ping.reconnect()
+    finally:
+        ping.close()
+
+
+def _wait_ready(ctx: zmq.Context, devices: list[_Device], ports: list[int], token: str, timeout_s: float) -> None:
+    """Ping every started device until it acknowledges with this bundle's manifest hash (``_ping``)."""
+    deadline = time.monotonic() + timeout_s
     for dev, port in zip(devices, ports, strict=True):
-        ping = Sender(ctx, f"127.0.0.1:{port}", timeout_ms=500, attempts=1)
-        try:
-            while True:
-                if (tail := dev.failed()) is not None:
-                    raise JmsnasError(f"device {dev.name!r} exited while starting:\n{tail}", file=dev.log_path)
-                ok, _ = ping.send(pack({"kind": "ping", "sample": 0}), 0)
-                if ok:
-                    served = (ping.last_ack.answer or {}) if ping.last_ack is not None else {}
-                    if served.get("manifest") != token or served.get("device") != dev.name:
-                        raise JmsnasError(f"port {port} answers as {served.get('device')!r} with manifest "
-                                          f"{str(served.get('manifest'))[:12]}..., not {dev.name!r} of this bundle")
-                    break
-                if time.monotonic() > end:
-                    raise JmsnasError(f"device {dev.name!r} did not come up within {timeout_s:.0f} s",
-                                      file=dev.log_path)
-                ping.reconnect()
-        finally:
-            ping.close()
+        _ping(ctx, f"127.0.0.1:{port}", dev.name, token, deadline, dev.failed, dev.log_path)
 
 
 class _Feeder:
     """Feeds samples to the first device and collects answers; counts re-feeds and duplicates."""
 
-    def __init__(self, ctx: zmq.Context, first: str, answer_port: int, token: str, run: LocalRun) -> None:
-        self.run, self.token, self.id = run, token, uuid.uuid4().hex[:12]
-        self.reply_to = f"127.0.0.1:{answer_port}"
+    def __init__(self, ctx: zmq.Context, first: str, reply_to: str, token: str, run: LocalRun,
+                 bind: str | None = None) -> None:
+        self.run, self.token, self.id, self.reply_to = run, token, uuid.uuid4().hex[:12], reply_to
         self.pull = ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
-        self.pull.bind(endpoint(self.reply_to))
+        self.pull.bind(endpoint(bind or reply_to, what="--reply"))
         self.sender = Sender(ctx, first, run.timeout_ms, run.attempts)
         self.fed_at: dict[int, float] = {}
         self.last_fed: dict[int, float] = {}
@@ -275,7 +281,7 @@ def serve_local(bundle_dir: str | Path, inputs: Sequence[np.ndarray], run: Local
         for p in procs:
             p.start()
         _wait_ready(ctx, procs, ports[:-1], token, run.startup_timeout_s)
-        feeder = _Feeder(ctx, f"127.0.0.1:{ports[0]}", ports[-1], token, run)
+        feeder = _Feeder(ctx, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[-1]}", token, run)
         port_of = {p.name: port for p, port in zip(procs, ports, strict=False)}
         warm = [inputs[i % len(inputs)] for i in range(run.warmup)]
         wall = _feed_all(feeder, procs, [*warm, *inputs], run,
@@ -286,15 +292,54 @@ def serve_local(bundle_dir: str | Path, inputs: Sequence[np.ndarray], run: Local
         for p in procs:
             p.stop()
         ctx.destroy(linger=0)
+    report = _finish(bundle, spec, token, run, links, feeder, len(inputs), wall, procs, out)
+    return {**report, "_pids": [pid for p in procs for pid in p.pids]}
+
+
+def feed_chain(bundle_dir: str | Path, first: str, reply: str, inputs: Sequence[np.ndarray],
+               run: LocalRun | None = None, out: str | Path | None = None, bind: str | None = None) -> dict[str, Any]:
+    """Feed devices already serving (one per machine) and collect their answers, as ``serve_local`` does.
+
+    Args:
+        bundle_dir: this machine's copy of the bundle (its manifest hash must be the devices').
+        first: the first device's ``HOST:PORT``.
+        reply: the ``HOST:PORT`` the devices send answers to (this machine, reachable from them).
+        inputs: one network input per sample, without the batch axis.
+        run: timeouts, rate, warm-up (``kill`` does not apply: the processes are not ours).
+        out: where to write ``runtime.json``.
+        bind: the address to listen on for answers, if not ``reply`` (e.g. ``0.0.0.0:PORT``).
+    """
+    run = run or LocalRun()
+    bundle = Path(bundle_dir)
+    spec = read_manifest(bundle)
+    part_index(spec.parts, spec.parts[0].device, bundle / MANIFEST)
+    links = list(run.links) if run.links is not None else plan_links(spec.plan)
+    token = manifest_hash(bundle)
+    ctx = zmq.Context()
+    feeder = None
+    try:
+        _ping(ctx, first, spec.parts[0].device, token, time.monotonic() + run.startup_timeout_s)
+        feeder = _Feeder(ctx, first, reply, token, run, bind)
+        warm = [inputs[i % len(inputs)] for i in range(run.warmup)]
+        wall = _feed_all(feeder, [], [*warm, *inputs], run, lambda d: None)
+    finally:
+        if feeder is not None:
+            feeder.close()
+        ctx.destroy(linger=0)
+    return _finish(bundle, spec, token, run, links, feeder, len(inputs), wall, [], out)
+
+
+def _finish(bundle: Path, spec: Any, token: str, run: LocalRun, links: Sequence[LinkSpec], feeder: _Feeder,
+            samples: int, wall: float, procs: list[_Device], out: str | Path | None) -> dict[str, Any]:
+    """The report of a feed (warm-up left out), written to ``out``; logits under ``"_logits"``."""
     answers = {i - run.warmup: replace(a, sample=i - run.warmup) for i, a in feeder.answers.items()
                if i >= run.warmup}
-    report = runtime_report(str(bundle), spec, token, run, links, answers, len(inputs), wall,
+    report = runtime_report(str(bundle), spec, token, run, links, answers, samples, wall,
                             {"duplicates": feeder.duplicates, "refed": feeder.refed,
                              "restarts": {p.name: p.starts - 1 for p in procs}})
     if out is not None:
         write_json(out, report, newline=True)
-    return {**report, "_logits": {i: a.logits for i, a in answers.items()},
-            "_pids": [pid for p in procs for pid in p.pids]}
+    return {**report, "_logits": {i: a.logits for i, a in answers.items()}}
 
 
 def _feed_all(feeder: _Feeder, procs: list[_Device], inputs: Sequence[np.ndarray], run: LocalRun,

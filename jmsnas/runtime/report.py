@@ -159,7 +159,7 @@ def _devices(spec: Manifest, answers: Sequence[Answer], emulated: frozenset[str]
         took = [h["compute_ms"] + h["emulated_wait_ms"] for h in hops]
         keys = ("decode_ms", "queue_ms", "compute_ms", "emulated_wait_ms", "encode_ms", "link_wait_ms")
         breakdown = {k: _mean([h[k] for h in hops if h.get(k) is not None]) for k in keys}
-        emu = device in emulated
+        emu = device in emulated or any(h.get("emulated") for h in hops)  # each device says so in its hops
         rows.append(DeviceRow(device=device, label="emulated" if emu else "measured on this CPU", emulated=emu,
                               samples=len(hops), predicted_ms=pred.device_ms[m], measured_mean_ms=_mean(took),
                               measured_over_predicted=_ratio(_mean(took), pred.device_ms[m]), breakdown_ms=breakdown))
