@@ -40,10 +40,11 @@ from jmsnas.exits.candidates import Placement, enumerate_placements, feasible
 from jmsnas.exits.cascade import EarlyExitNet
 from jmsnas.exits.config import ExitsConfig
 from jmsnas.exits.costs import ExitLatency
+from jmsnas.exits.decision import DecisionUnit, exit_score, fit_exit_units
 from jmsnas.exits.graph import BlockGraph, block_graph
 from jmsnas.exits.heads import ExitHead, build_exit_head
-from jmsnas.exits.result import ExitsResult, evaluate_eenn
-from jmsnas.exits.thresholds import CascadeStats, Objective, ThresholdSearch, confidence, objective_value
+from jmsnas.exits.result import ExitsResult, evaluate_eenn, heads_info
+from jmsnas.exits.thresholds import CascadeStats, Objective, ThresholdSearch, evaluate, objective_value
 from jmsnas.exits.thresholds import search_thresholds as _search
 from jmsnas.exits.train import ExitOutputs, default_loss_weights, exit_outputs, joint_finetune, train_heads
 from jmsnas.io import write_json
@@ -56,9 +57,11 @@ def objective_of(cfg: ExitsConfig) -> Objective:
 
 
 def cascade_stats(outs: ExitOutputs, exits: Sequence[int], exit_cost: Sequence[float], final_cost: float,
-                  reference_cost: float, reference_correct: np.ndarray | None = None) -> CascadeStats:
-    """The calibration statistics of the cascade with ``exits`` from every head's logits."""
-    conf = np.stack([confidence(outs.heads[loc]).numpy() for loc in exits])
+                  reference_cost: float, reference_correct: np.ndarray | None = None,
+                  units: Mapping[int, DecisionUnit] | None = None) -> CascadeStats:
+    """The calibration statistics of the cascade with ``exits`` from every head's logits (the exit's score:
+    top-1 probability, or its decision unit's certainty where ``units`` has one)."""
+    conf = np.stack([exit_score(outs.heads[loc], (units or {}).get(loc)).numpy() for loc in exits])
     right = np.stack([(outs.heads[loc].argmax(1) == outs.labels).numpy() for loc in exits])
     final = (outs.final.argmax(1) == outs.labels).numpy()
     return CascadeStats(conf, right, final, np.asarray(exit_cost, dtype=float), float(final_cost),
@@ -92,8 +95,9 @@ class _Searcher:
     """Threshold searches of many candidates, shared between candidates with the same exits and costs."""
 
     def __init__(self, graph: BlockGraph, outs: ExitOutputs, head_macs: Mapping[int, int], cfg: ExitsConfig,
-                 reference_latency_ms: float, reference_correct: np.ndarray | None) -> None:
-        self.graph, self.outs, self.head_macs, self.cfg = graph, outs, head_macs, cfg
+                 reference_latency_ms: float, reference_correct: np.ndarray | None,
+                 units: Mapping[int, DecisionUnit] | None = None) -> None:
+        self.graph, self.outs, self.head_macs, self.cfg, self.units = graph, outs, head_macs, cfg, dict(units or {})
         self.reference_latency_ms = reference_latency_ms
         self.reference_correct = reference_correct
         self.cache: dict[tuple, ThresholdSearch] = {}
@@ -104,7 +108,7 @@ class _Searcher:
             costs, final, ref = list(p.exit_latency_ms), p.worst_latency_ms, self.reference_latency_ms
         else:
             (costs, final), ref = exit_costs(self.graph, self.head_macs, p.exits), float(self.graph.total_macs)
-        return cascade_stats(self.outs, p.exits, costs, final, ref, self.reference_correct)
+        return cascade_stats(self.outs, p.exits, costs, final, ref, self.reference_correct, self.units)
 
     def search(self, p: Placement, thresholds_per_exit: int, compare: bool = True) -> ThresholdSearch:
         stats = self.stats(p)
@@ -178,13 +182,13 @@ def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topol
     timings["total"] = time.perf_counter() - t0
     result = ExitsResult(
         exits=list(chosen.placement.exits), thresholds=chosen.thresholds, placement=chosen.placement,
-        original_placement=cands.original, calibration=chosen.search.best if chosen.search is not None else None,
-        search=chosen.info, test=test,
-        heads_info=_heads_info(cands.heads, cands.head_macs, cands.head_params, training, cands.cap,
-                               list(cands.given)),
+        original_placement=cands.original, calibration=chosen.calibration, search=chosen.info, test=test,
+        heads_info=heads_info(cands.heads, cands.head_macs, cands.head_params, training, cands.cap,
+                              list(cands.given)),
         candidates=cands.counts(len(chosen.ok)), timings_s=timings, config=cfg.model_dump(mode="json"),
         net=chosen.net, graph=chosen.graph,
-        heads={loc: h for loc, h in zip(chosen.placement.exits, chosen.heads, strict=True)})
+        heads={loc: h for loc, h in zip(chosen.placement.exits, chosen.heads, strict=True)},
+        decision_units={loc: u for loc, u in zip(chosen.placement.exits, chosen.net.decision_units, strict=True) if u})
     if run_dir is not None:
         save_result(result, Path(run_dir), finetuned=bool(chosen.finetune and chosen.finetune["kept"]))
     return result
@@ -267,6 +271,7 @@ class _Choice:
     finetune: dict | None
     net: EarlyExitNet
     info: dict[str, Any]
+    calibration: Any = None
 
 
 def _choose(graph: BlockGraph, cands: _Candidates, kept: dict[int, ExitHead], dm: Any, cfg: ExitsConfig, seed: int,
@@ -277,24 +282,29 @@ def _choose(graph: BlockGraph, cands: _Candidates, kept: dict[int, ExitHead], dm
         ok.append(cands.original)  # the original network is always an option (even if it breaks T_const)
     outs = exit_outputs(graph, kept, _calibration_set(dm, cfg), dm.cfg.batch_size)
     ref_correct = (outs.final.argmax(1) == outs.labels).numpy()
-    searcher = _Searcher(graph, outs, cands.head_macs, cfg, cands.original.worst_latency_ms, ref_correct)
+    units = fit_exit_units(outs.heads, outs.labels, cfg.du, seed) if cfg.decision == "decision_unit" else {}
+    searcher = _Searcher(graph, outs, cands.head_macs, cfg, cands.original.worst_latency_ms, ref_correct, units)
     scored = sorted(((searcher.score(p), i) for i, p in enumerate(ok)), key=lambda s: s[0])
     chosen = ok[scored[0][1]]
     timings["threshold_search"] = searcher.seconds
     coarse = searcher.search(chosen, cfg.thresholds_per_exit) if chosen.exits else None
     final_graph, final_heads = graph, [kept[loc] for loc in chosen.exits]
-    search, finetune = None, None
+    search, finetune, final_searcher = None, None, searcher
     if chosen.exits:
         search = searcher.search(chosen, cfg.final_thresholds_per_exit, compare=len(chosen.exits) <= 2)
         if cfg.joint_finetune:
-            final_graph, final_heads, search, finetune = _finetune(graph, chosen, final_heads, search, dm, cfg,
-                                                                   cands.head_macs, cands.original, ref_correct, seed)
+            final_graph, final_heads, search, finetune, final_searcher = _finetune(graph, chosen, final_heads, search,
+                                                                                   dm, cfg, searcher, seed)
             timings["joint_finetune"] = finetune["seconds"]
     factor = cfg.correction_factor if cfg.calibration == "train" else 1.0
     thresholds = [factor * t for t in search.best.thresholds] if search is not None else []
-    net = EarlyExitNet.build(final_graph, chosen.exits, final_heads, thresholds)
+    # the calibration figures (plan.json's termination rates and mean latency) at the thresholds actually used
+    calibration = None if search is None else search.best if factor == 1.0 else evaluate(
+        final_searcher.stats(chosen), thresholds, objective_of(cfg))
+    net = EarlyExitNet.build(final_graph, chosen.exits, final_heads, thresholds,
+                             [final_searcher.units.get(loc) for loc in chosen.exits])
     info = _search_info(searcher, chosen, coarse, search, scored, ok, factor, finetune)
-    return _Choice(chosen, ok, final_graph, final_heads, thresholds, search, finetune, net, info)
+    return _Choice(chosen, ok, final_graph, final_heads, thresholds, search, finetune, net, info, calibration)
 
 
 def _calibration_set(dm: Any, cfg: ExitsConfig):
@@ -302,9 +312,10 @@ def _calibration_set(dm: Any, cfg: ExitsConfig):
 
 
 def _finetune(graph: BlockGraph, chosen: Placement, heads: list[nn.Module], search: ThresholdSearch, dm: Any,
-              cfg: ExitsConfig, head_macs: Mapping[int, int], original: Placement, ref_correct: np.ndarray,
-              seed: int) -> tuple[BlockGraph, list[nn.Module], ThresholdSearch, dict]:
-    """Joint fine-tuning, thresholds searched again; the fine-tuned EENN is kept only if it scores better."""
+              cfg: ExitsConfig, frozen: _Searcher, seed: int
+              ) -> tuple[BlockGraph, list[nn.Module], ThresholdSearch, dict, _Searcher]:
+    """Joint fine-tuning, thresholds (and decision units) found again; the fine-tuned EENN is kept if it scores
+    better. Returns the graph, heads, search, an info dict and the searcher whose statistics the search used."""
     weights = cfg.loss_weights or default_loss_weights(len(chosen.exits))
     if len(weights) != len(chosen.exits) + 1:
         raise ConfigError(f"the chosen EENN has {len(chosen.exits) + 1} exits (final included) but loss_weights "
@@ -314,12 +325,14 @@ def _finetune(graph: BlockGraph, chosen: Placement, heads: list[nn.Module], sear
                                                  batch_size=dm.cfg.batch_size, seed=seed)
     calib = _calibration_set(dm, cfg)
     outs = exit_outputs(tuned, dict(zip(chosen.exits, tuned_heads, strict=True)), calib, dm.cfg.batch_size)
-    searcher = _Searcher(tuned, outs, head_macs, cfg, original.worst_latency_ms, ref_correct)
+    units = fit_exit_units(outs.heads, outs.labels, cfg.du, seed) if cfg.decision == "decision_unit" else {}
+    searcher = _Searcher(tuned, outs, frozen.head_macs, cfg, frozen.reference_latency_ms, frozen.reference_correct,
+                         units)
     again = searcher.search(chosen, cfg.final_thresholds_per_exit, compare=len(chosen.exits) <= 2)
     keep = again.best.objective < search.best.objective
     info = {"seconds": seconds, "weights": list(weights), "kept": keep, "objective_frozen": search.best.objective,
             "objective_finetuned": again.best.objective}
-    return (tuned, tuned_heads, again, info) if keep else (graph, heads, search, info)
+    return (tuned, tuned_heads, again, info, searcher) if keep else (graph, heads, search, info, frozen)
 
 
 def _search_info(searcher: _Searcher, chosen: Placement, coarse: ThresholdSearch | None,
@@ -341,22 +354,6 @@ def _search_info(searcher: _Searcher, chosen: Placement, coarse: ThresholdSearch
     return out
 
 
-def _heads_info(heads: Mapping[int, ExitHead], macs: Mapping[int, int], params: Mapping[int, int], training: Any,
-                cap: float, reused: Sequence[int] = ()) -> dict[int, dict[str, Any]]:
-    out = {}
-    for loc, head in heads.items():
-        trained = training is not None and loc in training.history
-        out[loc] = {"config": head.config.to_dict(), "macs": macs[loc], "params": params[loc], "mac_cap": cap,
-                    "trained": trained, "reused": loc in reused,
-                    "calibration_accuracy": training.accuracy.get(loc) if training is not None else None,
-                    "dropped_after_first_epoch": training.dropped.get(loc) if training is not None else None,
-                    "history": training.history.get(loc, []) if training is not None else []}
-    if training is not None:
-        for loc in out:
-            out[loc]["features_cached"] = training.cached
-    return out
-
-
 def save_result(result: ExitsResult, run_dir: Path, finetuned: bool = False) -> None:
     """``result.json``, ``heads.json`` (configs, thresholds) and ``heads/u<unit>.pt`` (plain state dicts)."""
     (run_dir / "heads").mkdir(parents=True, exist_ok=True)
@@ -364,7 +361,9 @@ def save_result(result: ExitsResult, run_dir: Path, finetuned: bool = False) -> 
     heads = []
     for (loc, head), t in zip(result.heads.items(), result.thresholds, strict=True):
         torch.save({k: v.detach().clone() for k, v in head.state_dict().items()}, run_dir / "heads" / f"u{loc}.pt")
-        heads.append({"unit": loc, "threshold": t, "file": f"heads/u{loc}.pt", "config": head.config.to_dict()})
+        du = result.decision_units.get(loc)
+        heads.append({"unit": loc, "threshold": t, "file": f"heads/u{loc}.pt", "config": head.config.to_dict()}
+                     | ({"decision_unit": du.to_dict()} if du is not None else {}))
     write_json(run_dir / "heads.json", {"exits": heads}, newline=True)
     if finetuned:
         torch.save({k: v.detach().clone() for k, v in result.graph.model.state_dict().items()}, run_dir / "backbone.pt")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from jmsnas.validation import Strict
 
@@ -12,10 +12,12 @@ from jmsnas.validation import Strict
 class DecisionUnitConfig(Strict):
     """Paper 000's decision unit (``jmsnas/exits/decision.py``): a binary classifier on softmax meta-information.
 
-    The unit answers locally when its certainty that the exit is right exceeds ``du_threshold``
-    (paper 000's "sensitivity", renamed so it is not confused with the TPR metric); otherwise the
-    sample goes on (next exit, or the server). The threshold is chosen on the validation split by
-    ``objective``.
+    With ``exits.decision: decision_unit`` each exit gets a unit, fitted on the calibration split; a
+    sample leaves at the exit when the unit's certainty that the exit is right reaches the exit's
+    threshold (paper 000's operating "sensitivity"), which the exits' own threshold search picks by
+    the exits' ``objective``, as for the max-softmax rule. (Offloading to a separate server model with
+    paper 000's objectives, best overall accuracy under a cap on the share sent or the mean latency,
+    is ``jmsnas.exits.offload.choose_threshold``.)
     """
 
     model: Literal["mlp", "gbm"] = Field("mlp", description="4-hidden-layer MLP (paper) or gradient boosting")
@@ -26,17 +28,6 @@ class DecisionUnitConfig(Strict):
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="share of the validation split for early stopping")
     gbm_max_iter: PositiveInt = 200
     gbm_learning_rate: PositiveFloat = 0.05
-    objective: Literal["max_accuracy", "max_offload", "max_latency"] = Field(
-        "max_accuracy", description="threshold choice: best overall accuracy, optionally under an offload or "
-        "mean-latency cap")
-    max_offload_fraction: float = Field(1.0, ge=0, le=1, description="objective max_offload: cap on the share sent")
-    max_mean_latency_ms: PositiveFloat | None = Field(None, description="objective max_latency: cap on the mean")
-
-    @model_validator(mode="after")
-    def _latency_cap_given(self) -> DecisionUnitConfig:
-        if self.objective == "max_latency" and self.max_mean_latency_ms is None:
-            raise ValueError("objective 'max_latency' needs max_mean_latency_ms (a mean latency cap in ms)")
-        return self
 
 
 class ExitsConfig(Strict):
@@ -70,6 +61,7 @@ class ExitsConfig(Strict):
     decision: Literal["threshold", "decision_unit"] = Field(
         "threshold", description="exit rule: max-softmax >= threshold (paper 001), or a learned decision unit "
         "(paper 000)")
-    decision_unit: DecisionUnitConfig = Field(default_factory=DecisionUnitConfig)
+    du: DecisionUnitConfig = Field(default_factory=DecisionUnitConfig, description="decision unit settings "
+                                   "(used with decision: decision_unit)")
     result_at: Literal["exit", "sink"] = Field(
         "exit", description="where an exited sample's answer is needed: on the exiting device, or at the last one")

@@ -22,17 +22,20 @@ deterministic for a fixed ``random_state``, which a test checks). Certainties ar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from jmsnas.exits.meta import FEATURES, meta_features
+from jmsnas.exits.config import DecisionUnitConfig
+from jmsnas.exits.meta import FEATURES, meta_features, softmax64
 
-__all__ = ["EPS", "DecisionUnit", "du_metrics", "fit_decision_unit"]
+__all__ = ["EPS", "DecisionUnit", "du_metrics", "exit_score", "fit_decision_unit", "fit_exit_units",
+           "load_decision_units"]
 
 EPS = 1e-9
 
@@ -202,3 +205,47 @@ def du_metrics(certainty: np.ndarray, correct: np.ndarray, at: float = 0.5) -> d
             "auc": float(roc_auc_score(c, certainty)) if both else float("nan"),
             "sensitivity": float(says[c].mean()) if c.any() else float("nan"),
             "specificity": float((~says[~c]).mean()) if (~c).any() else float("nan")}
+
+
+def exit_score(logits: torch.Tensor, unit: DecisionUnit | None) -> torch.Tensor:
+    """What an exit's threshold is compared with: the top-1 softmax probability (float64) without a decision
+    unit (paper 001 / 004), the unit's certainty on the logits' meta-features with one (paper 000)."""
+    if unit is None:
+        return torch.softmax(logits.detach().double(), dim=-1).amax(dim=-1)
+    return torch.from_numpy(unit.certainty(softmax64(logits))).to(logits.device)
+
+
+def fit_exit_units(logits: Mapping[int, torch.Tensor], labels: torch.Tensor, cfg: DecisionUnitConfig,
+                   seed: int = 0) -> dict[int, DecisionUnit]:
+    """One decision unit per exit, fitted on its calibration ``logits`` against ``labels`` (the ``exits.du``
+    settings)."""
+    settings = {"model": cfg.model, "hidden": cfg.hidden, "epochs": cfg.epochs, "lr": cfg.lr,
+                "weight_decay": cfg.weight_decay, "holdout_fraction": cfg.holdout_fraction,
+                "gbm_max_iter": cfg.gbm_max_iter, "gbm_learning_rate": cfg.gbm_learning_rate, "seed": seed}
+    return {loc: fit_decision_unit(softmax64(z), (z.argmax(1) == labels).numpy(), **settings)
+            for loc, z in logits.items()}
+
+
+def load_decision_units(run_dir: str | Path) -> dict[int, DecisionUnit]:
+    """Per exit unit, the decision unit ``augment`` saved in ``heads.json`` (none for max-softmax exits).
+
+    Raises:
+        ConfigError: ``heads.json`` missing, unreadable, or with a malformed ``decision_unit`` (file and field named).
+    """
+    import json
+
+    from jmsnas.errors import ConfigError
+
+    path = Path(run_dir) / "heads.json"
+    try:
+        entries = json.loads(path.read_text())["exits"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read the exits of heads.json ({exc})", file=path) from exc
+    out = {}
+    for i, entry in enumerate(entries):
+        if entry.get("decision_unit") is not None:
+            try:
+                out[int(entry["unit"])] = DecisionUnit.from_dict(entry["decision_unit"])
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(str(exc), file=path, field=f"exits[{i}].decision_unit") from None
+    return out

@@ -150,3 +150,23 @@ def test_du_metrics_table_three_definitions() -> None:
     c = np.array([True, True, True, False, False])
     m = du_metrics(u, c)
     assert m["sensitivity"] == 2 / 3 and m["specificity"] == 1 / 2 and m["accuracy"] == 3 / 5
+
+
+def test_experiment_decision_options_validate(tiny_experiment, write_experiment) -> None:
+    from jmsnas.config import load_experiment
+    from jmsnas.errors import ConfigError
+
+    exp = load_experiment(write_experiment(tiny_experiment))
+    assert exp.config.exits is None or exp.config.exits.decision == "threshold"
+    tiny_experiment["exits"] = {"decision": "decision_unit",
+                                "du": {"model": "gbm", "gbm_max_iter": 50}}
+    cfg = load_experiment(write_experiment(tiny_experiment)).config.exits
+    assert cfg.decision == "decision_unit" and cfg.du.model == "gbm"
+    for bad, where in (({"decision": "learned"}, "exits.decision"),
+                       ({"du": {"model": "xgboost"}}, "exits.du.model"),
+                       ({"du": {"hidden": []}}, "exits.du.hidden"),
+                       ({"du": {"sensitivity": 0.5}}, "exits.du.sensitivity")):
+        tiny_experiment["exits"] = bad
+        with pytest.raises(ConfigError) as info:
+            load_experiment(write_experiment(tiny_experiment))
+        assert where in str(info.value) and "exp" in str(info.value)
