@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from jmsnas.exits.decision import DecisionUnit, exit_score
 from jmsnas.exits.graph import BlockGraph
-from jmsnas.exits.thresholds import confidence
 from jmsnas.space.macs import MacCounter
 
 __all__ = ["EarlyExitNet", "MacCounter"]
@@ -36,11 +36,13 @@ class EarlyExitNet(nn.Module):
         locations: the exits' unit indices (recorded, for reports and export).
         segment_macs: per-sample MACs of each segment (for ``predicted_macs``).
         head_macs: per-sample MACs of each head.
+        decision_units: per exit, a decision unit (paper 000) whose certainty is compared with the
+            threshold instead of the top-1 probability, or None (all None: today's rule).
     """
 
     def __init__(self, segments: Sequence[nn.Module], heads: Sequence[nn.Module], thresholds: Sequence[float],
                  locations: Sequence[int] = (), segment_macs: Sequence[int] = (),
-                 head_macs: Sequence[int] = ()) -> None:
+                 head_macs: Sequence[int] = (), decision_units: Sequence[DecisionUnit | None] = ()) -> None:
         super().__init__()
         if len(segments) != len(heads) + 1 or len(thresholds) != len(heads):
             raise ValueError(f"need K + 1 segments and K thresholds for K heads, got {len(segments)} segments, "
@@ -51,15 +53,18 @@ class EarlyExitNet(nn.Module):
         self.locations = [int(v) for v in locations]
         self.segment_macs = [int(v) for v in segment_macs]
         self.head_macs = [int(v) for v in head_macs]
+        self.decision_units = list(decision_units) or [None] * len(heads)
+        if len(self.decision_units) != len(heads):
+            raise ValueError(f"need one decision unit (or None) per head, got {len(self.decision_units)}")
 
     @classmethod
     def build(cls, graph: BlockGraph, locations: Sequence[int], heads: Sequence[nn.Module],
-              thresholds: Sequence[float]) -> EarlyExitNet:
+              thresholds: Sequence[float], decision_units: Sequence[DecisionUnit | None] = ()) -> EarlyExitNet:
         """The cascade of ``graph``'s model with exits at ``locations`` (sharing the model's parameters)."""
         cuts = [0, *locations, graph.num_units]
         seg_macs = [graph.macs_between(lo, hi) for lo, hi in zip(cuts, cuts[1:], strict=False)]
         head_macs = [getattr(h, "macs", 0) for h in heads]
-        return cls(graph.segments(cuts), heads, thresholds, locations, seg_macs, head_macs).eval()
+        return cls(graph.segments(cuts), heads, thresholds, locations, seg_macs, head_macs, decision_units).eval()
 
     @property
     def num_exits(self) -> int:
@@ -88,7 +93,7 @@ class EarlyExitNet(nn.Module):
         for k, head in enumerate(self.heads):
             h = self.segments[k](h)[0]
             logits = head(h)
-            leave = confidence(logits) >= self.thresholds[k]
+            leave = exit_score(logits, self.decision_units[k]) >= self.thresholds[k]
             out = _scatter(out, batch, active[leave], logits[leave])
             exit_index[active[leave]] = k
             h, active = h[~leave], active[~leave]

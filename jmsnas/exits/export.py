@@ -50,11 +50,14 @@ def plan_with_exits(result: ExitsResult, topology_kind: str = "chain",
     return plan.with_exits(exits, p.worst_latency_ms, p.mean_latency_ms(rates) if exits else p.worst_latency_ms)
 
 
-def exit_heads_by_device(result: ExitsResult, plan: DeploymentPlan) -> dict[int, tuple[nn.Module, float]]:
-    """Per device index of ``plan``, the exit head and threshold it runs."""
+def exit_heads_by_device(result: ExitsResult, plan: DeploymentPlan) -> dict[int, tuple]:
+    """Per device index of ``plan``, the exit head and threshold it runs, and its decision unit's data if it has one."""
     index = {name: m for m, name in enumerate(plan.devices)}
-    return {index[dev]: (result.heads[loc].eval(), thr)
-            for dev, loc, thr in zip(result.placement.exit_devices, result.exits, result.thresholds, strict=True)}
+    out: dict[int, tuple] = {}
+    for dev, loc, thr in zip(result.placement.exit_devices, result.exits, result.thresholds, strict=True):
+        unit = result.decision_units.get(loc)
+        out[index[dev]] = (result.heads[loc].eval(), thr) + ((unit.to_dict(),) if unit is not None else ())
+    return out
 
 
 def export_eenn(result: ExitsResult, plan: DeploymentPlan, example_input: torch.Tensor, out_dir: str | Path,

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ from torch import nn
 
 from jmsnas.exits.candidates import Placement
 from jmsnas.exits.cascade import EarlyExitNet, MacCounter
+from jmsnas.exits.decision import DecisionUnit
 from jmsnas.exits.graph import BlockGraph
+from jmsnas.exits.heads import ExitHead
 from jmsnas.exits.thresholds import CascadeMetrics
 from jmsnas.io import write_json
 
@@ -74,6 +77,7 @@ class ExitsResult:
     net: EarlyExitNet = field(repr=False)
     graph: BlockGraph = field(repr=False)
     heads: dict[int, nn.Module] = field(repr=False)
+    decision_units: dict[int, DecisionUnit] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"exits": self.exits, "thresholds": self.thresholds, "placement": self.placement.to_dict(),
@@ -172,3 +176,20 @@ def evaluation_markdown(ev: Evaluation) -> str:
               f"{ev.mean_macs:,.0f} ({-100 * ev.mac_reduction:+.1f} %) | {ev.mean_latency_ms:.2f} | "
               f"{ev.worst_latency_ms:.2f} |"]
     return "\n".join(lines) + "\n"
+
+
+def heads_info(heads: Mapping[int, ExitHead], macs: Mapping[int, int], params: Mapping[int, int], training: Any,
+                cap: float, reused: Sequence[int] = ()) -> dict[int, dict[str, Any]]:
+    """Per head location: its config, MACs, parameters, and how its training went (``result.json``'s ``heads``)."""
+    out = {}
+    for loc, head in heads.items():
+        trained = training is not None and loc in training.history
+        out[loc] = {"config": head.config.to_dict(), "macs": macs[loc], "params": params[loc], "mac_cap": cap,
+                    "trained": trained, "reused": loc in reused,
+                    "calibration_accuracy": training.accuracy.get(loc) if training is not None else None,
+                    "dropped_after_first_epoch": training.dropped.get(loc) if training is not None else None,
+                    "history": training.history.get(loc, []) if training is not None else []}
+    if training is not None:
+        for loc in out:
+            out[loc]["features_cached"] = training.cached
+    return out

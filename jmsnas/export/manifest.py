@@ -83,11 +83,18 @@ class CodecEntry(_Entry):
 
 
 class PartExit(_Entry):
-    """An early exit in a part: its logits come first; a sample leaves when its confidence reaches ``threshold``."""
+    """An early exit in a part: its logits come first; a sample leaves when its confidence reaches ``threshold``.
+
+    ``confidence`` says what is compared with the threshold: ``max_softmax`` (the top-1 probability, float64)
+    or ``decision_unit`` (paper 000: the certainty of the unit in ``decision_unit``, plain data as
+    ``jmsnas.exits.decision.DecisionUnit.to_dict`` writes it: ``kind``, the ``features`` it reads from the
+    softmax (max_prob, margin, sum_p_ln_p, std) and its weights).
+    """
 
     threshold: float
     logits: str
-    confidence: Literal["max_softmax"]
+    confidence: Literal["max_softmax", "decision_unit"]
+    decision_unit: dict[str, Any] | None = None
 
 
 class ExitEntry(_Entry):
@@ -97,7 +104,7 @@ class ExitEntry(_Entry):
     device: str
     threshold: float
     logits: str
-    confidence: Literal["max_softmax"]
+    confidence: Literal["max_softmax", "decision_unit"]
 
 
 class PartEntry(_Entry):

@@ -125,7 +125,7 @@ def export_bundle(
     example_input: torch.Tensor,
     out_dir: str | Path,
     codecs: Mapping[int, tuple[nn.Module, nn.Module]] | None = None,
-    exits: Mapping[int, tuple[nn.Module, float]] | None = None,
+    exits: Mapping[int, tuple[nn.Module, float] | tuple[nn.Module, float, dict | None]] | None = None,
 ) -> Path:
     """Write ``out_dir`` (a bundle) for a calibrated sequential ``plan`` and its ``segments``.
 
@@ -135,8 +135,9 @@ def export_bundle(
         example_input: a network input; fixes every shape in the bundle.
         out_dir: the bundle folder (created).
         codecs: per cut index, ``(encoder, decoder)`` modules overriding the plan's (learned compressors).
-        exits: per device index (not the last), ``(exit head, confidence threshold)``: that device's
-            part also returns the head's logits, first (see the module docstring).
+        exits: per device index (not the last), ``(exit head, confidence threshold)`` or ``(exit head,
+            threshold, decision unit data)``: that device's part also returns the head's logits, first
+            (see the module docstring); a decision unit (``DecisionUnit.to_dict()``) goes into the manifest.
 
     Returns:
         The path of ``manifest.json``.
@@ -148,7 +149,7 @@ def export_bundle(
         raise ValueError(f"exits go on devices 0..{len(segments) - 2} (not the last), got {sorted(exits)}")
     values: tuple[torch.Tensor, ...] = (example_input,)
     entries = []
-    heads = {m: head for m, (head, _) in exits.items()}
+    heads = {m: spec[0] for m, spec in exits.items()}
     for m, part in enumerate(device_parts(plan, segments, codecs, heads)):
         with torch.no_grad():
             outputs = part(*values)
@@ -164,11 +165,19 @@ def export_bundle(
         entry = part_entry(out, stem, plan, m, (in_names, values), (out_names, outputs))
         entry["onnx_max_abs_diff"] = onnx_max_abs_diff(out / f"{stem}.onnx", values, outputs)
         if m in exits:
-            entry["exit"] = {"threshold": float(exits[m][1]), "logits": f"e{m}.logits", "confidence": "max_softmax"}
+            entry["exit"] = _exit_entry(m, exits[m])
         entries.append(entry)
         values = outputs[1:] if m in exits else outputs
-    exit_entries = [{"part": m, "device": plan.segments[m].device, **entries[m]["exit"]} for m in sorted(exits)]
+    exit_entries = [{"part": m, "device": plan.segments[m].device,
+                     **{k: v for k, v in entries[m]["exit"].items() if k != "decision_unit"}} for m in sorted(exits)]
     return write_manifest(out, plan, entries, exit_entries)
+
+
+def _exit_entry(m: int, spec: tuple) -> dict:
+    unit = spec[2] if len(spec) > 2 else None
+    entry = {"threshold": float(spec[1]), "logits": f"e{m}.logits",
+             "confidence": "max_softmax" if unit is None else "decision_unit"}
+    return entry if unit is None else entry | {"decision_unit": unit}
 
 
 def _check_sequential(plan: DeploymentPlan, segments: Sequence[nn.Module]) -> None:

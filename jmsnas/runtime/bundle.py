@@ -14,7 +14,9 @@ A bundle with early exits (the manifest's ``exits``) has parts that return an ex
 their wire tensors. ``Bundle.run`` computes every part for every sample (the exit logits are set
 aside), ``Bundle.run_exits`` is the runtime's decision: after each exit the samples whose top-1
 softmax probability (float64) reaches its threshold leave with its logits, and only the others go
-on to the next device.
+on to the next device. An exit whose manifest entry carries a decision unit (paper 000,
+``confidence: decision_unit``) compares the unit's certainty on the logits' softmax meta-features instead
+(``jmsnas.exits.decision``, the same code as in-process).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +82,20 @@ class Bundle:
                 values = values[1:]  # the exit's logits; the rest goes on the wire
         return values
 
+    @cached_property
+    def decision_units(self) -> dict[int, Any]:
+        """Per part with an exit that has one, its decision unit (built once from the manifest's data)."""
+        from jmsnas.exits.decision import DecisionUnit
+
+        out = {}
+        for m, part in enumerate(self.spec.parts):
+            if part.exit is not None and part.exit.decision_unit is not None:
+                try:
+                    out[m] = DecisionUnit.from_dict(part.exit.decision_unit)
+                except ValueError as exc:
+                    raise BundleError(f"{exc}", field=f"parts[{m}].exit.decision_unit") from None
+        return out
+
     def exit_of(self, part: int) -> PartExit | None:
         """The manifest's ``exit`` entry of part ``part`` (threshold, logits name), or None."""
         return self.spec.parts[part].exit
@@ -103,8 +120,9 @@ class Bundle:
                 continue
             leave = torch.ones(len(active), dtype=torch.bool)
             if exit_ is not None:
-                conf = torch.softmax(outputs[0].double(), dim=-1).amax(dim=-1)
-                leave = conf >= exit_.threshold
+                from jmsnas.exits.decision import exit_score  # not at the top: jmsnas.exits imports export
+
+                leave = exit_score(outputs[0], self.decision_units.get(m)) >= exit_.threshold
             if logits is None:
                 logits = outputs[0].new_zeros((batch, outputs[0].shape[-1]))
             logits[active[leave]] = outputs[0][leave]
