@@ -155,7 +155,7 @@ def _devices(spec: Manifest, answers: Sequence[Answer], emulated: frozenset[str]
     pred = predicted_times(spec)
     rows = []
     for m, device in enumerate(spec.devices):
-        hops = [h for a in answers for h in a.hops if h.get("part") == m]
+        hops = [h for a in answers for h in a.hops if h.get("part") == m and "compute_ms" in h]  # the part ran
         took = [h["compute_ms"] + h["emulated_wait_ms"] for h in hops]
         keys = ("decode_ms", "queue_ms", "compute_ms", "emulated_wait_ms", "encode_ms", "link_wait_ms")
         breakdown = {k: _mean([h[k] for h in hops if h.get(k) is not None]) for k in keys}

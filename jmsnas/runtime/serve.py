@@ -191,12 +191,15 @@ class DeviceServer:
             receiver.reply(peer, {"kind": "error", "sample": h.sample, "error": reason})
             return
         key = (h.run, h.sample, h.attempt)
-        fresh = key not in self.seen
-        if fresh:
+        if key not in self.seen:
+            try:
+                self.work.put_nowait((msg, recv_at, receiver.decode_ms))
+            except queue.Full:  # not acknowledged: the sender resends, or answers alone
+                log.warning("sample %d: %d samples queued already; not taken", h.sample, self.work.qsize())
+                return
             self.seen[key] = None
             while len(self.seen) > 100_000:
                 self.seen.popitem(last=False)
-            self.work.put((msg, recv_at, receiver.decode_ms), timeout=self.options.timeout_ms / 1e3)
         receiver.reply(peer, {"kind": "ack", "sample": h.sample})
 
     def _compute_loop(self) -> None:
@@ -206,10 +209,17 @@ class DeviceServer:
             except queue.Empty:
                 continue
             try:
-                self.out.put(self._run(msg, recv_at, decode_ms), timeout=30)
+                item = self._run(msg, recv_at, decode_ms)
             except Exception as e:  # a bug or a broken part: answer the sample, keep serving
                 log.exception("part %d failed on sample %d", self.m, msg.header.sample)
-                self.out.put(("answer", msg, _failed(f"part {self.m} on {self.device} raised {e!r}"), []), timeout=30)
+                hop = {"device": self.device, "part": self.m, "emulated": self.options.emulated}
+                item = ("answer", msg, {**_failed(f"part {self.m} on {self.device} raised {e!r}"), "hop": hop}, [])
+            while not self.stop.is_set():
+                try:
+                    self.out.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
 
     def _run(self, msg: Message, recv_at: float, decode_ms: float) -> tuple[str, Message, dict[str, Any], list]:
         """Run the part on one sample; returns what the send thread does with it."""
