@@ -29,6 +29,7 @@ from jmsnas.errors import ConfigError, JmsnasError
 from jmsnas.exits.config import ExitsConfig
 from jmsnas.resources import shipped
 from jmsnas.topology import AnalyticSpec, Device, Link, Topology, build_topology
+from jmsnas.trainer_config import TrainerConfig
 from jmsnas.validation import FieldValueError, Strict, load_yaml_mapping, validate_or_raise
 
 #: The shipped latency profiles (inside a wheel, or the checkout's ``latency_profiles/``).
@@ -252,6 +253,7 @@ class ExperimentConfig(Strict):
     search_space: Path
     strategy: StrategyConfig
     tune: TuneConfig = TuneConfig()
+    trainer: TrainerConfig = TrainerConfig()
     exits: ExitsConfig | None = None
     partition: PartitionConfig | None = None
     export: ExportConfig | None = None
@@ -260,6 +262,21 @@ class ExperimentConfig(Strict):
                                       "else the shipped ones)")
     output_dir: Path | None = Field(None, description="runs are written to OUTPUT_DIR/<name>; resolved at load "
                                     "(default: ./runs)")
+
+    @model_validator(mode="after")
+    def _gpus_used_when_reserved(self) -> ExperimentConfig:
+        gpu, accel = self.tune.resources_per_trial.gpu, self.trainer.accelerator
+        if gpu > 0 and accel == "cpu":
+            raise FieldValueError(f"tune.resources_per_trial.gpu reserves {gpu:g} GPU(s) that no training would use; "
+                                  "set trainer.accelerator: gpu (or gpu: 0)", "trainer.accelerator")
+        if gpu == 0 and accel in ("gpu", "cuda"):
+            raise FieldValueError(f"trainer.accelerator {accel!r} needs a GPU, but a Ray trial sees only the GPUs "
+                                  "tune.resources_per_trial.gpu reserves (0); set it to 1 (or a fraction)",
+                                  "tune.resources_per_trial.gpu")
+        if accel in ("gpu", "cuda") and self.trainer.devices > max(1, int(gpu)):
+            raise FieldValueError(f"{self.trainer.devices} devices per Trainer, but a trial reserves {gpu:g} GPU(s)",
+                                  "trainer.devices")
+        return self
 
 
 class Experiment:

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytorch_lightning as pl
 import torch
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from jmsnas.config import TrainerConfig
 from jmsnas.distill import distillation_loss
 from jmsnas.space.arch import ArchSpec, build_model
 from jmsnas.strategies.retrain import Classifier
@@ -96,6 +97,7 @@ class ChildData:
     temperature: float
     kd_weight: float
     use_kd: bool
+    hw: TrainerConfig = field(default_factory=TrainerConfig)  # accelerator / devices / precision of every child
 
 
 @dataclass
@@ -137,7 +139,7 @@ def fit(model: nn.Module, data: ChildData, seed: int, epochs: int | None = None)
     gen = torch.Generator().manual_seed(seed)
     train = DataLoader(data.train, batch_size=data.batch_size, shuffle=True, generator=gen)
     val = DataLoader(data.val, batch_size=data.batch_size, shuffle=False)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(max_epochs=epochs, **data.hw.kwargs(), logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(system, train, val)
     found = trainer.callback_metrics

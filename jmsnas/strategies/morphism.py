@@ -247,7 +247,7 @@ def child_data(exp: Experiment, strategy: MorphismConfig, dm: JmsnasDataModule, 
         val = WithTeacher(val, teacher_logits(teacher, val))
     return ChildData(train=train, val=val, batch_size=exp.config.dataset.batch_size, epochs=strategy.child_epochs,
                      lr=strategy.child_lr, weight_decay=strategy.lambda1, temperature=strategy.temperature,
-                     kd_weight=strategy.kd_weight, use_kd=strategy.use_kd), record
+                     kd_weight=strategy.kd_weight, use_kd=strategy.use_kd, hw=exp.config.trainer), record
 
 
 def run_morphism(exp: Experiment, strategy: MorphismConfig, seed: int, run_dir: Path, *,
@@ -292,4 +292,4 @@ def run_morphism(exp: Experiment, strategy: MorphismConfig, seed: int, run_dir: 
         net = build_model(spec)
     return retrain_and_record(net, spec, dm, strategy, run_dir, progress, predicted_ms=estimate.latency_ms,
                               split=estimate.split(), search_val_acc=state["val_acc"], search_wall_s=state["wall_s"],
-                              seed=seed)
+                              seed=seed, hw=exp.config.trainer)

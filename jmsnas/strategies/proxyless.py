@@ -117,8 +117,12 @@ class SupernetSearch(pl.LightningModule):
         if self._arch_iter is None:
             source = self.arch_batches if self.arch_batches is not None else self.trainer.datamodule.val_dataloader()
             self._arch_iter = iter(itertools.cycle(source)) if not isinstance(source, Iterator) else source
-        x, y = next(self._arch_iter)
+        x, y = self._as_trained(next(self._arch_iter))
         return x.to(self.device), y.to(self.device)
+
+    def _as_trained(self, batch):
+        """A batch this module draws itself, in the Trainer's precision (``trainer.precision``: 64-true -> float64)."""
+        return batch if self._trainer is None else self.trainer.precision_plugin.convert_input(batch)
 
     def training_step(self, batch, batch_idx: int) -> None:
         w_opt, a_opt = self.optimizers()
@@ -158,9 +162,11 @@ class SupernetSearch(pl.LightningModule):
 
     def _calibration_source(self) -> Iterable:
         if self.calibration_batches is not None:
-            return self.calibration_batches
-        dm = self.trainer.datamodule
-        return dm.train_dataloader() if dm is not None else self.trainer.train_dataloader
+            source = self.calibration_batches
+        else:
+            dm = self.trainer.datamodule
+            source = dm.train_dataloader() if dm is not None else self.trainer.train_dataloader
+        return (self._as_trained(b) for b in source)
 
     def derived_network(self, paths: list[int] | None = None) -> ArchNet:
         """The derived network (default: the most probable one) with the supernet's weights, in eval mode.

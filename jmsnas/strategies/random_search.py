@@ -130,7 +130,7 @@ def _candidate_data(exp: Experiment, strategy: RandomConfig, dm: JmsnasDataModul
     dm.setup()
     return ChildData(train=dm.train_set, val=dm.val_set, batch_size=exp.config.dataset.batch_size,
                      epochs=strategy.sample_epochs, lr=strategy.sample_lr, weight_decay=strategy.lambda1,
-                     temperature=1.0, kd_weight=0.0, use_kd=False)
+                     temperature=1.0, kd_weight=0.0, use_kd=False, hw=exp.config.trainer)
 
 
 def _initial_state(exp: Experiment, strategy: RandomConfig, seed: int, num_classes: int,
@@ -231,4 +231,4 @@ def run_random(exp: Experiment, strategy: RandomConfig, seed: int, run_dir: Path
     estimate = ArchLatencyModel.for_experiment(exp)(spec)
     return retrain_and_record(net, spec, dm, strategy, run_dir, progress, predicted_ms=estimate.latency_ms,
                               split=estimate.split(), search_val_acc=best["val_acc"], search_wall_s=state["wall_s"],
-                              seed=seed)
+                              seed=seed, hw=exp.config.trainer)

@@ -14,11 +14,12 @@ from torch import nn
 
 @torch.no_grad()
 def accuracy(model: nn.Module, batches) -> float:
-    """Top-1 accuracy of ``model`` (in its current mode) over ``(x, y)`` batches."""
-    device = next(model.parameters()).device
+    """Top-1 accuracy of ``model`` (in its current mode) over ``(x, y)`` batches, on its device and dtype."""
+    param = next(model.parameters())
     correct = total = 0
     for x, y in batches:
-        correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
+        x = x.to(param.device, param.dtype) if x.is_floating_point() else x.to(param.device)
+        correct += int((model(x).argmax(1) == y.to(param.device)).sum())
         total += len(y)
     return correct / total
 

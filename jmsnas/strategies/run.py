@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from jmsnas.builders import cut_compressors, latency_models
-from jmsnas.config import Experiment, MorphismConfig, ProxylessConfig, RandomConfig
+from jmsnas.config import Experiment, MorphismConfig, ProxylessConfig, RandomConfig, TrainerConfig
 from jmsnas.data import JmsnasDataModule
 from jmsnas.space.arch import ArchSpec, build_model
 from jmsnas.space.supernet import Supernet
@@ -59,8 +59,9 @@ def expected_latency(exp: Experiment, num_classes: int, input_shape: tuple[int, 
                            cut_compressors(exp, exp.search_space.dims))
 
 
-def _trainer(run_dir: Path, name: str, epochs: int, progress: bool, **kwargs) -> pl.Trainer:
-    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, default_root_dir=run_dir / name,
+def _trainer(run_dir: Path, name: str, epochs: int, progress: bool, hw: TrainerConfig, **kwargs) -> pl.Trainer:
+    """A Trainer on the experiment's accelerator / devices / precision (``hw``, the ``trainer`` section)."""
+    return pl.Trainer(max_epochs=epochs, **hw.kwargs(), default_root_dir=run_dir / name,
                       logger=pl.loggers.CSVLogger(run_dir, name=name, version=""), enable_progress_bar=progress,
                       enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
 
@@ -91,8 +92,8 @@ def run_proxyless(exp: Experiment, strategy: ProxylessConfig, seed: int, run_dir
                             weight_decay=strategy.lambda1, warmup_epochs=strategy.warmup_epochs,
                             epochs=strategy.epochs, seed=seed, bn_calibration_batches=strategy.bn_calibration_batches)
     start = time.perf_counter()
-    _trainer(run_dir, "search", strategy.epochs, progress, callbacks=callbacks).fit(system, datamodule=dm,
-                                                                                   ckpt_path=ckpt_path)
+    trainer = _trainer(run_dir, "search", strategy.epochs, progress, exp.config.trainer, callbacks=callbacks)
+    trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path)
     search_wall = time.perf_counter() - start
 
     paths = derive_within(supernet.probs(), predictor, strategy.t_const_ms)
@@ -108,16 +109,17 @@ def run_proxyless(exp: Experiment, strategy: ProxylessConfig, seed: int, run_dir
     split = {"path": list(estimate.path), "boundaries": list(estimate.boundaries), "device_ms": estimate.device_ms,
              "link_ms": estimate.link_ms}
     return retrain_and_record(net, spec, dm, strategy, run_dir, progress, predicted_ms=float(estimate.total_ms),
-                              split=split, search_val_acc=search_val_acc, search_wall_s=search_wall, seed=seed)
+                              split=split, search_val_acc=search_val_acc, search_wall_s=search_wall, seed=seed,
+                              hw=exp.config.trainer)
 
 
 def retrain_and_record(net: torch.nn.Module, spec: ArchSpec, dm: JmsnasDataModule,
                        strategy: ProxylessConfig | MorphismConfig | RandomConfig, run_dir: Path, progress: bool, *,
                        predicted_ms: float, split: dict, search_val_acc: float, search_wall_s: float,
-                       seed: int) -> SearchOutcome:
-    """Stage 2 of every strategy and its record: retrain ``net``, write ``model.pt`` and ``outcome.json``."""
+                       seed: int, hw: TrainerConfig) -> SearchOutcome:
+    """Stage 2 of every strategy and its record: retrain ``net`` on ``hw``, write ``model.pt``, ``outcome.json``."""
     start = time.perf_counter()
-    val_acc, test_acc = retrain(net, dm, strategy, run_dir, progress)
+    val_acc, test_acc = retrain(net, dm, strategy, run_dir, progress, hw)
     retrain_wall = time.perf_counter() - start
     torch.save(net.state_dict(), run_dir / "model.pt")
     outcome = SearchOutcome(
@@ -130,11 +132,11 @@ def retrain_and_record(net: torch.nn.Module, spec: ArchSpec, dm: JmsnasDataModul
 
 
 def retrain(net: torch.nn.Module, dm: JmsnasDataModule, strategy: ProxylessConfig | MorphismConfig | RandomConfig,
-            run_dir: Path, progress: bool = True) -> tuple[float, float]:
-    """Stage 2: train ``net`` alone; return (validation accuracy, test accuracy)."""
+            run_dir: Path, progress: bool, hw: TrainerConfig) -> tuple[float, float]:
+    """Stage 2: train ``net`` alone (on ``hw``); return (validation accuracy, test accuracy)."""
     cfg = strategy.retrain
     system = Classifier(net, lr=cfg.lr, weight_decay=strategy.lambda1, epochs=cfg.epochs)
-    trainer = _trainer(run_dir, "retrain", cfg.epochs, progress, enable_checkpointing=False)
+    trainer = _trainer(run_dir, "retrain", cfg.epochs, progress, hw, enable_checkpointing=False)
     trainer.fit(system, datamodule=dm)
     val_acc = float(trainer.callback_metrics["val_acc"])
     test_acc = float(trainer.test(system, datamodule=dm, verbose=False)[0]["test_acc"])

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from jmsnas.config import Experiment, MorphismConfig, TeacherConfig
+from jmsnas.config import Experiment, MorphismConfig, TeacherConfig, TrainerConfig
 from jmsnas.data import JmsnasDataModule
 from jmsnas.errors import ConfigError, JmsnasError
 from jmsnas.io import atomic_write
@@ -132,12 +132,12 @@ def load_user_teacher(model: nn.Module, path: Path, exp: Experiment) -> None:
 
 
 def _train(model: nn.Module, dm: JmsnasDataModule, strategy: MorphismConfig, out_dir: Path,
-           progress: bool) -> dict:
+           progress: bool, hw: TrainerConfig) -> dict:
     from jmsnas.strategies.run import _trainer
 
     cfg = strategy.teacher
     system = Classifier(model, lr=cfg.lr, weight_decay=strategy.lambda1, epochs=cfg.epochs)
-    trainer = _trainer(out_dir, "train", cfg.epochs, progress, enable_checkpointing=False)
+    trainer = _trainer(out_dir, "train", cfg.epochs, progress, hw, enable_checkpointing=False)
     start = time.perf_counter()
     trainer.fit(system, datamodule=dm)
     wall = time.perf_counter() - start
@@ -178,7 +178,7 @@ def load_or_train_teacher(exp: Experiment, strategy: MorphismConfig, dm: JmsnasD
             return model.eval(), cached.data()
         pl.seed_everything(seed, workers=True, verbose=False)
         model = build_teacher(cfg, exp.search_space, info.num_classes, info.input_shape)
-        scores = _train(model, dm, strategy, cache_dir, progress)
+        scores = _train(model, dm, strategy, cache_dir, progress, exp.config.trainer)
         record = TeacherRecord.of({"key": key, "model": cfg.model, "params": sum(p.numel() for p in model.parameters()),
                                    **scores})
         atomic_write(weights, lambda p: torch.save(model.state_dict(), p))

@@ -1,0 +1,34 @@
+"""The experiment's ``trainer`` section: the accelerator, device count and precision of every Lightning Trainer."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt, model_validator
+
+from jmsnas.validation import Strict
+
+
+class TrainerConfig(Strict):
+    """Where and how every Lightning Trainer of a search trains (search, children, candidates, teacher, retraining).
+
+    Passed to ``pl.Trainer(accelerator=, devices=, precision=)``. Under Ray Tune a trial sees only the
+    GPUs its ``tune.resources_per_trial.gpu`` reserves, so the two must agree (checked at load).
+    """
+
+    accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = Field(
+        "cpu", description="Lightning's accelerator; 'gpu'/'cuda' needs tune.resources_per_trial.gpu > 0")
+    devices: PositiveInt = Field(1, description="devices per Trainer (one process; no distributed training)")
+    precision: Literal["32", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "64-true"] = Field(
+        "32", description="Lightning's precision: 32 (float32), 16-mixed / bf16-mixed (automatic mixed precision), ...")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _precision_as_text(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("precision"), int):  # YAML `precision: 32`
+            data = {**data, "precision": str(data["precision"])}
+        return data
+
+    def kwargs(self) -> dict[str, Any]:
+        """The ``pl.Trainer`` arguments."""
+        return {"accelerator": self.accelerator, "devices": self.devices, "precision": self.precision}
