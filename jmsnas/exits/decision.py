@@ -18,6 +18,12 @@ lists of the float32 values), evaluated in float64 numpy so that the unit needs 
 GBM as its settings and the features and labels it was fitted on, refitted on load (the fit is
 deterministic for a fixed ``random_state``, which a test checks). Certainties are clipped to
 ``[EPS, 1 - EPS]`` so the endpoint identities (s = 0 keeps all, s = 1 sends all) hold exactly.
+
+In the exits stage (``exits.decision: decision_unit``) the unit's certainty takes the place of the
+top-1 probability (``exit_score``): the threshold search, ``EarlyExitNet`` and the bundle runtime
+compare it with the exit's threshold by ``>=``, as they do the top-1 probability. The search's
+thresholds are observed certainties, so ``>=`` and paper 000's ``>`` give the same operating points
+(shifted by one sample at a tie). ``offload`` keeps the paper's ``>`` for the server sweeps.
 """
 
 from __future__ import annotations
