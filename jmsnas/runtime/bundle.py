@@ -96,6 +96,13 @@ class Bundle:
                     raise BundleError(f"{exc}", field=f"parts[{m}].exit.decision_unit") from None
         return out
 
+    def exit_confidence(self, part: int, logits: torch.Tensor) -> torch.Tensor:
+        """``[B]`` float64: what part ``part``'s exit compares with its threshold (``>=``): the top-1 softmax
+        probability, or the certainty of the exit's decision unit when the manifest has one."""
+        from jmsnas.exits.decision import exit_score  # not at the top: jmsnas.exits imports jmsnas.export
+
+        return exit_score(logits, self.decision_units.get(part))
+
     def exit_of(self, part: int) -> PartExit | None:
         """The manifest's ``exit`` entry of part ``part`` (threshold, logits name), or None."""
         return self.spec.parts[part].exit
@@ -120,9 +127,7 @@ class Bundle:
                 continue
             leave = torch.ones(len(active), dtype=torch.bool)
             if exit_ is not None:
-                from jmsnas.exits.decision import exit_score  # not at the top: jmsnas.exits imports export
-
-                leave = exit_score(outputs[0], self.decision_units.get(m)) >= exit_.threshold
+                leave = self.exit_confidence(m, outputs[0]) >= exit_.threshold
             if logits is None:
                 logits = outputs[0].new_zeros((batch, outputs[0].shape[-1]))
             logits[active[leave]] = outputs[0][leave]
