@@ -31,7 +31,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jmsnas.config import USER_PROFILES_DIR
+from jmsnas.config import DEFAULT_PROFILES_DIR, USER_PROFILES_DIR
 from jmsnas.errors import JmsnasError
 from jmsnas.latency.guard import DEFAULT_TOLERANCE, ContentionError
 
@@ -73,7 +73,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                         help="random whole networks per space timed to calibrate how op times add up (0: none)")
     parser.add_argument("--no-grid", action="store_true", help="time only the exact shapes of the spaces")
     parser.add_argument("--out-dir", type=Path, default=USER_PROFILES_DIR,
-                        help="where profiles are written (and --verify reads them; default: ./%(default)s)")
+                        help="where profiles are written and --verify reads them, falling back to the shipped "
+                        "ones (default: ./%(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
     return parser
 
@@ -126,7 +127,10 @@ def _verify(args: argparse.Namespace) -> int:
     if args.verify_ops < 1:
         raise JmsnasError(f"--verify-ops must be >= 1, got {args.verify_ops}")
     name = args.verify
-    report = verify_profile(args.out_dir / f"{name}.csv", n_ops=args.verify_ops,
+    csv_path = args.out_dir / f"{name}.csv"
+    if not csv_path.is_file() and (DEFAULT_PROFILES_DIR / f"{name}.csv").is_file():
+        csv_path = DEFAULT_PROFILES_DIR / f"{name}.csv"  # a shipped profile
+    report = verify_profile(csv_path, n_ops=args.verify_ops,
                             tolerance=None if args.no_guard else args.tolerance / 100)
     speed = ""
     if report.speed_index_profile_ms and report.speed_index_now_ms:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from jmsnas.validation import Strict
+from jmsnas.validation import FieldValueError, Strict
+
+
+def tensorboard_available() -> bool:
+    """Lightning's TensorBoardLogger can write here (``tensorboard`` or ``tensorboardX`` is installed)."""
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
 
 
 class TrainerConfig(Strict):
@@ -21,6 +27,17 @@ class TrainerConfig(Strict):
     devices: PositiveInt = Field(1, description="devices per Trainer (one process; no distributed training)")
     precision: Literal["32", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "64-true"] = Field(
         "32", description="Lightning's precision: 32 (float32), 16-mixed / bf16-mixed (automatic mixed precision), ...")
+
+    logger: Literal["csv", "tensorboard"] = Field(
+        "csv", description="csv: metrics.csv per stage; tensorboard: also TensorBoard event files in "
+        "<stage>/tensorboard/ (needs the tensorboard or tensorboardX package)")
+
+    @model_validator(mode="after")
+    def _tensorboard_installed(self) -> TrainerConfig:
+        if self.logger == "tensorboard" and not tensorboard_available():
+            raise FieldValueError("logger 'tensorboard' needs the tensorboard (or tensorboardX) package: "
+                                  "pip install tensorboard, or use 'csv'", "logger")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -130,3 +130,22 @@ def test_write_outputs_without_feasible_network(tmp_path: Path) -> None:
     assert summary["overall"] is None and not (tmp_path / "arch.json").exists()
     assert (tmp_path / "pareto.png").is_file() and not (tmp_path / "latency_breakdown.png").exists()
     assert "No constraint was met" in (tmp_path / "report.md").read_text()
+
+
+def test_load_run_reads_back_the_summary(tmp_path: Path) -> None:
+    from jmsnas import load_run
+    from jmsnas.errors import ArtifactError
+    from jmsnas.results import TABLE_COLUMNS
+
+    trials = [_fake_artifacts(tmp_path, t) if t["status"] == "finished" else t for t in TRIALS]
+    summary = write_outputs(tmp_path, "fake", trials)
+    run = load_run(tmp_path)
+    assert [t.trial_id for t in run.trials] == [t["trial_id"] for t in TRIALS]
+    assert [(r["status"], r["val_acc"], r["t_const_ms"]) for r in run.rows()] == [
+        (t["status"], t["val_acc"], t["t_const_ms"]) for t in TRIALS]
+    assert all(list(r) == list(TABLE_COLUMNS) for r in run.rows())
+    assert run.best.trial_id == "c" == summary["overall"]["trial_id"]
+    assert run.choice(20.0).trial_id == "h" and not run.choice(5.0).feasible
+    assert run.outcome("c").compact == next(t["compact"] for t in TRIALS if t["trial_id"] == "c")
+    with pytest.raises(ArtifactError, match="not a finished run"):
+        load_run(tmp_path / "trials")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import jmsnas
 from jmsnas.config import load_experiment
 from jmsnas.rundir import expected_trials, smoke_config, trial_strategy
 from jmsnas.search import main
@@ -67,9 +68,28 @@ def test_search_end_to_end(two_trials: dict, write_experiment, capsys) -> None:
     for t in json.loads((run_dir / "summary.json").read_text())["trials"]:  # one start each, from scratch
         starts = json.loads((Path(t["artifact_dir"]) / "trial.json").read_text())["starts"]
         assert [s["from_checkpoint"] for s in starts] == [None]
+    _check_load_run(run_dir)
     # the same experiment again: refused (before Ray starts), pointing at --resume
     assert main([str(path)]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def _check_load_run(run_dir: Path) -> None:
+    """`jmsnas.load_run` reads back what the files hold."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    run = jmsnas.load_run(run_dir)
+    assert run.dir == run_dir.resolve()
+    assert [t.trial_id for t in run.trials] == [t["trial_id"] for t in summary["trials"]]
+    rows = run.rows()
+    assert [(r["val_acc"], r["test_acc"], r["t_const_ms"]) for r in rows] == [
+        (t["val_acc"], t["test_acc"], t["t_const_ms"]) for t in summary["trials"]]
+    assert run.best is not None and run.best.trial_id == summary["overall"]["trial_id"]
+    assert run.choice(1000.0).feasible and not run.choice(1.0).feasible
+    with pytest.raises(KeyError, match="1, 1000"):
+        run.choice(5.0)
+    chosen = run.outcome(run.best.trial_id)
+    assert chosen.compact == json.loads((Path(run.best.artifact_dir) / "outcome.json").read_text())["compact"]
+    assert run.experiment.tune.grid == {"t_const_ms": [1.0, 1000.0]}
 
 
 def _wait_for_first_outcome(proc: subprocess.Popen, trials_dir: Path, timeout_s: float = 120.0) -> Path:

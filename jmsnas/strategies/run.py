@@ -59,11 +59,22 @@ def expected_latency(exp: Experiment, num_classes: int, input_shape: tuple[int, 
                            cut_compressors(exp, exp.search_space.dims))
 
 
-def _trainer(run_dir: Path, name: str, epochs: int, progress: bool, hw: TrainerConfig, **kwargs) -> pl.Trainer:
-    """A Trainer on the experiment's accelerator / devices / precision (``hw``, the ``trainer`` section)."""
-    return pl.Trainer(max_epochs=epochs, **hw.kwargs(), default_root_dir=run_dir / name,
-                      logger=pl.loggers.CSVLogger(run_dir, name=name, version=""), enable_progress_bar=progress,
-                      enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+def _trainer(run_dir: Path, name: str, epochs: int, progress: bool, hw: TrainerConfig, hparams: dict,
+             **kwargs) -> pl.Trainer:
+    """A Trainer on the experiment's accelerator / devices / precision (``hw``, the ``trainer`` section).
+
+    It logs to ``run_dir/name/metrics.csv`` (and with ``logger: tensorboard`` to ``run_dir/name/tensorboard/``)
+    and records ``hparams`` (``hparams.yaml``, TensorBoard's hyper-parameters).
+    """
+    loggers = [pl.loggers.CSVLogger(run_dir, name=name, version="")]
+    if hw.logger == "tensorboard":
+        loggers.append(pl.loggers.TensorBoardLogger(run_dir / name, name="tensorboard", version="",
+                                                    default_hp_metric=False))
+    trainer = pl.Trainer(max_epochs=epochs, **hw.kwargs(), default_root_dir=run_dir / name, logger=loggers,
+                         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+    for lg in trainer.loggers:
+        lg.log_hyperparams({**hparams, "trainer": hw.model_dump(mode="json")})
+    return trainer
 
 
 def run_proxyless(exp: Experiment, strategy: ProxylessConfig, seed: int, run_dir: Path, *,
@@ -92,7 +103,8 @@ def run_proxyless(exp: Experiment, strategy: ProxylessConfig, seed: int, run_dir
                             weight_decay=strategy.lambda1, warmup_epochs=strategy.warmup_epochs,
                             epochs=strategy.epochs, seed=seed, bn_calibration_batches=strategy.bn_calibration_batches)
     start = time.perf_counter()
-    trainer = _trainer(run_dir, "search", strategy.epochs, progress, exp.config.trainer, callbacks=callbacks)
+    trainer = _trainer(run_dir, "search", strategy.epochs, progress, exp.config.trainer, callbacks=callbacks,
+                       hparams={"seed": seed, "strategy": strategy.model_dump(mode="json")})
     trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path)
     search_wall = time.perf_counter() - start
 
@@ -136,7 +148,8 @@ def retrain(net: torch.nn.Module, dm: JmsnasDataModule, strategy: ProxylessConfi
     """Stage 2: train ``net`` alone (on ``hw``); return (validation accuracy, test accuracy)."""
     cfg = strategy.retrain
     system = Classifier(net, lr=cfg.lr, weight_decay=strategy.lambda1, epochs=cfg.epochs)
-    trainer = _trainer(run_dir, "retrain", cfg.epochs, progress, hw, enable_checkpointing=False)
+    hparams = {"retrain": cfg.model_dump(mode="json"), "weight_decay": strategy.lambda1, "strategy": strategy.name}
+    trainer = _trainer(run_dir, "retrain", cfg.epochs, progress, hw, hparams, enable_checkpointing=False)
     trainer.fit(system, datamodule=dm)
     val_acc = float(trainer.callback_metrics["val_acc"])
     test_acc = float(trainer.test(system, datamodule=dm, verbose=False)[0]["test_acc"])

@@ -137,7 +137,8 @@ def _train(model: nn.Module, dm: JmsnasDataModule, strategy: MorphismConfig, out
 
     cfg = strategy.teacher
     system = Classifier(model, lr=cfg.lr, weight_decay=strategy.lambda1, epochs=cfg.epochs)
-    trainer = _trainer(out_dir, "train", cfg.epochs, progress, hw, enable_checkpointing=False)
+    hparams = {"teacher": cfg.model_dump(mode="json"), "weight_decay": strategy.lambda1}
+    trainer = _trainer(out_dir, "train", cfg.epochs, progress, hw, hparams, enable_checkpointing=False)
     start = time.perf_counter()
     trainer.fit(system, datamodule=dm)
     wall = time.perf_counter() - start

@@ -71,3 +71,25 @@ def test_gpu_settings_must_agree(trainer, gpu, field, tiny_experiment, write_exp
     with pytest.raises(ConfigError) as exc:
         load_experiment(write_experiment(tiny_experiment))
     assert exc.value.field == field
+
+
+def test_tensorboard_logger_and_hyper_parameters(tiny_experiment, write_experiment, tmp_path: Path) -> None:
+    import yaml
+
+    from jmsnas.trainer_config import tensorboard_available
+
+    if not tensorboard_available():
+        pytest.skip("neither tensorboard nor tensorboardX is installed")
+    tiny_experiment["dataset"]["num_samples"] = 300
+    tiny_experiment["strategy"].update(epochs=1, warmup_epochs=0, retrain={"epochs": 1})
+    tiny_experiment["trainer"] = {"logger": "tensorboard"}
+    exp = load_experiment(write_experiment(tiny_experiment))
+    run_proxyless(exp, exp.config.strategy, 0, tmp_path / "run", progress=False)
+    for stage in ("search", "retrain"):
+        assert (tmp_path / "run" / stage / "metrics.csv").is_file()  # CSV is always written
+        assert list((tmp_path / "run" / stage / "tensorboard").glob("events.out.tfevents.*")), stage
+    search = yaml.safe_load((tmp_path / "run" / "search" / "hparams.yaml").read_text())
+    assert search["seed"] == 0 and search["strategy"]["epochs"] == 1 and search["strategy"]["t_const_ms"] == 5.0
+    assert search["trainer"] == {"accelerator": "cpu", "devices": 1, "precision": "32", "logger": "tensorboard"}
+    retrain = yaml.safe_load((tmp_path / "run" / "retrain" / "hparams.yaml").read_text())
+    assert retrain["retrain"]["epochs"] == 1 and retrain["strategy"] == "proxyless"
