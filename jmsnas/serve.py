@@ -43,6 +43,13 @@ def _link(text: str) -> LinkSpec:
         raise argparse.ArgumentTypeError(e.message) from None  # argparse prints it and exits with status 2
 
 
+def _ids(text: str) -> frozenset[int]:
+    try:
+        return frozenset(int(v) for v in text.split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of sample ids") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jmsnas.serve", description="Serve a bundle: one device "
                                 "(--device, --listen, --next) or every device on this machine (--local).")
@@ -56,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     one.add_argument("--next", nargs="+", default=None, help="HOST:PORT of the next device (none on the last)")
     one.add_argument("--link", type=_link, default=None, help="emulate the outgoing link: MBPS[,RTT_MS]")
     one.add_argument("--emulated", action="store_true", help="wait until the plan's predicted compute time")
-    one.add_argument("--drop", default="", help="fault: sample ids whose first send is lost, e.g. 3,7")
+    one.add_argument("--drop", type=_ids, default=frozenset(), help="fault: samples whose first send is lost: 3,7")
+    one.add_argument("--stall", type=_ids, default=frozenset(), help="fault: samples whose first send comes late")
     one.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)
     loc = p.add_argument_group("every device here")
     loc.add_argument("--local", action="store_true", help="one process per device on this machine")
@@ -101,11 +109,8 @@ def _one(args: argparse.Namespace) -> int:
     if args.next is not None and len(args.next) > 1:
         raise ConfigError(f"{len(args.next)} next hops given; a chain bundle has one next device (mesh "
                           "branches are not served yet)", field="--next")
-    try:
-        drop = frozenset(int(v) for v in args.drop.split(",") if v)
-    except ValueError:
-        raise ConfigError(f"{args.drop!r} is not a comma-separated list of sample ids", field="--drop") from None
-    options = ServeOptions(args.backend, args.emulated, args.link, args.timeout_ms, args.attempts, drop)
+    options = ServeOptions(args.backend, args.emulated, args.link, args.timeout_ms, args.attempts, args.drop,
+                           args.stall, stall_ms=int(1.5 * args.timeout_ms))  # after the first resend
     server = DeviceServer(args.bundle, args.device, args.listen, args.next[0] if args.next else None, options)
     signal.signal(signal.SIGTERM, lambda *_: server.stop.set())
     if args.parent is not None:

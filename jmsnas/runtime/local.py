@@ -11,7 +11,8 @@ Nothing is lost without being counted: a sample unanswered ``sample_deadline_s``
 fed again (a new ``attempt``; devices run an attempt once), at most ``refeeds`` times; a second answer
 to a sample is counted as a duplicate and dropped; what is still unanswered at the end is ``lost``.
 Faults to test with: ``kill`` a device's process after a given sample (and restart it on the same
-port after a delay: it rejoins), ``drop`` the first send of given samples on a device's outgoing link.
+port after a delay: it rejoins), ``drop`` the first send of given samples on a device's outgoing link,
+``stall`` it (delivered after the sender has resent it).
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class LocalRun:
         timeout_ms: one send's wait for an acknowledgement; attempts: sends per hop before falling back.
         sample_deadline_s: an unanswered sample is fed again after this long; refeeds: how often.
         startup_timeout_s: how long every device has to come up; run_timeout_s: the whole feed's limit.
-        kill: process faults; drop: per device, samples whose first send on its outgoing link is lost.
+        kill: process faults; drop: per device, samples whose first send on its outgoing link is lost;
+            stall: per device, samples whose first send is delivered late (after the sender resent it).
         warmup: samples fed first and left out of the report (connections, first runs of each part).
         log_dir: where each device's log goes (None: a temporary folder beside ``runtime.json`` or cwd).
     """
@@ -87,6 +89,7 @@ class LocalRun:
     run_timeout_s: float = 600.0
     kill: tuple[Kill, ...] = ()
     drop: dict[str, frozenset[int]] = field(default_factory=dict)
+    stall: dict[str, frozenset[int]] = field(default_factory=dict)
     warmup: int = 0
     log_dir: Path | None = None
 
@@ -153,8 +156,9 @@ def _commands(bundle: Path, devices: list[str], ports: list[int], run: LocalRun,
             cmd += ["--next", f"127.0.0.1:{ports[m + 1]}", "--link", f"{link.bandwidth_mbps!r},{link.rtt_ms!r}"]
         if name in run.emulated:
             cmd.append("--emulated")
-        if run.drop.get(name):
-            cmd += ["--drop", ",".join(str(i) for i in sorted(run.drop[name]))]
+        for option, faults in (("--drop", run.drop), ("--stall", run.stall)):
+            if faults.get(name):  # sample ids as the feeder numbers them: after the warm-up
+                cmd += [option, ",".join(str(i + run.warmup) for i in sorted(faults[name]))]
         out.append(_Device(name, cmd, log_dir / f"{m:02d}_{name}.log"))
     return out
 

@@ -61,6 +61,8 @@ class ServeOptions:
         timeout_ms: how long one send waits for the next hop's acknowledgement.
         attempts: sends per sample before the device answers alone.
         drop: sample ids whose first send on the outgoing link is lost (a fault to test with).
+        stall: sample ids whose first send is held back ``stall_ms`` (longer than the sender waits) and
+            then delivered: the sender resends meanwhile, and the receiver must run the sample once.
     """
 
     backend: Backend = "onnx"
@@ -69,6 +71,8 @@ class ServeOptions:
     timeout_ms: int = 1000
     attempts: int = 3
     drop: frozenset[int] = field(default_factory=frozenset)
+    stall: frozenset[int] = field(default_factory=frozenset)
+    stall_ms: int = 2000
 
 
 def manifest_hash(bundle_dir: str | Path) -> str:
@@ -200,6 +204,8 @@ class DeviceServer:
             self.seen[key] = None
             while len(self.seen) > 100_000:
                 self.seen.popitem(last=False)
+        else:
+            log.info("sample %d (attempt %d) came again: acknowledged, not run twice", h.sample, h.attempt)
         receiver.reply(peer, {"kind": "ack", "sample": h.sample})
 
     def _compute_loop(self) -> None:
@@ -286,7 +292,11 @@ class DeviceServer:
         frames = pack(head, tensors + extra)
         hop["encode_ms"], hop["wire_bytes"] = 1e3 * (time.monotonic() - start), wire
         frames[0] = rehead(frames[0], hops=[*h.hops, hop])  # the header again, with its own framing time
-        ok, reason = sender.send(frames, h.sample, drop_first=h.sample in self.options.drop and h.attempt == 0)
+        first = h.attempt == 0
+        if first and h.sample in self.options.stall:
+            threading.Timer(self.options.stall_ms / 1e3, _late, (sender.ctx, sender.address, frames)).start()
+        lose = first and (h.sample in self.options.drop or h.sample in self.options.stall)
+        ok, reason = sender.send(frames, h.sample, drop_first=lose)
         if ok:
             return "sent", {}, []
         log.warning("sample %d: %s; answering here", h.sample, reason)
@@ -303,6 +313,19 @@ class DeviceServer:
                        "manifest": self.token, "hops": [*h.hops, hop], "answer": info}, tensors)
         if not pusher.push(h.reply_to, frames):
             log.error("sample %d: the feeder at %s takes no answers", h.sample, h.reply_to)
+
+
+def _late(ctx: zmq.Context, address: str, frames: list[bytes]) -> None:
+    """Deliver a stalled message late, on a socket of its own (the sender's is its thread's)."""
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(address)
+        sock.send_multipart(frames)
+    except zmq.ZMQError:  # the context is closing: the server stopped
+        pass
+    finally:
+        sock.close()
 
 
 def _answered(device: str, exit_k: int, fell_back_reason: str | None = None) -> dict[str, Any]:

@@ -70,10 +70,13 @@ def test_local_runtime_answers_as_the_in_process_cascade(exit_bundle, tmp_path: 
     expected, exit_index = load_bundle(bundle, "onnx").run_exits(x)
     assert 0 < int((exit_index == 0).sum()) < len(x)  # some samples leave at d0, some go on
     going_on = [int(i) for i in torch.nonzero(exit_index == 1).flatten()]
-    drop = {"d0": frozenset(going_on[:2]), "d1": frozenset(going_on[1:3])}  # first sends lost on both links
-    report = serve_local(bundle, [xi.numpy() for xi in x], LocalRun(emulated=frozenset({"d1"}), drop=drop, **FAST),
-                         out=tmp_path / "runtime.json")
+    stall = {"d0": frozenset(going_on[:1])}  # a first send delivered after its resend: run once, answered once
+    drop = {"d0": frozenset(going_on[1:3]), "d1": frozenset(going_on[2:4])}  # first sends lost on both links
+    run = LocalRun(emulated=frozenset({"d1"}), drop=drop, stall=stall, **FAST)
+    report = serve_local(bundle, [xi.numpy() for xi in x], run, out=tmp_path / "runtime.json")
     assert_gone(report["_pids"])
+    d1_log = (tmp_path / "runtime_logs" / "01_d1.log").read_text()
+    assert f"sample {going_on[0]} (attempt 0) came again" in d1_log  # the stalled copy arrived, was not run
     assert report["samples"] == report["answered"] == len(x) and report["lost"] == 0 and report["fell_back"] == 0
     assert report["duplicates"] == 0 and report["refed"] == 0  # a lost send is resent by its hop, not re-fed
     for row in report["per_sample"]:
