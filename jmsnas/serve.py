@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.device or 'local'} %(levelname)s %(message)s")
     try:
+        if args.timeout_ms < 1 or args.attempts < 1:
+            raise ConfigError(f"--timeout-ms and --attempts must be >= 1, got {args.timeout_ms} and {args.attempts}",
+                              field="--timeout-ms")
         if args.feed:
             return _feed(args)
         if args.local:
