@@ -4,6 +4,7 @@ The library entry points are imported on first use (``import jmsnas`` stays ligh
 
     exp = jmsnas.load_experiment("experiments/quickstart.yaml")   # or a dict
     run = jmsnas.load_run("runs/quickstart")                       # a finished run's results
+    run = jmsnas.run_experiment("quickstart", overrides=["tune.grid.t_const_ms=[18]"])  # search, deploy, results
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from jmsnas.errors import JmsnasError
 
 __version__ = "0.1.0"
 
-__all__ = ["JmsnasError", "__version__", "load_experiment", "load_run"]
+__all__ = ["JmsnasError", "__version__", "load_experiment", "load_run", "run_experiment"]
 
-_LAZY = {"load_experiment": "jmsnas.config", "load_run": "jmsnas.results"}
+_LAZY = {"load_experiment": "jmsnas.config", "load_run": "jmsnas.results", "run_experiment": "jmsnas.results"}
 
 
 def __getattr__(name: str) -> Any:

@@ -26,9 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("jmsnas.deploy", "plan, add exits to, compress, export and verify one chosen network"),
     "profile": ("jmsnas.profile", "measure this machine as a device (a latency profile)"),
     "serve": ("jmsnas.serve", "run an exported bundle's part on this device"),
+    "report": ("jmsnas.results", "print what a finished run found (the choice per T_const)"),
 }
 #: Subcommands whose ``main`` takes ``prog=`` (so ``--help`` reads ``jmsnas search``).
-_TAKES_PROG = {"search", "deploy", "profile"}
+_TAKES_PROG = {"search", "deploy", "profile", "report"}
 
 EXIT_CODES = """exit status:
   0    done (--check: the experiment is valid)
@@ -90,7 +91,8 @@ def _parser(commands: dict[str, tuple[str, str]]) -> argparse.ArgumentParser:
                "  jmsnas search experiments/quickstart.yaml --check\n"
                "  jmsnas search quickstart --set tune.num_samples=2 --output-dir /tmp/runs\n"
                "  jmsnas deploy experiments/quickstart.yaml runs/quickstart/best/t18ms\n"
-               "  jmsnas profile --search-space search_spaces/mbconv13_1d.yaml --device-name cpu-1t\n\n"
+               "  jmsnas profile --search-space search_spaces/mbconv13_1d.yaml --device-name cpu-1t\n"
+               "  jmsnas report runs/quickstart\n\n"
                f"{EXIT_CODES}")
     parser.add_argument("--version", action="version", version=f"jmsnas {__version__}")
     add_verbosity(parser)

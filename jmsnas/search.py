@@ -11,6 +11,7 @@ but jmsnas does not implement yet are rejected at ``--check`` time, never faked.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ from jmsnas.resources import experiment_file
 from jmsnas.rundir import check_search
 
 __all__ = ["check_stages", "deploy_after_search", "main", "summary"]
+
+log = logging.getLogger(__name__)
 
 
 def _bytes_text(n: float) -> str:
@@ -111,11 +114,11 @@ def deploy_after_search(exp: Experiment, *, smoke: bool) -> None:
     run = Experiment(config, exp.path, exp.topology, exp.search_space)
     run_dir = run.run_dir.resolve()
     for d in pipeline.deploy_run(run, run_dir, Summary.load(run_dir / "summary.json")):
-        print(f"deployed    {d['dir']}: {d['predicted_latency_ms']:.4g} ms on {' -> '.join(d['devices'])}, "
-              f"test acc {100 * d['test_acc_split']:.2f} % ({d['acc_change_pp']:+.2f} pp)"
-              + (f", bundle {run_dir / d['dir'] / 'bundle'}" if "bundle" in d else ""))
+        log.info(f"deployed    {d['dir']}: {d['predicted_latency_ms']:.4g} ms on {' -> '.join(d['devices'])}, "
+                 f"test acc {100 * d['test_acc_split']:.2f} % ({d['acc_change_pp']:+.2f} pp)"
+                 + (f", bundle {run_dir / d['dir'] / 'bundle'}" if "bundle" in d else ""))
         if pipeline.exits_line(d) is not None:
-            print(f"  exits     {pipeline.exits_line(d)}")
+            log.info(f"  exits     {pipeline.exits_line(d)}")
 
 
 EXAMPLES = """examples:

@@ -149,3 +149,21 @@ def test_load_run_reads_back_the_summary(tmp_path: Path) -> None:
     assert run.outcome("c").compact == next(t["compact"] for t in TRIALS if t["trial_id"] == "c")
     with pytest.raises(ArtifactError, match="not a finished run"):
         load_run(tmp_path / "trials")
+
+
+def test_report_command_prints_the_choices(tmp_path: Path, capsys) -> None:
+    from jmsnas.cli import main
+
+    trials = [_fake_artifacts(tmp_path, t) if t["status"] == "finished" else t for t in TRIALS]
+    write_outputs(tmp_path, "fake", trials)
+    before = sorted(p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file())
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"run         {tmp_path.resolve()} (fake): 9 trial(s)" in out
+    assert "overall     trial c (T_const 10 ms)" in out
+    assert main(["report", str(tmp_path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["overall"]["trial_id"] == "c" and [c["t_const_ms"] for c in data["choices"]] == [5.0, 10.0, 20.0, 40.0]
+    assert sorted(p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()) == before  # nothing written
+    assert main(["report", str(tmp_path / "trials")]) == 2
+    assert "not a finished run" in capsys.readouterr().err

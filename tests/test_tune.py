@@ -193,3 +193,19 @@ def test_smoke_config(tiny_experiment: dict, write_experiment) -> None:
     assert smoke.name == "tiny-smoke" and expected_trials(smoke) == 1
     assert smoke.tune.grid == {"t_const_ms": [3.0], "lambda2": [0.1]}
     assert (smoke.strategy.epochs, smoke.strategy.warmup_epochs, smoke.strategy.retrain.epochs) == (1, 0, 1)
+
+
+def test_library_search_reuses_a_running_ray_and_returns_the_run(two_trials: dict, tmp_path: Path) -> None:
+    import ray
+
+    two_trials["name"] = "library"
+    two_trials["tune"]["grid"] = {"t_const_ms": [1000.0]}
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # a notebook's Ray
+    try:
+        run = jmsnas.run_experiment(two_trials)  # an experiment as a dict
+        assert ray.is_initialized()  # used, and left running
+    finally:
+        ray.shutdown()
+    assert run.dir == (tmp_path / "runs" / "library").resolve()
+    assert [t.status for t in run.trials] == ["finished"] and run.best.t_const_ms == 1000.0
+    assert (run.dir / run.best.best_dir / "model.pt").is_file()
