@@ -244,13 +244,15 @@ def trial_bundles(config: ExperimentConfig) -> list[dict[str, float]]:
 
 
 def _check_fits_cluster(config: ExperimentConfig, file: Path) -> None:
-    """A trial that needs more CPUs than Ray has would wait forever: say so instead."""
-    need = sum(b.get("CPU", 0.0) for b in trial_bundles(config))
-    have = ray.cluster_resources().get("CPU", 0.0)
-    if need > have:
-        parallel = kind_of(config.strategy).parallel_field
-        field = f"strategy.{parallel}" if parallel is not None else "tune.resources_per_trial.cpu"
-        raise ConfigError(f"one trial needs {need:g} CPUs, Ray has {have:g}; lower it", file=file, field=field)
+    """A trial that needs more CPUs (or GPUs) than Ray has would wait forever: say so instead."""
+    bundles = trial_bundles(config)
+    parallel = kind_of(config.strategy).parallel_field
+    for kind, key in (("CPU", "cpu"), ("GPU", "gpu")):
+        need = sum(b.get(kind, 0.0) for b in bundles)
+        have = ray.cluster_resources().get(kind, 0.0)
+        if need > have:
+            field = f"strategy.{parallel}" if parallel is not None else f"tune.resources_per_trial.{key}"
+            raise ConfigError(f"one trial needs {need:g} {kind}s, Ray has {have:g}; lower it", file=file, field=field)
 
 
 def _trainable(config: ExperimentConfig, run_dir: Path):

@@ -50,6 +50,21 @@ def test_a_running_ray_is_reused_and_left_running(fake_ray, monkeypatch) -> None
     assert fake_ray == [] and not started.owned
 
 
+def test_a_trial_needing_more_gpus_than_ray_has_is_refused(fake_ray, tiny_experiment, write_experiment) -> None:
+    from jmsnas.config import load_experiment
+
+    tiny_experiment["trainer"] = {"accelerator": "gpu"}
+    tiny_experiment["tune"] = {"resources_per_trial": {"cpu": 1, "gpu": 1}}
+    exp = load_experiment(write_experiment(tiny_experiment))
+    with pytest.raises(ConfigError, match="one trial needs 1 GPUs, Ray has 0") as exc:
+        tune._check_fits_cluster(exp.config, exp.path)  # the fake Ray has 3 CPUs and no GPU
+    assert exc.value.field == "tune.resources_per_trial.gpu"
+    tiny_experiment["tune"]["resources_per_trial"]["cpu"] = 4
+    exp = load_experiment(write_experiment(tiny_experiment))
+    with pytest.raises(ConfigError, match="one trial needs 4 CPUs, Ray has 3"):
+        tune._check_fits_cluster(exp.config, exp.path)
+
+
 def test_search_runs_while_a_stale_default_address_points_at_a_dead_cluster(tiny_experiment, write_experiment,
                                                                            tmp_path: Path) -> None:
     # Ray's temp dir is a fresh short folder (Unix socket paths are short), so nothing here reads or
