@@ -11,8 +11,9 @@ HOST:PORT`` runs. Three threads, each owning its sockets (ZeroMQ sockets are not
   not run twice.
 - *compute*: runs the part (``Bundle.runners[m]``, ONNX Runtime by default). An **emulated**
   device (an analytic one: no measured profile) runs its part on this CPU and then waits until its
-  predicted compute time (the plan's) has passed. An exit decides as ``Bundle.run_exits`` does (top-1
-  softmax probability in float64 against the threshold): a sample that leaves is answered here.
+  predicted compute time (the plan's) has passed. An exit decides as ``Bundle.run_exits`` does
+  (``Bundle.exit_confidence``: the top-1 softmax probability in float64, or the manifest's decision
+  unit, against the threshold): a sample that leaves is answered here.
 - *send*: the next hop's DEALER (``transport.Sender``) behind the link emulator
   (``links.TokenBucket``); answers go to the feeder's address (``reply_to``). When the next hop
   does not acknowledge within its attempts, the device answers alone from the best exit the
@@ -246,7 +247,7 @@ class DeviceServer:
         best = (msg.header.best, msg.tensors[-1]) if msg.header.best is not None else None
         if self.part.exit is not None:
             logits = outs[0].numpy()
-            conf = float(torch.softmax(outs[0].double(), dim=-1).amax(dim=-1).max())
+            conf = float(self.bundle.exit_confidence(self.m, outs[0]).max())  # as run_exits decides
             if conf >= self.part.exit.threshold:
                 return "answer", msg, {**_answered(self.device, self.exit_k), "hop": hop}, [("logits", logits)]
             best = ({"device": self.device, "exit": self.exit_k}, logits)
