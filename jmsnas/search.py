@@ -166,6 +166,9 @@ def load(args: argparse.Namespace) -> Experiment:
     exp = load_experiment(experiment_file(args.experiment), overrides=args.overrides)
     if args.output_dir is not None:
         exp.config = exp.config.model_copy(update={"output_dir": args.output_dir.expanduser().resolve()})
+    log.debug(f"loaded      {exp.path}" + (f" with --set {' '.join(args.overrides)}" if args.overrides else ""))
+    log.debug(f"profiles    {exp.config.profiles_dir}")
+    log.debug(f"trainer     {exp.config.trainer.model_dump(mode='json')}")
     return exp
 
 

@@ -217,6 +217,7 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> RayStart:
         cpus = ray.cluster_resources().get("CPU", 0.0)
         return RayStart([f"ray         the Ray this process already runs, {cpus:g} CPUs"], owned=False)
     kwargs = {} if num_cpus is None else {"num_cpus": num_cpus}
+    log.debug(f"ray.init(address='local', {kwargs}): a new local instance, whatever ray_current_cluster names")
     try:
         ctx = ray.init(address="local", include_dashboard=True, **kwargs)
         note = None

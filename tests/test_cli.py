@@ -139,3 +139,16 @@ def test_experiment_from_a_dict_equals_the_file(tiny_experiment, write_experimen
     with pytest.raises(ConfigError) as exc:
         load_experiment(bad, base_dir=tmp_path)
     assert exc.value.field == "seeed" and exc.value.file == str(tmp_path.resolve() / DICT_SOURCE)
+
+
+def test_verbose_before_or_after_the_command_shows_debug_lines(tiny_experiment, write_experiment, capsys) -> None:
+    path = write_experiment(tiny_experiment)
+    try:
+        for argv in (["-v", "search", str(path), "--check"], ["search", str(path), "--check", "-v"]):
+            assert main(argv) == 0
+            out = capsys.readouterr().out
+            assert f"loaded      {path}" in out and "profiles    " in out and "check       OK" in out
+        assert main(["search", str(path), "--check"]) == 0
+        assert "profiles    " not in capsys.readouterr().out
+    finally:
+        setup_logging()
