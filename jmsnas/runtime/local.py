@@ -41,7 +41,7 @@ from jmsnas.runtime.bundle import read_manifest
 from jmsnas.runtime.links import LinkSpec, plan_links
 from jmsnas.runtime.report import Answer, runtime_report
 from jmsnas.runtime.serve import manifest_hash, part_index
-from jmsnas.runtime.transport import Sender, endpoint, pack, unpack
+from jmsnas.runtime.transport import Sender, WireError, endpoint, pack, unpack
 
 log = logging.getLogger("jmsnas.serve")
 
@@ -230,7 +230,11 @@ class _Feeder:
         if not self.pull.poll(timeout_ms, zmq.POLLIN):
             return
         got = time.monotonic()
-        msg = unpack(self.pull.recv_multipart())
+        try:
+            msg = unpack(self.pull.recv_multipart())
+        except WireError as e:
+            log.warning("refused a malformed answer: %s", e)
+            return
         h = msg.header
         if h.kind != "answer" or h.run != self.id or h.sample not in self.fed_at:
             return
