@@ -3,8 +3,8 @@
 They need neither Ray nor Lightning (``--check`` stays fast): the strategy is one this version
 builds, the compressors fit the topology's cuts and the exits.
 
-`check_partition` is the same check as ``jmsnas.stages.deploy.check_partition``, which the deploy
-stage runs; the stage should import it from here (one copy).
+`check_partition` is also what ``python -m jmsnas.deploy`` runs before the deploy stage
+(``jmsnas.stages.deploy`` re-exports it).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from jmsnas.builders import cut_compressors, latency_models, profile_metas
+from jmsnas.checks import check_partition
 from jmsnas.compress.fit import LearnedCodecs, fit_learned
 from jmsnas.compress.quantize import Compressor
 from jmsnas.compress.registry import COMPRESSORS
@@ -71,30 +72,6 @@ DEPLOY_JSON = "deploy.json"
 PLAN_JSON = "plan.json"
 BUNDLE_DIR = "bundle"
 EXITS_DIR = "exits"
-
-
-def check_partition(exp: Experiment) -> None:
-    """Fail now, naming the field, on compressors the topology has no cut for."""
-    part = exp.config.partition
-    if part is None:
-        return
-    longest = max(len(p) for p in exp.topology.paths()) - 1
-    if len(part.compressors) > longest:
-        raise ConfigError(f"{len(part.compressors)} compressors given but a plan on this topology has at most "
-                          f"{longest} cut(s); give one per cut in chain order", file=exp.path,
-                          field="partition.compressors")
-    if exp.config.exits is not None:
-        for i, c in enumerate(part.compressors):
-            if COMPRESSORS[c.kind].learned:
-                raise ConfigError(f"{c.kind!r} cannot be combined with early exits yet: training it changes the "
-                                  "layers around the cut, which the exit heads and thresholds were calibrated on; "
-                                  "use 'quantize' or 'none' here, or remove the exits section",
-                                  file=exp.path, field=f"partition.compressors[{i}].kind")
-    for i, c in enumerate(part.compressors[1:], start=1):
-        if COMPRESSORS[c.kind].first_cut_only:
-            raise ConfigError(f"{c.kind} replaces the first device's layers with a student head "
-                              "(paper 002), so it can only be the first cut's compressor; use 'autoencoder' here",
-                              file=exp.path, field=f"partition.compressors[{i}].kind")
 
 
 def load_choice(choice_dir: Path) -> tuple[ArchSpec, nn.Module]:
