@@ -408,6 +408,21 @@ def _setting_markdown(name: str, s: dict, first: dict) -> list[str]:
     return lines
 
 
+def _thin(row: dict, points: int = 201) -> dict:
+    """The sweep curves cut to ``points`` evenly spaced operating points plus each curve's maximum (the
+    full sweep has one point per test sample; the figures above are computed from the full one)."""
+    for m in ("mlp", "gbm"):
+        for key in ("curve", "mp_curve"):
+            cur = row[m]["single_exit"][key]
+            n = len(cur["overall_acc"])
+            if n <= points:
+                continue
+            keep = sorted(set(np.linspace(0, n - 1, points).round().astype(int).tolist())
+                          | {int(np.argmax(cur["overall_acc"]))})
+            row[m]["single_exit"][key] = {k: [v[i] for i in keep] for k, v in cur.items()}
+    return row
+
+
 def _finite(value: Any) -> Any:
     """NaN as null (strict JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -440,7 +455,8 @@ def main() -> None:
     for setting in [] if args.render else args.settings:
         args.client_width, args.server_width = (int(v) for v in setting.split(":"))
         settings[f"client {args.client_width} / server {args.server_width}"] = [run_seed(s, args) for s in args.seeds]
-    if not args.smoke and not args.render:
+    settings = {name: [_thin(r) for r in rows] for name, rows in settings.items()}
+    if not args.smoke:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "esai.rows.json").write_text(json.dumps(settings) + "\n")  # before anything can fail
     config = {k: v for k, v in vars(args).items() if k not in ("smoke", "client_width", "server_width", "render")}
@@ -453,9 +469,15 @@ def main() -> None:
         print(text)
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "esai.json").write_text(json.dumps(_finite(result), indent=1, allow_nan=False) + "\n")
+    # the summary keys one per line, the per-seed rows (curves, grids) compact
+    head = {k: v for k, v in result.items() if k != "settings"}
+    body = ",\n".join(f" {json.dumps(name)}: {json.dumps(_finite(s), allow_nan=False)}"
+                      for name, s in result["settings"].items())
+    text_json = json.dumps(_finite(head), indent=1, allow_nan=False)[:-2] + ',\n "settings": {\n' + body + "\n }\n}\n"
+    (RESULTS / "esai.json").write_text(text_json)
     (RESULTS / "esai.md").write_text(text)
     plot(RESULTS / "esai.png", settings)
+    (RESULTS / "esai.rows.json").unlink(missing_ok=True)  # kept only while a run can still fail
     print(text)
 
 
