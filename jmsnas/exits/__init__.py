@@ -6,9 +6,13 @@
 - ``candidates``: EENN candidates (exits at device boundaries) with worst-case and mean latency and
   memory, pruned before training.
 - ``train``: all heads on the frozen backbone at once (features cached), early dropping; joint fine-tuning.
-- ``thresholds``: exact vectorised cascade evaluation, Bellman-Ford over exit x threshold nodes, objectives.
+- ``thresholds``: exact vectorised cascade evaluation, Bellman-Ford over exit x threshold nodes, objectives
+  (``cascade_stats``: what a search works on and returns).
 - ``cascade``: ``EarlyExitNet``, which runs exits for real (per-sample masks) and counts executed MACs.
-- ``augment``: the whole flow, one call; ``report``: the result; ``deploy``: plan with exits, export.
+- ``meta``, ``decision``, ``offload``: paper 000's softmax meta-features (eqs. (2)-(5)), decision units
+  (MLP or gradient boosting, plain JSON), overall accuracy with offloading (eqs. (6), (7)).
+- ``costs``: unit and head latency per device; ``config``: the experiment's ``exits`` section.
+- ``augment``: the whole flow, one call; ``result``: the result; ``export``: plan with exits, export.
 """
 
 from __future__ import annotations
