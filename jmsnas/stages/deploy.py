@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from jmsnas.builders import cut_compressors, latency_models, profile_metas
+from jmsnas.builders import datamodule as build_datamodule
 from jmsnas.checks import check_partition
 from jmsnas.compress.fit import LearnedCodecs, fit_learned
 from jmsnas.compress.quantize import Compressor
@@ -144,8 +145,9 @@ def _load(exp: Experiment, choice_dir: Path, seed: int, datamodule: JmsnasDataMo
     spec, model = load_choice(choice_dir)
     models = latency_models(exp)
     costs, compressors = arch_costs(spec, models), cut_compressors(exp, spec.dims)
-    dm = datamodule or JmsnasDataModule(exp.config.dataset, seed=exp.config.seed)
-    dm.setup()
+    if datamodule is not None:
+        datamodule.setup()
+    dm = datamodule if datamodule is not None else build_datamodule(exp)
     return _Choice(exp, choice_dir, spec, model, dm, models, costs, compressors, seed)
 
 

@@ -7,15 +7,12 @@ the field of anything it cannot take).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from jmsnas.errors import ConfigError
-from jmsnas.io import write_json
-from jmsnas.validation import validate_or_raise
+from jmsnas.io import load_artifact, write_json
 
 #: Sections present only when their stage ran (absent from ``deploy.json`` otherwise, never null).
 _OPTIONAL = ("exits", "verify", "latency_measured", "bundle")
@@ -89,12 +86,7 @@ class DeployRecord(_Record):
         """Read a ``deploy.json``.
 
         Raises:
-            ConfigError: a missing or unreadable file, or a field that is unknown or of the wrong type
+            ArtifactError: a missing or unreadable file, or a field that is unknown or of the wrong type
                 (named with the file).
         """
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read a deploy record ({exc})", file=path) from None
-        return validate_or_raise(cls, data, file=path)
+        return load_artifact(path, cls.model_validate)
