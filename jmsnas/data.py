@@ -85,8 +85,9 @@ def _mnist1d(cfg) -> tuple[Dataset, Dataset, int]:
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
-    args.num_samples = cfg.num_samples
-    args.train_split = cfg.train_split
+    for key in ("num_samples", "train_split", "iid_noise_scale", "corr_noise_scale", "max_translation", "scale_coeff",
+                "shear_scale"):
+        setattr(args, key, getattr(cfg, key))
     state = np.random.get_state()  # make_dataset reseeds numpy's global generator; leave it as found
     try:
         data = make_dataset(args)

@@ -25,6 +25,12 @@ class Mnist1dDataset(_DatasetBase):
     name: Literal["mnist1d"]
     num_samples: PositiveInt = Field(5000, description="train + test; the published set has 5000")
     train_split: float = Field(0.8, gt=0, lt=1)
+    # The generator's difficulty knobs (mnist1d.data.get_dataset_args); the defaults are the published set's.
+    iid_noise_scale: float = Field(0.02, ge=0, description="independent Gaussian noise per sample point")
+    corr_noise_scale: float = Field(0.25, ge=0, description="correlated (smoothed) background noise")
+    max_translation: int = Field(48, ge=0, description="largest circular shift of the padded template")
+    scale_coeff: float = Field(0.4, ge=0, description="random scaling of the template")
+    shear_scale: float = Field(0.75, ge=0, description="random shear of the template")
 
 
 class DigitsDataset(_DatasetBase):

@@ -37,6 +37,22 @@ def test_mnist1d_leaves_numpy_global_state_alone() -> None:
     assert np.random.rand() == expected
 
 
+def test_mnist1d_knobs_default_to_the_published_generator_and_change_the_data() -> None:
+    from mnist1d.data import get_dataset_args
+
+    published = get_dataset_args()
+    cfg = Mnist1dDataset(name="mnist1d", num_samples=200)
+    for key in ("iid_noise_scale", "corr_noise_scale", "max_translation", "scale_coeff", "shear_scale"):
+        assert getattr(cfg, key) == getattr(published, key)
+    plain = JmsnasDataModule(cfg, seed=0)
+    noisy = JmsnasDataModule(Mnist1dDataset(name="mnist1d", num_samples=200, iid_noise_scale=0.5), seed=0)
+    plain.setup()
+    noisy.setup()
+    rough = [float(_val_tensor(dm).diff(dim=-1).std()) for dm in (plain, noisy)]
+    assert rough[1] > 1.5 * rough[0]  # independent noise per point: far larger point-to-point steps
+    assert [int(y) for _, y in noisy.val_set] == [int(y) for _, y in plain.val_set]  # same draws, same labels
+
+
 def test_same_seed_same_split_other_seed_other_split() -> None:
     cfg = DigitsDataset(name="digits")
     a, b, c = (JmsnasDataModule(cfg, seed=s) for s in (7, 7, 8))
