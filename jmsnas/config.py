@@ -129,7 +129,7 @@ class ProxylessConfig(_StrategyBase):
     @model_validator(mode="after")
     def _pinned_needs_counts(self) -> ProxylessConfig:
         if self.split == "pinned" and self.max_layers_per_device is None:
-            raise ValueError("split: pinned needs max_layers_per_device (one count per device, in chain order)")
+            raise ValueError("split: pinned needs max_layers_per_device (one count per device, in topology.devices order)")
         return self
 
 

@@ -65,7 +65,8 @@ class ExpectedLatency:
         models: a latency model per device name.
         num_classes: classifier outputs (sizes the head).
         input_shape: input shape without batch; default: the space's.
-        max_layers_per_device: optional cap per device of the chain (paper 003's pinned split).
+        max_layers_per_device: optional cap per device of the topology, in ``topology.devices`` order
+            (paper 003's pinned split); on a mesh each path takes its own devices' counts.
         compressors: one per cut in path order (``partition.path_links``); missing cuts send float32.
     """
 
@@ -112,9 +113,11 @@ class ExpectedLatency:
         def solve(path: tuple[str, ...]) -> ChainSplit:
             cols = [self.devices.index(d) for d in path]
             caps = [self.topology.device(d).memory_limit_bytes for d in path]
+            counts = self.max_layers_per_device
+            if counts is not None:  # one count per device of the topology: this path's devices' counts
+                counts = [counts[c] for c in cols]
             return best_chain_split(tau_np[:, cols], self.output_bytes, self.input_bytes,
-                                    path_links(self.topology, path, self.compressors), memory, caps,
-                                    self.max_layers_per_device)
+                                    path_links(self.topology, path, self.compressors), memory, caps, counts)
 
         path, split = best_path(self.topology, solve, lambda split: split.latency_ms)
         cols = [self.devices.index(d) for d in path]

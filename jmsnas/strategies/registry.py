@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jmsnas.config import Experiment, MorphismConfig, ProxylessConfig, RandomConfig
+from jmsnas.errors import ConfigError
 
 if TYPE_CHECKING:
     from jmsnas.strategies.run import SearchOutcome
@@ -104,6 +105,15 @@ def _smoke_proxyless(strategy: ProxylessConfig) -> dict[str, Any]:
     return {"epochs": 1, "warmup_epochs": 0}
 
 
+def _check_proxyless(exp: Experiment, strategy: ProxylessConfig) -> None:
+    """A pinned split needs one layer count per device of the topology (a mesh path uses its devices' counts)."""
+    counts, devices = strategy.max_layers_per_device, [d.name for d in exp.topology.devices]
+    if strategy.split == "pinned" and counts is not None and len(counts) != len(devices):
+        raise ConfigError(f"{len(counts)} layer counts given for {len(devices)} devices; give one per device, in "
+                          f"the order of topology.devices ({', '.join(devices)})", file=exp.path,
+                          field="strategy.max_layers_per_device")
+
+
 # --- morphism ------------------------------------------------------------------------------------
 
 
@@ -145,7 +155,7 @@ def _smoke_random(strategy: RandomConfig) -> dict[str, Any]:
 #: Every search strategy by ``strategy.name``, in the order the docs list them.
 STRATEGIES: dict[str, StrategyKind] = {
     "proxyless": StrategyKind("proxyless", ProxylessConfig, _run_proxyless, _smoke_proxyless,
-                              length_field="epochs"),
+                              length_field="epochs", check=_check_proxyless),
     "morphism": StrategyKind("morphism", MorphismConfig, _run_morphism, _smoke_morphism, length_field="iterations",
                              extra_reports=2, parallel_field="parallel_children", check=_check_morphism),
     "random": StrategyKind("random", RandomConfig, _run_random, _smoke_random, length_field="num_candidates"),

@@ -62,3 +62,29 @@ def test_expected_latency_uses_the_path_that_fits_when_the_fast_one_is_full() ->
         probs = [predictor.tables[n].new_ones(len(s.candidates)) / len(s.candidates)
                  for n, s in enumerate(SPACE.layers())]
         assert len(derive_within(probs, predictor, t_const_ms=1e9)) == len(SPACE.layers())
+
+
+def test_pinned_counts_on_a_mesh_take_each_paths_own_devices() -> None:
+    """One count per topology device; a path uses its devices' counts (it used to fail on every mesh)."""
+    topology, models = _mesh(10**9)
+    n = len(SPACE.layers()) + 2  # stem, searchable layers, head
+    for b1_count, branch in ((n, "b1"), (1, "b2")):  # b1 (fast) may hold everything, or one layer only
+        counts = [1, 1, b1_count, n, 1]  # ue, sbs, b1, b2, cloud: ue / sbs / cloud hold nothing anyway
+        predictor = ExpectedLatency(SPACE, topology, models, num_classes=10, max_layers_per_device=counts)
+        estimate = predictor.for_choices([0] * len(SPACE.layers()))
+        assert branch in estimate.path
+        b = estimate.boundaries
+        limit = dict(zip([d.name for d in topology.devices], counts, strict=True))
+        assert all(b[m + 1] - b[m] <= limit[d] for m, d in enumerate(estimate.path))
+
+
+def test_a_wrong_number_of_pinned_counts_is_refused_at_check(tiny_experiment, write_experiment, capsys) -> None:
+    from jmsnas.cli import main
+
+    tiny_experiment["strategy"].update({"split": "pinned", "max_layers_per_device": [2, 2]})  # three devices
+    path = write_experiment(tiny_experiment)
+    assert main(["search", str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "strategy.max_layers_per_device: 2 layer counts given for 3 devices" in err and "a, b, c" in err
+    tiny_experiment["strategy"]["max_layers_per_device"] = [2, 2, 20]
+    assert main(["search", str(write_experiment(tiny_experiment)), "--check"]) == 0
