@@ -1,0 +1,399 @@
+"""Exit Predictor and bandwidth-adaptive thresholds (paper 004, issue 17) on MNIST-1D.
+
+An accuracy-and-MACs benchmark: nothing is timed (latencies are eq. (11) from MAC counts and an analytic
+device), but run it alone all the same, it keeps both cores busy. Per seed:
+
+1. **Early-exit network**: a 1-D CNN with two early exits (exit 2 lighter than exit 1), trained
+   jointly with eq. (5) (weights 0.2, 0.3, 0.5), AdamW with one-cycle (the paper's 220-epoch SGD scaled
+   down to ``--ee-epochs``). Data: ``--samples`` MNIST-1D (80 % train / 20 % test; 20 % of train held
+   out as validation; a further 20 % of train held out from the EE training as the ``holdout`` label
+   source). Partition point: after exit 2 (paper 004 §II-A); the final segment is the server's.
+2. **Fig. 7 analogue**: λ1 = λ2 swept; per λ an Exit Predictor (``ours``) trained on eq. (9) labels from
+   the training split (the paper) and from the held-out split; γ by the paper's criterion (lowest
+   eq. (4) MACs with < 2 pp more samples at the last exit) on validation; on test: accuracy and mean
+   on-device MACs of EE, EE+EP and the oracle, ``oracle_saving_captured`` = (EE - EP) / (EE - oracle)
+   and ``predictor_overhead`` = EP MACs / mean on-device MACs with the EP.
+3. **Table II analogue** at λ* (the most accurate λ on validation, 2-D grid): the four predictor
+   variants.
+4. **Executed MACs**: Algorithm 1 run for real (``SkippingCascade``) on the test split at λ*, γ*;
+   its ``MacCounter`` total against eq. (4).
+5. **Fig. 10 analogue**: eq. (11) with the quickstart's Cortex-M4F analytic model (75 M MAC/s) and the
+   partition feature sent at 8 bits per value; τ = 1.2 x the all-exits on-device time and bandwidths
+   spanning D / (r T_all) from 6.5 to 0.0065, the paper's dimensionless regime (spec C.2). Three
+   regressors fitted to the eq. (10) optima (validation) at 5 bandwidths each; 30 held-out
+   bandwidths; methods Backbone, EE (Static), EE+EP (Static), EE (Adaptive), EE+EP (Adaptive),
+   EE+Oracle (Adaptive); accuracy, mean latency and τ violations on test.
+
+Usage::
+
+    python benchmarks/exit_predictor.py           # writes benchmarks/results/exit_predictor.{md,json,png}
+    python benchmarks/exit_predictor.py --smoke   # tiny, nothing written
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from jmsnas.exits.adaptive import AdaptiveThresholds, ExitStats, ThresholdTable, evaluate, transfer_ms  # noqa: E402
+from jmsnas.exits.cascade import EarlyExitNet, MacCounter  # noqa: E402
+from jmsnas.exits.predictor import (  # noqa: E402
+    VARIANTS,
+    ExitPredictor,
+    PredictorTraining,
+    exit_labels,
+    predictor_scores,
+    train_predictor,
+)
+from jmsnas.exits.skip import ExitParts, SkippingCascade, choose_gamma, route  # noqa: E402
+from jmsnas.space.macs import count_macs  # noqa: E402
+
+LAMBDAS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+MACS_PER_S = 75.0e6  # experiments/quickstart.yaml's m4f (analytic)
+WIRE_BITS = 8
+
+
+def _cbr(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv1d(cin, cout, k, stride, padding=k // 2, bias=False), nn.BatchNorm1d(cout), nn.ReLU()]
+
+
+class _Part(nn.Module):
+    """A segment in the cascade's calling convention (one tensor in, a one-tensor tuple out)."""
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.body(x),)
+
+
+def build_ee(width: int = 32) -> EarlyExitNet:
+    w1, w2, w3 = 2 * width, 4 * width, 8 * width
+    segments = [_Part(*_cbr(1, width, 5), *_cbr(width, w1, 5)),                          # l1 -> [w1, 40]
+                _Part(*_cbr(w1, w2, 5, 2), *_cbr(w2, w2, 5)),                             # l2 -> [w2, 20]
+                _Part(*_cbr(w2, w3, 3, 2), *_cbr(w3, w3, 3), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                      nn.Linear(w3, 10))]                                                 # server
+    heads = [nn.Sequential(*_cbr(w1, width, 3, 2), nn.Flatten(), nn.Linear(width * 20, 10)),
+             nn.Sequential(*_cbr(w2, width // 2, 1), nn.Flatten(), nn.Linear(width // 2 * 20, 10))]
+    shapes = [(1, 40), (w1, 40), (w2, 20)]
+    seg_macs = [count_macs(s.body, shape) for s, shape in zip(segments, shapes, strict=True)]
+    head_macs = [count_macs(h, shape) for h, shape in zip(heads, shapes[1:], strict=True)]
+    return EarlyExitNet(segments, heads, [2.0, 2.0], [1, 2], seg_macs, head_macs)
+
+
+def train_ee(net: EarlyExitNet, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> None:
+    """Eq. (5): the three exits' cross-entropies weighted 0.2 / 0.3 / 0.5, trained jointly."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=5e-4)
+    steps = epochs * ((len(x) + 127) // 128)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    net.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(128):
+            opt.zero_grad()
+            outs = net.all_exits(x[idx])
+            loss = sum(w * nn.functional.cross_entropy(o, y[idx]) for w, o in zip((0.2, 0.3, 0.5), outs, strict=True))
+            loss.backward()
+            opt.step()
+            sched.step()
+    net.eval()
+
+
+@torch.no_grad()
+def exit_stats(net: EarlyExitNet, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Confidences [B, 2] (every exit computed) and per-exit correctness [B, 3]."""
+    outs = [torch.cat(o) for o in zip(*[net.all_exits(b) for b in x.split(1024)], strict=True)]
+    conf = np.stack([torch.softmax(o.double(), -1).amax(-1).numpy() for o in outs[:2]], axis=1)
+    correct = np.stack([(o.argmax(-1) == y).numpy() for o in outs], axis=1)
+    return conf, correct
+
+
+def _data(samples: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The ESAI benchmark's MNIST-1D splits, with 20 % of train held out as the EP's second label source."""
+    from esai import _data as esai_splits
+
+    data = esai_splits(samples, seed)
+    x, y = data["train"]
+    cut = int(0.8 * len(x))
+    return {**data, "train": (x[:cut], y[:cut]), "holdout": (x[cut:], y[cut:])}
+
+
+def _fit_ep(net: EarlyExitNet, data: dict, lam: list[float], source: str, variant: str, args, seed: int,
+            width: float) -> ExitPredictor:
+    x, y = data[source]
+    conf, _ = exit_stats(net, x, y)
+    labels = exit_labels(torch.from_numpy(conf), lam)
+    torch.manual_seed(seed)
+    ep = ExitPredictor((1, 40), 2, variant, width=width)
+    return train_predictor(ep, x, labels, PredictorTraining(epochs=args.ep_epochs, seed=seed))
+
+
+def _compare(net, ep, data, stats, lam, parts_fn) -> dict[str, Any]:
+    """EE, EE+EP (γ on validation) and the oracle at ``lam``, on test."""
+    s_val, s_test = (predictor_scores(ep, data[k][0]).numpy() for k in ("val", "test"))
+    parts = parts_fn(ep)
+    gam, _ = choose_gamma(stats["val"][0], s_val, lam, parts)
+    c, correct = stats["test"]
+    ee, epr, orc = (route(c, lam), route(c, lam, mode="ep", scores=s_test, gammas=gam), route(c, lam, mode="oracle"))
+    ee_m, ep_m, or_m = (float(r.device_cost(parts).mean()) for r in (ee, epr, orc))
+    return {"lambda": lam, "gamma": gam, "ee_macs": ee_m, "ep_macs": ep_m, "oracle_macs": or_m,
+            "ee_acc": ee.accuracy(correct), "ep_acc": epr.accuracy(correct), "oracle_acc": orc.accuracy(correct),
+            "oracle_saving_captured": (ee_m - ep_m) / (ee_m - or_m) if ee_m > or_m else None,
+            "predictor_macs": parts.predictor, "predictor_overhead": parts.predictor / ep_m,
+            "ep_skip_fraction": epr.skip_fraction().tolist(), "oracle_skip_fraction": orc.skip_fraction().tolist(),
+            "ee_final_share": float(ee.reaches_final.mean()), "ep_final_share": float(epr.reaches_final.mean())}
+
+
+def _best_lambda(stats_val: tuple[np.ndarray, np.ndarray]) -> list[float]:
+    grid = np.round(np.linspace(0.05, 1.0, 20), 4)
+    c, correct = stats_val
+    best = max(((a, b) for a in grid for b in grid), key=lambda lam: route(c, lam).accuracy(correct))
+    return [float(v) for v in best]
+
+
+def _executed_macs(net, ep, gam, x, lam) -> dict[str, Any]:
+    net.thresholds = list(lam)
+    cascade = SkippingCascade(net, ep, gam).eval()
+    with MacCounter(cascade) as counter, torch.no_grad():
+        _, idx, computed = cascade(x)
+    with torch.no_grad():
+        outs = net.all_exits(x)
+    c = np.stack([torch.softmax(o.double(), -1).amax(-1).numpy() for o in outs[:2]], axis=1)
+    r = route(c, lam, mode="ep", scores=predictor_scores(ep, x).numpy(), gammas=gam)
+    parts = ExitParts(net.segment_macs[:2], net.head_macs, count_macs(ep, (1, 40)))
+    predicted = int(r.device_cost(parts).sum() + r.reaches_final.sum() * net.segment_macs[-1])
+    return {"executed_macs": counter.macs, "eq4_macs": predicted, "match": counter.macs == predicted,
+            "same_exits": bool((r.exit_index == idx.numpy()).all())}
+
+
+def _adaptive(net, ep, data, stats, lam_star, gam_star, args) -> dict[str, Any]:
+    ms = ExitParts([m / MACS_PER_S * 1e3 for m in net.segment_macs[:2]],
+                   [m / MACS_PER_S * 1e3 for m in net.head_macs], count_macs(ep, (1, 40)) / MACS_PER_S * 1e3)
+    payload = 4 * 20 * 32 * WIRE_BITS  # the [128, 20] partition feature at 8 bits (width 32)
+    t_all = sum(ms.segments) + sum(ms.heads)
+    tau = 1.2 * t_all
+    r_lo = payload / (6.5 * t_all * 1e3)  # Mbit/s where D / (r T_all) = 6.5
+    groups = [[r_lo * 10 ** i * f for f in (1, 3, 5, 7, 10)] for i in range(3)]
+    held_out = np.geomspace(r_lo * 1.13, r_lo * 1000 / 1.13, args.bandwidths).tolist()
+    s = {k: predictor_scores(ep, data[k][0]).numpy() for k in ("val", "test")}
+    val = {m: ExitStats(stats["val"][0], stats["val"][1], s["val"] if m == "ep" else None) for m in ("ee", "ep",
+                                                                                                    "oracle")}
+    test = {m: ExitStats(stats["test"][0], stats["test"][1], s["test"] if m == "ep" else None)
+            for m in ("ee", "ep", "oracle")}
+    rules = {}
+    for mode in ("ee", "ep", "oracle"):
+        table = ThresholdTable(val[mode], ms, mode, gamma_grid=tuple(np.round(np.linspace(0, 0.9, args.gamma_grid),
+                                                                              4)))
+        rules[mode] = AdaptiveThresholds.fit(table, payload, tau, groups, seed=0)[0]
+    rows = []
+    backbone_ms = sum(ms.segments)
+    for bw in held_out:
+        row: dict[str, Any] = {"bandwidth_mbps": bw}
+        bb = backbone_ms + transfer_ms(payload, bw)
+        row["backbone"] = {"accuracy": float(stats["test"][1][:, 2].mean()), "latency_ms": bb, "violates": bb > tau}
+        for name, mode, lam, gam in (("ee_static", "ee", lam_star, None), ("ep_static", "ep", lam_star, gam_star)):
+            p = evaluate(test[mode], ms, payload, bw, tau, lam, gam, mode)
+            row[name] = {"accuracy": p.accuracy, "latency_ms": p.latency_ms, "violates": not p.feasible}
+        for name, mode in (("ee_adaptive", "ee"), ("ep_adaptive", "ep"), ("oracle_adaptive", "oracle")):
+            fixed = rules[mode].repair(val[mode], ms, payload, bw, tau)
+            p = evaluate(test[mode], ms, payload, bw, tau, fixed.thresholds, fixed.gammas, mode)
+            row[name] = {"accuracy": p.accuracy, "latency_ms": p.latency_ms, "violates": not p.feasible,
+                         "repaired": fixed.repaired, "thresholds": fixed.thresholds, "gammas": fixed.gammas}
+        rows.append(row)
+    return {"tau_ms": tau, "t_all_ms": t_all, "payload_bits": payload, "training_bandwidths_mbps": groups,
+            "rows": rows, "regressors": {m: r.to_dict() for m, r in rules.items()}}
+
+
+def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    start = time.perf_counter()
+    data = _data(args.samples, seed)
+    torch.manual_seed(seed)
+    net = build_ee()
+    train_ee(net, *data["train"], args.ee_epochs, seed)
+    stats = {k: exit_stats(net, *data[k]) for k in ("val", "test")}
+
+    def parts_fn(ep: nn.Module) -> ExitParts:
+        return ExitParts(net.segment_macs[:2], net.head_macs, count_macs(ep, (1, 40)))
+
+    sweep = {src: [_compare(net, _fit_ep(net, data, [lam, lam], src, "ours", args, seed, args.ep_width), data, stats,
+                            [lam, lam], parts_fn) for lam in args.lambdas] for src in ("train", "holdout")}
+    lam_star = _best_lambda(stats["val"])
+    eps = {v: _fit_ep(net, data, lam_star, "train", v, args, seed, args.ep_width) for v in VARIANTS}
+    ablation = {v: _compare(net, ep, data, stats, lam_star, parts_fn) for v, ep in eps.items()}
+    ours = ablation["ours"]
+    executed = _executed_macs(net, eps["ours"], ours["gamma"], data["test"][0], lam_star)
+    adaptive = _adaptive(net, eps["ours"], data, stats, lam_star, ours["gamma"], args)
+    return {"seed": seed, "final_acc": float(stats["test"][1][:, 2].mean()), "lambda_star": lam_star,
+            "segment_macs": net.segment_macs, "head_macs": net.head_macs, "sweep": sweep, "ablation": ablation,
+            "executed": executed, "adaptive": adaptive, "wall_s": time.perf_counter() - start}
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "sd": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+
+def summarise(rows: list[dict], args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("ee_macs", "ep_macs", "oracle_macs", "ee_acc", "ep_acc", "oracle_acc", "oracle_saving_captured",
+            "predictor_overhead")
+    per_lambda = {src: {k: [_ms([r["sweep"][src][i][k] for r in rows if r["sweep"][src][i][k] is not None] or [0.0])
+                            for i in range(len(args.lambdas))] for k in keys} for src in ("train", "holdout")}
+    ablation = {v: {k: _ms([r["ablation"][v][k] for r in rows if r["ablation"][v][k] is not None] or [0.0])
+                    for k in (*keys, "predictor_macs")} for v in VARIANTS}
+    methods = ("backbone", "ee_static", "ep_static", "ee_adaptive", "ep_adaptive", "oracle_adaptive")
+    n_bw = len(rows[0]["adaptive"]["rows"])
+    adaptive = {"bandwidth_mbps": [b["bandwidth_mbps"] for b in rows[0]["adaptive"]["rows"]],
+                "tau_ms": [r["adaptive"]["tau_ms"] for r in rows],
+                "violations": {m: [sum(b[m]["violates"] for b in r["adaptive"]["rows"]) for r in rows]
+                               for m in methods},
+                "accuracy": {m: [statistics.fmean(r["adaptive"]["rows"][i][m]["accuracy"] for r in rows)
+                                 for i in range(n_bw)] for m in methods},
+                "latency_ms": {m: [statistics.fmean(r["adaptive"]["rows"][i][m]["latency_ms"] for r in rows)
+                                   for i in range(n_bw)] for m in methods}}
+    third = max(1, n_bw // 3)
+    low = {m: statistics.fmean(adaptive["accuracy"][m][:third]) for m in methods}
+    high = per_lambda["train"]
+    hi = [i for i, lam in enumerate(args.lambdas) if lam >= 0.9]
+    goals = {"ep_captures_half_of_oracle_at_high_lambda": all(high["oracle_saving_captured"][i]["mean"] >= 0.5
+                                                               for i in hi),
+             "ep_loss_within_0.3pp_at_high_lambda": all(high["ee_acc"][i]["mean"] - high["ep_acc"][i]["mean"] <= 0.003
+                                                         for i in hi),
+             "adaptive_never_violate": all(v == 0 for m in ("ee_adaptive", "ep_adaptive", "oracle_adaptive")
+                                           for v in adaptive["violations"][m]),
+             "ep_adaptive_ge_ee_adaptive_low_bandwidth": low["ep_adaptive"] >= low["ee_adaptive"]}
+    return {"lambdas": list(args.lambdas), "per_lambda": per_lambda, "ablation": ablation, "adaptive": adaptive,
+            "low_bandwidth_accuracy": low, "goals": goals,
+            "executed_macs_match": all(r["executed"]["match"] and r["executed"]["same_exits"] for r in rows)}
+
+
+def plot(path: Path, result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.5))
+    pl = result["per_lambda"]["train"]
+    for key, label in (("ee", "EE"), ("ep", "EE+EP"), ("oracle", "EE+Oracle")):
+        a.plot([m["mean"] / 1e6 for m in pl[f"{key}_macs"]], [100 * v["mean"] for v in pl[f"{key}_acc"]], "o-",
+               label=label)
+    a.set(xlabel="mean on-device MMACs (test)", ylabel="test accuracy (%)",
+          title="Fig. 7 analogue: λ1 = λ2 swept (EP labels: train)")
+    a.legend()
+    ad = result["adaptive"]
+    names = {"backbone": "Backbone", "ee_static": "EE (Static)", "ep_static": "EE+EP (Static)",
+             "ee_adaptive": "EE (Adaptive)", "ep_adaptive": "EE+EP (Adaptive)",
+             "oracle_adaptive": "EE+Oracle (Adaptive)"}
+    for m, label in names.items():
+        b.semilogx(ad["bandwidth_mbps"], [100 * v for v in ad["accuracy"][m]], label=label)
+        c.loglog(ad["bandwidth_mbps"], ad["latency_ms"][m], label=label)
+    c.axhline(statistics.fmean(ad["tau_ms"]), color="k", ls="--", label="τ")
+    b.set(xlabel="bandwidth (Mbit/s, held out)", ylabel="test accuracy (%)", title="Fig. 10 analogue: accuracy")
+    c.set(xlabel="bandwidth (Mbit/s, held out)", ylabel="mean latency, eq. (11) (ms)", title="latency against τ")
+    b.legend(fontsize=7)
+    c.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _pm(s: dict, scale: float = 100.0, digits: int = 2) -> str:
+    return f"{scale * s['mean']:.{digits}f} ± {scale * s['sd']:.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Exit Predictor and bandwidth-adaptive thresholds (paper 004)", "", f"Command: `{result['command']}`",
+             "", f"Hardware: {result['hardware']} (nothing timed). Seeds {result['seeds']}; MNIST-1D, "
+             f"{result['samples']} samples; final-exit test accuracy {_pm(result['final_acc'])} %.", "",
+             "## λ sweep (EP labels from the training split, as the paper; γ chosen on validation)", ""]
+    header = ["| λ | EE acc. % | EE+EP acc. % | oracle acc. % | EE MMACs | EE+EP MMACs | oracle MMACs | oracle saving "
+              "captured | EP overhead |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for src in ("train", "holdout"):
+        pl = result["per_lambda"][src]
+        if src == "holdout":
+            lines += ["", "## The same with EP labels from a held-out split (spec B.9-3)", ""]
+        lines += header
+        for i, lam in enumerate(result["lambdas"]):
+            lines.append(f"| {lam:g} | {_pm(pl['ee_acc'][i])} | {_pm(pl['ep_acc'][i])} | {_pm(pl['oracle_acc'][i])} | "
+                         f"{_pm(pl['ee_macs'][i], 1e-6, 3)} | {_pm(pl['ep_macs'][i], 1e-6, 3)} | "
+                         f"{_pm(pl['oracle_macs'][i], 1e-6, 3)} | {_pm(pl['oracle_saving_captured'][i], 100, 0)} % | "
+                         f"{_pm(pl['predictor_overhead'][i], 100, 1)} % |")
+    lines += ["", "## Predictor variants at λ* (Table II analogue)", "",
+              "| variant | EP MACs | EE+EP acc. % | EE+EP MMACs | oracle saving captured |",
+              "| --- | --- | --- | --- | --- |"]
+    for v, a in result["ablation"].items():
+        lines.append(f"| {v} | {a['predictor_macs']['mean']:.0f} | {_pm(a['ep_acc'])} | {_pm(a['ep_macs'], 1e-6, 3)} | "
+                     f"{_pm(a['oracle_saving_captured'], 100, 0)} % |")
+    ad = result["adaptive"]
+    lines += ["", f"## Bandwidth-adaptive thresholds ({len(ad['bandwidth_mbps'])} held-out bandwidths, "
+              f"{ad['bandwidth_mbps'][0]:.3g}-{ad['bandwidth_mbps'][-1]:.3g} Mbit/s; τ "
+              f"{statistics.fmean(ad['tau_ms']):.1f} ms)", "",
+              "| method | τ violations per seed | mean test acc. % (low third) | mean test acc. % (all) |",
+              "| --- | --- | --- | --- |"]
+    for m, v in ad["violations"].items():
+        lines.append(f"| {m} | {v} | {100 * result['low_bandwidth_accuracy'][m]:.2f} | "
+                     f"{100 * statistics.fmean(ad['accuracy'][m]):.2f} |")
+    lines += ["", f"Executed MACs of Algorithm 1 (SkippingCascade on test) equal eq. (4): "
+              f"{result['executed_macs_match']}.", "", "## Goals (issue 17)", ""]
+    lines += [f"- {k}: {'met' if ok else '**NOT met**'}" for k, ok in result["goals"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=15_000)
+    parser.add_argument("--ee-epochs", type=int, default=30)
+    parser.add_argument("--ep-epochs", type=int, default=40)
+    parser.add_argument("--ep-width", type=float, default=0.5, help="channel multiplier of the predictor")
+    parser.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS))
+    parser.add_argument("--bandwidths", type=int, default=30, help="held-out bandwidths")
+    parser.add_argument("--gamma-grid", type=int, default=10, help="γ values per exit in the eq. (10) search")
+    parser.add_argument("--smoke", action="store_true", help="tiny run, nothing written")
+    args = parser.parse_args()
+    if args.smoke:
+        args.seeds, args.samples, args.ee_epochs, args.ep_epochs, args.lambdas = 1, 2000, 2, 2, [0.8, 0.99]
+        args.bandwidths, args.gamma_grid = 6, 4
+    torch.set_num_threads(2)
+    from jmsnas.latency.profiler import processor_name
+
+    start = time.time()
+    rows = []
+    for seed in range(args.seeds):
+        rows.append(run_seed(seed, args))
+        print(f"seed {seed}: final acc {rows[-1]['final_acc']:.4f}, λ* {rows[-1]['lambda_star']}, "
+              f"{rows[-1]['wall_s']:.0f} s", flush=True)
+    summary = summarise(rows, args)
+    pl = summary["per_lambda"]["train"]
+    result = {"command": "python benchmarks/exit_predictor.py " + " ".join(sys.argv[1:]),
+              "hardware": f"{processor_name()}, 2 threads", "seeds": list(range(args.seeds)),
+              "samples": args.samples, "final_acc": _ms([r["final_acc"] for r in rows]), **summary,
+              **{k: [v["mean"] for v in pl[k]] for k in ("ee_macs", "ep_macs", "oracle_macs", "ee_acc", "ep_acc",
+                                                         "oracle_saving_captured", "predictor_overhead")},
+              "tau_ms": summary["adaptive"]["tau_ms"], "violations": summary["adaptive"]["violations"],
+              "accuracy": summary["adaptive"]["accuracy"], "runs": rows, "wall_s": time.time() - start,
+              "smoke": args.smoke}
+    print(markdown(result))
+    if not args.smoke:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "exit_predictor.json").write_text(json.dumps(result, indent=1) + "\n")
+        (RESULTS / "exit_predictor.md").write_text(markdown(result))
+        plot(RESULTS / "exit_predictor.png", result)
+
+
+if __name__ == "__main__":
+    main()
