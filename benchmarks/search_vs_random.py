@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -55,10 +56,15 @@ EXPERIMENTS = {"proxyless": "quickstart.yaml", "morphism": "quickstart_morphism.
 LEVELS = (16.0, 18.0, 22.0)  # 14 ms: no uniformly drawn network fits (fastest of 2000: 14.9 ms)
 
 
+def _sets() -> list[str]:
+    """The ``--set`` changes every experiment gets (through the environment: worker processes inherit it)."""
+    return json.loads(os.environ.get("JMSNAS_BENCH_SETS", "[]"))
+
+
 def _experiment(strategy: str):
     from jmsnas.config import load_experiment
 
-    return load_experiment(REPO / "experiments" / EXPERIMENTS[strategy])
+    return load_experiment(REPO / "experiments" / EXPERIMENTS[strategy], overrides=_sets())
 
 
 def spread(t_const: float, n: int, epochs: int, seed: int) -> dict:
@@ -215,6 +221,13 @@ def to_markdown(payload: dict) -> str:
                 continue
             lines.append(f"| {strategy} | {t:g} | {100 * s['test_acc_mean'][i]:.2f} ± {100 * s['test_acc_sd'][i]:.2f} "
                          f"| {s['predicted_latency_ms'][i]:.2f} | {s['search_wall_s'][i]:.0f} | {s['wall_s'][i]:.0f} |")
+    lines += ["", "Paired by seed (same level and seed; pp, test accuracy minus random's):", ""]
+    for st in ("proxyless", "morphism"):
+        for t in payload["t_const_ms"]:
+            acc = {(r["strategy"], r["seed"]): r["test_acc"] for r in payload["runs"] if r["t_const_ms"] == t}
+            diffs = [100 * (acc[(st, k)] - acc[("random", k)]) for k in payload["seeds"]
+                     if (st, k) in acc and ("random", k) in acc]
+            lines.append(f"- {st} at {t:g} ms: " + ", ".join(f"{d:+.2f}" for d in diffs))
     lines += [""] + [f"- {st}: beats random (+1 pp, or equal at -15 % latency) at {payload[st]['levels_won']} of "
                      f"{len(payload['t_const_ms'])} levels: goal {'met' if payload[st]['goal_met'] else 'NOT met'}"
                      for st in ("proxyless", "morphism")]
@@ -231,6 +244,11 @@ def _run_jobs(jobs: list[tuple[str, tuple]], root: Path, smoke: bool, workers: i
 
     done_dir = root / "done"
     done_dir.mkdir(parents=True, exist_ok=True)
+    sets = done_dir / "sets.json"  # finished jobs are only reused under the same changes
+    if sets.exists() and json.loads(sets.read_text()) != _sets():
+        raise SystemExit(f"{root} holds jobs run with --set {json.loads(sets.read_text())}; give another "
+                         "--work-dir or delete it")
+    sets.write_text(json.dumps(_sets()) + "\n")
     results: dict = {}
     todo = []
     for kind, args in jobs:
@@ -241,6 +259,13 @@ def _run_jobs(jobs: list[tuple[str, tuple]], root: Path, smoke: bool, workers: i
         else:
             todo.append((key, kind, args))
     with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        def stop(signum: int, frame: object) -> None:  # killed: take the workers along, keep what finished
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.kill()
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
         futures = {pool.submit(job, kind, args, str(root), smoke): key for key, kind, args in todo}
         for future in cf.as_completed(futures):
             key = futures[future]
@@ -260,8 +285,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="jobs side by side, one thread each")
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "bench_search_vs_random",
                         help="runs and finished jobs; a rerun with the same arguments resumes")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="a change to all three experiments (as jmsnas search --set), e.g. dataset.train_split=0.3")
     parser.add_argument("--smoke", action="store_true", help="one level, one seed, 1-epoch runs; nothing written")
     args = parser.parse_args()
+    os.environ["JMSNAS_BENCH_SETS"] = json.dumps(args.set)
     if args.smoke:
         args.seeds, args.levels, args.spread_nets, args.spread_epochs = 1, args.levels[1:2], 3, 1
     from jmsnas.latency.profiler import processor_name
@@ -276,7 +304,8 @@ def main() -> int:
         results = _run_jobs(jobs, root, args.smoke, args.workers, watch)
     spreads = [results[f"spread_{t:g}_{args.spread_nets}_{args.spread_epochs}_0"] for t in args.levels]
     runs = [r for t in args.levels for seed in range(args.seeds) for r in results[f"level_{t:g}_{seed}"]["runs"]]
-    payload = {"task": "MNIST-1D quickstart (experiments/quickstart*.yaml)", "t_const_ms": args.levels,
+    task = "MNIST-1D quickstart (experiments/quickstart*.yaml)" + (f" with {', '.join(args.set)}" if args.set else "")
+    payload = {"task": task, "sets": args.set, "t_const_ms": args.levels,
                "spread_pp": [s["spread_pp"] for s in spreads], "spread": spreads, **summarise(runs, args.levels),
                "teacher_wall_s": results["teacher_"]["teacher_wall_s"],
                "runs": [{k: r[k] for k in ("strategy", "t_const_ms", "seed", "test_acc", "predicted_latency_ms",
