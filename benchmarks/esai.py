@@ -143,12 +143,13 @@ def _probs(fn, x: torch.Tensor) -> np.ndarray:
     return softmax64(torch.cat([fn(b) for b in x.split(1024)]))
 
 
-def _data(samples: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _data(samples: int, seed: int, **knobs: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Train / val / test tensors of MNIST-1D; ``knobs``: the generator's difficulty settings (``Mnist1dDataset``)."""
     from jmsnas.config import Mnist1dDataset
     from jmsnas.data import JmsnasDataModule
 
-    dm = JmsnasDataModule(Mnist1dDataset(name="mnist1d", num_samples=samples, batch_size=128, val_fraction=0.2),
-                          seed=seed)
+    dm = JmsnasDataModule(Mnist1dDataset(name="mnist1d", num_samples=samples, batch_size=128, val_fraction=0.2,
+                                         **knobs), seed=seed)
     dm.setup()
 
     def stack(ds) -> tuple[torch.Tensor, torch.Tensor]:

@@ -228,7 +228,7 @@ class AdaptiveThresholds:
                              None if gam is None else [g * (1 - t) for g in gam], self.mode)
             if point.feasible:
                 return OperatingPoint(point.thresholds, point.gammas, point.accuracy, point.latency_ms, True,
-                                      repaired=t > 0)
+                                      repaired=bool(t > 0))
             tried.append(point)
         fastest = min(tried, key=lambda p: p.latency_ms)
         return OperatingPoint(fastest.thresholds, fastest.gammas, fastest.accuracy, fastest.latency_ms, False,
