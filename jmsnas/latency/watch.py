@@ -39,17 +39,22 @@ def machine_cpu_s(proc: Path = Path("/proc")) -> float | None:
 
 
 def _proc_stat(path: Path) -> tuple[int, int, float] | None:
-    """(pid, parent pid, CPU seconds) of one ``/proc/<pid>/stat``, or None when it is gone."""
+    """(pid, parent pid, CPU seconds) of one ``/proc/<pid>/stat``, or None when it is gone.
+
+    The seconds include the children it has reaped (``cutime + cstime``): a pool worker that exited is
+    still this tree's time, not another process's."""
     try:
         text = path.read_text()
     except OSError:
         return None
     rest = text[text.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid ... utime stime
-    return int(path.parent.name), int(rest[1]), (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])  # utime stime cutime cstime
+    return int(path.parent.name), int(rest[1]), ticks / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_s(pid: int | None = None, proc: Path = Path("/proc")) -> float:
-    """CPU seconds (user + system) of process ``pid`` (default: this one) and every descendant still alive."""
+    """CPU seconds (user + system) of process ``pid`` (default: this one), every descendant still alive and
+    every one they reaped."""
     root = os.getpid() if pid is None else pid
     stats = [s for p in proc.glob("[0-9]*/stat") if (s := _proc_stat(p)) is not None]
     children: dict[int, list[int]] = {}

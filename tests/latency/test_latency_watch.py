@@ -54,3 +54,11 @@ def test_proc_readers_count_a_child_that_spins() -> None:
     finally:
         child.kill()
         child.wait(timeout=10)
+
+
+def test_a_reaped_child_still_counts_as_our_own_time() -> None:
+    """A worker that exited and was waited for is this tree's CPU (the parent's cutime), not contention."""
+    before = own_cpu_s()
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
+    subprocess.run([sys.executable, "-c", busy], check=True, timeout=30)  # runs, exits and is reaped
+    assert own_cpu_s() - before >= 0.3
