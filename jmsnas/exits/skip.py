@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from jmsnas.exits.cascade import EarlyExitNet
+from jmsnas.exits.cascade import EarlyExitNet, _scatter
 from jmsnas.exits.decision import exit_score
 
 MODES = ("ee", "ep", "oracle")
@@ -170,7 +170,7 @@ class SkippingCascade(nn.Module):
             if rows.numel():
                 logits = head(h[run])
                 leave = exit_score(logits, net.decision_units[k]) >= net.thresholds[k]
-                out = _put(out, batch, rows[leave], logits[leave])
+                out = _scatter(out, batch, rows[leave], logits[leave])
                 exit_index[rows[leave]] = k
                 stay = torch.ones_like(run)
                 stay[run.nonzero().squeeze(1)[leave]] = False
@@ -179,11 +179,5 @@ class SkippingCascade(nn.Module):
                 assert out is not None
                 return out, exit_index, computed
         final = net.segments[-1](h)[0]
-        return _put(out, batch, active, final), exit_index, computed
+        return _scatter(out, batch, active, final), exit_index, computed
 
-
-def _put(out: torch.Tensor | None, batch: int, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    if out is None:
-        out = values.new_zeros((batch, values.shape[-1]))
-    out[rows] = values
-    return out
