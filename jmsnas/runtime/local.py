@@ -213,6 +213,7 @@ class _Feeder:
         self.answers: dict[int, Answer] = {}
         self.duplicates = 0
         self.refed = 0
+        self.duplicated: dict[int, int] = {}  # sample -> second answers dropped
 
     def feed(self, i: int, x: np.ndarray) -> None:
         attempt = self.attempt.get(i, -1) + 1
@@ -240,6 +241,7 @@ class _Feeder:
             return
         if h.sample in self.answers:
             self.duplicates += 1
+            self.duplicated[h.sample] = self.duplicated.get(h.sample, 0) + 1
             return
         logits = msg.named().get("logits")
         first = h.hops[0]["recv_at"] if h.hops else got  # one clock: every process is on this machine
@@ -344,6 +346,8 @@ def _finish(bundle: Path, spec: Any, token: str, run: LocalRun, links: Sequence[
                if i >= run.warmup}
     report = runtime_report(str(bundle), spec, token, run, links, answers, samples, wall,
                             {"duplicates": feeder.duplicates, "refed": feeder.refed,
+                             "duplicated": {i - run.warmup: n for i, n in feeder.duplicated.items()},
+                             "refeeds": {i - run.warmup: n for i, n in feeder.attempt.items()},
                              "restarts": {p.name: p.starts - 1 for p in procs}})
     if out is not None:
         write_json(out, report, newline=True)

@@ -5,7 +5,9 @@ Written by ``local.serve_local`` (``python -m jmsnas.serve BUNDLE --local``), re
 
 - ``samples``, ``answered``, ``lost`` (fed but never answered: must be 0), ``failed`` (answered
   without logits: no exit behind the failure), ``fell_back`` (answered by a device whose next hop
-  was gone, from the best exit it had), ``duplicates`` (second answers, dropped), ``refed``,
+  was gone, from the best exit it had), ``duplicates`` (second answers, dropped: a sample re-fed after its deadline, or
+  one a device answered alone after its next hop's acknowledgements were late while the copy it
+  sent did arrive), ``refed``,
   ``answered_at`` (answers per device), ``restarts`` (per device).
 - ``end_to_end``: measured latency (mean, p50, p95, p99, max) from feeding a sample to its answer
   at the feeder, ``throughput_sps``, the feeder's own hops (``feed_mean_ms`` to the first device,
@@ -19,7 +21,7 @@ Written by ``local.serve_local`` (``python -m jmsnas.serve BUNDLE --local``), re
 - ``links``: per cut, the emulated link (bandwidth, round trip, where it came from), the plan's
   ``link_ms`` and the price of the bytes actually sent, and the measured wire time (hand-over to the
   link until the next device received it).
-- ``per_sample``: device, exit, fell back, measured and predicted ms.
+- ``per_sample``: device, exit, fell back, measured and predicted ms, times re-fed, second answers dropped.
 """
 
 from __future__ import annotations
@@ -190,7 +192,9 @@ def runtime_report(bundle: str, spec: Manifest, token: str, run: Any, links: Seq
     per_sample = [{"sample": a.sample, "device": a.answer.get("device"), "exit": a.answer.get("exit"),
                    "fell_back": bool(a.answer.get("fell_back")), "failed": bool(a.answer.get("failed")),
                    "reason": a.answer.get("reason"), "latency_ms": a.latency_ms,
-                   "predicted_ms": pred.answer_ms[index[a.answer["device"]]] if a.answer.get("device") else None}
+                   "predicted_ms": pred.answer_ms[index[a.answer["device"]]] if a.answer.get("device") else None,
+                   "refeeds": int(counts.get("refeeds", {}).get(a.sample, 0)),
+                   "duplicates": int(counts.get("duplicated", {}).get(a.sample, 0))}
                   for a in done]
     report = RuntimeReport(
         bundle=bundle, manifest_sha256=token, backend=run.backend,

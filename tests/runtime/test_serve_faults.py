@@ -33,9 +33,13 @@ def test_a_killed_device_loses_no_sample_and_rejoins(exit_bundle, tmp_path: Path
     report = serve_local(bundle, [xi.numpy() for xi in x], run, out=tmp_path / "runtime.json")
     assert_gone(report["_pids"])
     assert report["lost"] == 0 and report["answered"] == report["samples"] == len(x)
-    # a second answer only comes from a sample re-fed after its deadline (a loaded machine), and is dropped
-    assert report["duplicates"] <= report["refed"] and report["restarts"] == {"d0": 0, "d1": 0, "d2": 1}
+    assert report["restarts"] == {"d0": 0, "d1": 0, "d2": 1}
     rows = {r["sample"]: r for r in report["per_sample"]}
+    # a second answer (dropped) comes only from a sample re-fed after its deadline, or from one a device
+    # answered alone after late acknowledgements while its copy did arrive (both: a loaded machine)
+    assert sum(r["duplicates"] for r in rows.values()) == report["duplicates"]
+    assert sum(r["refeeds"] for r in rows.values()) == report["refed"]
+    assert all(r["refeeds"] or r["fell_back"] for r in rows.values() if r["duplicates"])
     assert rows[k]["fell_back"] and rows[k]["device"] == "d0" and rows[k]["exit"] == 0  # client-only: d0's exit
     exit0 = b.runners[0]((x[k : k + 1],))[0]
     np.testing.assert_allclose(report["_logits"][k][0], exit0[0].numpy(), atol=1e-5)
