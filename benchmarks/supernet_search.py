@@ -3,9 +3,11 @@
 For every (T_const, seed): search (stage 1), derive, retrain (stage 2), test. Reported per level:
 the derived network's predicted completion latency on the quickstart topology (it should follow
 the constraint), its test accuracy after retraining (MNIST-1D's published CNN baseline is 94 %),
-and the wall time of the search on this machine. Also the activation memory of one architecture
-step (two sampled paths per layer, binary gates) against a DARTS-style forward through all
-candidates at the same batch, counted exactly as the bytes autograd saves for the backward.
+the wall time of the search on this machine, and its accuracy with the supernet's weights against
+its retrained self, beside the same searches with the method before issue 14's fix. Also the
+activation memory of one architecture step (two sampled paths per layer, binary gates) against a
+DARTS-style forward through all candidates at the same batch, counted exactly as the bytes
+autograd saves for the backward.
 
 Usage::
 
@@ -35,18 +37,29 @@ RESULTS = REPO / "benchmarks" / "results"
 EXPERIMENT = REPO / "experiments" / "quickstart.yaml"
 
 
-def one_run(t_const: float, seed: int, smoke: bool, root: str) -> dict:
+# the method before issue 14's fix: the sampled path alone is trained, the greedy repair handed on;
+# searched only (its inherited accuracy is read before retraining, which gets one epoch)
+BASELINE = {"train_derived": False, "derive_candidates": 0}
+
+
+def one_run(t_const: float, seed: int, smoke: bool, root: str, baseline: bool = False) -> dict:
     torch.set_num_threads(1)  # two runs side by side on two cores
     from jmsnas.config import load_experiment
     from jmsnas.strategies.run import run_proxyless
 
     exp = load_experiment(EXPERIMENT)
-    update: dict = {"t_const_ms": t_const}
+    update: dict = {"t_const_ms": t_const, **(BASELINE if baseline else {})}
     if smoke:
-        update.update(epochs=1, warmup_epochs=0, retrain=exp.config.strategy.retrain.model_copy(update={"epochs": 1}))
+        update.update(epochs=1, warmup_epochs=0)
+    if smoke or baseline:
+        update["retrain"] = exp.config.strategy.retrain.model_copy(update={"epochs": 1})
     strategy = exp.config.strategy.model_copy(update=update)
-    outcome = run_proxyless(exp, strategy, seed, Path(root) / f"t{t_const:g}_s{seed}", progress=False)
-    return asdict(outcome)
+    run_dir = Path(root) / f"t{t_const:g}_s{seed}{'_baseline' if baseline else ''}"
+    outcome = asdict(run_proxyless(exp, strategy, seed, run_dir, progress=False))
+    derivation = json.loads((run_dir / "derivation.json").read_text())
+    chosen = derivation["candidates"][derivation["chosen"]]
+    return {**outcome, "inherited_test_acc": derivation["inherited_test_acc"], "chosen_source": chosen["source"],
+            "candidates": len(derivation["candidates"])}
 
 
 def saved_bytes(fn) -> int:
@@ -93,6 +106,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="runs side by side (one thread each)")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the searches with the method before issue 14's fix (train_derived off, repair only)")
     args = parser.parse_args()
     levels = args.t_const or ([18.0] if args.smoke else [14.0, 18.0, 22.0])
     seeds = [0] if args.smoke else list(range(args.seeds))
@@ -101,13 +116,16 @@ def main() -> int:
 
     watch = ContentionWatch()  # wall times are void if anything else ran meanwhile
     with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.workers) as pool:
-        futures = {(t, s): pool.submit(one_run, t, s, args.smoke, root) for t in levels for s in seeds}
+        kinds = [False] if args.no_baseline else [False, True]
+        futures = {(t, s, b): pool.submit(one_run, t, s, args.smoke, root, b) for b in kinds for t in levels
+                   for s in seeds}
         runs = {k: f.result() for k, f in futures.items()}
     watch.checkpoint("the whole run")
     memory = memory_ratio(batch_size=64)
     per_level = []
     for t in levels:
-        rs = [runs[(t, s)] for s in seeds]
+        rs = [runs[(t, s, False)] for s in seeds]
+        base = [runs[(t, s, True)] for s in seeds if (t, s, True) in runs]
         per_level.append({
             "t_const_ms": t, "predicted_latency_ms": statistics.mean(r["predicted_latency_ms"] for r in rs),
             "feasible_share": statistics.mean(float(r["feasible"]) for r in rs),
@@ -116,6 +134,13 @@ def main() -> int:
             # retraining, on the same split (issue 14: within 5 pp)
             "derived_inherited_acc": statistics.mean(r["search_val_acc"] for r in rs),
             "derived_retrained_acc": statistics.mean(r["val_acc"] for r in rs),
+            "derived_inherited_acc_sd": statistics.pstdev(r["search_val_acc"] for r in rs),
+            "derived_inherited_test_acc": statistics.mean(r["inherited_test_acc"] for r in rs),
+            "chosen_sources": [r["chosen_source"] for r in rs],
+            "baseline_inherited_acc": statistics.mean(r["search_val_acc"] for r in base) if base else None,
+            "baseline_inherited_test_acc": statistics.mean(r["inherited_test_acc"] for r in base) if base else None,
+            "baseline_search_wall_s": statistics.median(r["search_wall_s"] for r in base) if base else None,
+            "baseline_runs": base,
             "search_wall_s": statistics.median(r["search_wall_s"] for r in rs),
             "retrain_wall_s": statistics.median(r["retrain_wall_s"] for r in rs),
             "archs": [r["compact"] for r in rs], "splits": [r["split"]["boundaries"] for r in rs],
@@ -134,6 +159,8 @@ def main() -> int:
         "command": "python benchmarks/supernet_search.py " + " ".join(sys.argv[1:]), "smoke": args.smoke,
         "derived_inherited_acc": [p["derived_inherited_acc"] for p in per_level],
         "derived_retrained_acc": [p["derived_retrained_acc"] for p in per_level],
+        "derived_inherited_test_acc": [p["derived_inherited_test_acc"] for p in per_level],
+        "baseline_inherited_acc": [p["baseline_inherited_acc"] for p in per_level],
         "contention": watch.summary(),
     }
     md = to_markdown(result) + "\n" + watch.markdown() + "\n"
@@ -160,6 +187,25 @@ def to_markdown(r: dict) -> str:
               f"through all candidates, batch {m['batch_size']}: {m['arch_step_saved_bytes'] / 2**20:.2f} MiB vs "
               f"{m['all_paths_saved_bytes'] / 2**20:.2f} MiB, ratio {m['arch_step_peak_mem_ratio']:.3f} "
               "(bytes autograd saves for the backward).", ""]
+    lines += ["## Inherited vs retrained (issue 14: the handed-on network within 5 pp of its retrained self)", "",
+              "Validation accuracy of the handed-on network with the supernet's weights (BatchNorm re-estimated "
+              "on 20 training batches) and after retraining, on the same split; its inherited *test* accuracy "
+              "is never used to choose. *Before the fix*: the same searches with `train_derived: false, "
+              "derive_candidates: 0` (the method before), side by side in this run.", "",
+              "| T_const (ms) | inherited val | inherited test | retrained val | gap (pp) | within 5 pp | "
+              "chosen (sources) | before the fix: inherited val / test | search wall before / after (s) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p in r["levels"]:
+        gap = 100 * (p["derived_retrained_acc"] - p["derived_inherited_acc"])
+        before = ("n/a" if p["baseline_inherited_acc"] is None else
+                  f"{p['baseline_inherited_acc']:.2%} / {p['baseline_inherited_test_acc']:.2%}")
+        walls = ("n/a" if p["baseline_search_wall_s"] is None else
+                 f"{p['baseline_search_wall_s']:.0f} / {p['search_wall_s']:.0f}")
+        lines.append(f"| {p['t_const_ms']:g} | {p['derived_inherited_acc']:.2%} ± "
+                     f"{100 * p['derived_inherited_acc_sd']:.2f} | {p['derived_inherited_test_acc']:.2%} | "
+                     f"{p['derived_retrained_acc']:.2%} | {gap:.1f} | {'yes' if gap <= 5 else '**no**'} | "
+                     f"{', '.join(p['chosen_sources'])} | {before} | {walls} |")
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -119,17 +119,19 @@ class ProxylessConfig(_StrategyBase):
     penalty: Literal["two_sided", "one_sided"] = "two_sided"
     split: Literal["searched", "pinned"] = "searched"
     max_layers_per_device: list[PositiveInt] | None = None
-    weight_sharing: Literal["entangled", "separate"] = Field(
-        "entangled", description="entangled: a layer's MBConv candidates are slices of one shared MBConv "
-        "(jmsnas.space.entangled); separate: one module per candidate")
+    weight_sharing: Literal["entangled", "separate"] = Field("entangled", description="entangled: a layer's MBConvs "
+                                                             "are slices of one MBConv; separate: a module each")
     bn_calibration_batches: int = Field(20, ge=0, description="training batches the derived network's BatchNorm "
                                         "statistics are re-estimated on before it is validated (0: shared statistics)")
+    train_derived: bool = Field(True, description="weight steps also train the network derivation hands on now")
+    derive_candidates: int = Field(16, ge=0, description="feasible networks sampled from p and scored beside the "
+                                   "repaired most probable one (jmsnas.strategies.derive; 0: the repair alone)")
     retrain: RetrainConfig = RetrainConfig()
 
     @model_validator(mode="after")
     def _pinned_needs_counts(self) -> ProxylessConfig:
         if self.split == "pinned" and self.max_layers_per_device is None:
-            raise ValueError("split: pinned needs max_layers_per_device (one count per device, in topology.devices order)")
+            raise ValueError("split: pinned needs max_layers_per_device (a count per device, topology order)")
         return self
 
 

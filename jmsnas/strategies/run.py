@@ -2,7 +2,8 @@
 
 `run_proxyless` is what a Tune trial (or a benchmark) calls: everything is built from the
 experiment and the strategy config, and everything it writes goes under ``run_dir``:
-``search/`` (Lightning logs and the last checkpoint), ``arch.json``, ``retrain/`` and
+``search/`` (Lightning logs and the last checkpoint), ``derivation.json`` (the networks the trained
+supernet scored and the one handed on, `jmsnas.strategies.derive`), ``arch.json``, ``retrain/`` and
 ``model.pt`` (the retrained weights, a plain state dict).
 """
 
@@ -18,9 +19,11 @@ import torch
 from jmsnas.builders import cut_compressors, latency_models
 from jmsnas.config import Experiment, MorphismConfig, ProxylessConfig, RandomConfig, TrainerConfig
 from jmsnas.data import JmsnasDataModule
+from jmsnas.io import write_json
 from jmsnas.space.arch import ArchSpec, build_model
 from jmsnas.space.supernet import Supernet
-from jmsnas.strategies.expected_latency import ExpectedLatency, LatencyPenalty, derive_within
+from jmsnas.strategies.derive import derive
+from jmsnas.strategies.expected_latency import ExpectedLatency, LatencyPenalty
 from jmsnas.strategies.proxyless import SupernetSearch
 from jmsnas.strategies.records import Outcome
 from jmsnas.strategies.retrain import Classifier, accuracy
@@ -101,14 +104,18 @@ def run_proxyless(exp: Experiment, strategy: ProxylessConfig, seed: int, run_dir
     penalty = LatencyPenalty(strategy.lambda2, strategy.t_const_ms, one_sided=strategy.penalty == "one_sided")
     system = SupernetSearch(supernet, predictor, penalty, weight_lr=strategy.weight_lr, arch_lr=strategy.arch_lr,
                             weight_decay=strategy.lambda1, warmup_epochs=strategy.warmup_epochs,
-                            epochs=strategy.epochs, seed=seed, bn_calibration_batches=strategy.bn_calibration_batches)
+                            epochs=strategy.epochs, seed=seed, bn_calibration_batches=strategy.bn_calibration_batches,
+                            train_derived=strategy.train_derived)
     start = time.perf_counter()
     trainer = _trainer(run_dir, "search", strategy.epochs, progress, exp.config.trainer, callbacks=callbacks,
                        hparams={"seed": seed, "strategy": strategy.model_dump(mode="json")})
     trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path)
     search_wall = time.perf_counter() - start
 
-    paths = derive_within(supernet.probs(), predictor, strategy.t_const_ms)
+    derivation = derive(system, predictor, strategy.t_const_ms, strategy.derive_candidates, seed,
+                        dm.val_dataloader(), dm.test_dataloader())
+    write_json(run_dir / "derivation.json", derivation.to_dict(), newline=True)
+    paths = derivation.paths
     spec = supernet.to_arch_spec(paths=paths)
     spec.save_json(run_dir / "arch.json")
     estimate = predictor.for_choices(paths)
