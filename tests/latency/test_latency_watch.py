@@ -62,3 +62,27 @@ def test_a_reaped_child_still_counts_as_our_own_time() -> None:
     busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
     subprocess.run([sys.executable, "-c", busy], check=True, timeout=30)  # runs, exits and is reaped
     assert own_cpu_s() - before >= 0.3
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux /proc")
+def test_tree_cpu_keeps_an_orphaned_grandchild_that_nobody_of_ours_reaps(tmp_path: Path) -> None:
+    """A grandchild left behind by its parent (reparented, as Ray's servers are) spins 0.6 s and ends:
+    its time is lost to ``own_cpu_s`` (counted as contention) and kept by `TreeCpu`."""
+    from jmsnas.latency.watch import TreeCpu
+
+    done = tmp_path / "done"
+    spin = ("import time, pathlib\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
+            f"pathlib.Path({str(done)!r}).write_text('1')\n")
+    tracker = TreeCpu(interval_s=0.05)
+    before_tree, before_own = tracker(), own_cpu_s()
+    launcher = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                                 f"subprocess.Popen([sys.executable, '-c', {spin!r}])\ntime.sleep(0.4)\n"])
+    # the launcher leaves without waiting for the spinner
+    launcher.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while not done.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the orphan has ended
+    assert done.exists()
+    assert tracker() - before_tree >= 0.45
+    assert own_cpu_s() - before_own < 0.45  # what the old reading lost
