@@ -67,8 +67,8 @@ def _setup(seed: int, args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dic
 
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    from jmsnas.exits.config import ExitsConfig
     from jmsnas.exits.costs import ExitLatency
+    from jmsnas.exits_config import ExitsConfig
 
     start = time.process_time()
     model, spec, dm, topo, unit_ms = _setup(seed, args)

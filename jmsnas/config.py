@@ -4,7 +4,7 @@ Configuration flows one way: YAML -> these models (validated, defaults filled, u
 rejected) -> builder functions -> objects. Paths in the file are resolved relative to the file.
 
 The sections a library package reads are defined beside it and composed here: ``exits`` in
-``jmsnas.exits.config``, ``partition`` (compressors) in ``jmsnas.compress.config``. The packages below the
+``jmsnas.exits_config``, ``partition`` (compressors) in ``jmsnas.compress.config``. The packages below the
 stages never import this module; ``jmsnas.builders`` turns an ``Experiment`` into their objects.
 """
 
@@ -26,7 +26,7 @@ from jmsnas.dataset_config import (  # noqa: F401 - the dataset sections are par
     SyntheticDataset,
 )
 from jmsnas.errors import ConfigError, JmsnasError
-from jmsnas.exits.config import ExitsConfig
+from jmsnas.exits_config import ExitsConfig
 from jmsnas.resources import shipped
 from jmsnas.topology import AnalyticSpec, Device, Link, Topology, build_topology
 from jmsnas.trainer_config import TrainerConfig

@@ -11,7 +11,7 @@
 - ``cascade``: ``EarlyExitNet``, which runs exits for real (per-sample masks) and counts executed MACs.
 - ``meta``, ``decision``, ``offload``: paper 000's softmax meta-features (eqs. (2)-(5)), decision units
   (MLP or gradient boosting, plain JSON), overall accuracy with offloading (eqs. (6), (7)).
-- ``costs``: unit and head latency per device; ``config``: the experiment's ``exits`` section.
+- ``costs``: unit and head latency per device (the experiment's ``exits`` section is ``jmsnas.exits_config``).
 - ``augment``: the whole flow, one call; ``result``: the result; ``export``: plan with exits, export.
 """
 

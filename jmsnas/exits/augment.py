@@ -38,7 +38,6 @@ from jmsnas.compress.quantize import Compressor
 from jmsnas.errors import ConfigError
 from jmsnas.exits.candidates import Placement, enumerate_placements, feasible
 from jmsnas.exits.cascade import EarlyExitNet
-from jmsnas.exits.config import ExitsConfig
 from jmsnas.exits.costs import ExitLatency
 from jmsnas.exits.decision import DecisionUnit, exit_score, fit_exit_units
 from jmsnas.exits.graph import BlockGraph, block_graph
@@ -47,6 +46,7 @@ from jmsnas.exits.result import ExitsResult, evaluate_eenn, heads_info
 from jmsnas.exits.thresholds import CascadeStats, Objective, ThresholdSearch, evaluate, objective_value
 from jmsnas.exits.thresholds import search_thresholds as _search
 from jmsnas.exits.train import ExitOutputs, default_loss_weights, exit_outputs, joint_finetune, train_heads
+from jmsnas.exits_config import ExitsConfig
 from jmsnas.io import write_json
 from jmsnas.plan.artifact import DeploymentPlan
 from jmsnas.topology import Topology

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from jmsnas.exits.config import DecisionUnitConfig
 from jmsnas.exits.meta import FEATURES, meta_features, softmax64
+from jmsnas.exits_config import DecisionUnitConfig
 
 __all__ = ["EPS", "DecisionUnit", "du_metrics", "exit_score", "fit_decision_unit", "fit_exit_units",
            "load_decision_units"]

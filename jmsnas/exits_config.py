@@ -1,4 +1,8 @@
-"""The ``exits`` section of an experiment: early-exit augmentation of a trained network."""
+"""The ``exits`` section of an experiment: early-exit augmentation of a trained network (``jmsnas/exits/``).
+
+It lives outside the package so that reading an experiment (``jmsnas search --check``) does not import
+``jmsnas.exits``, which imports torch.
+"""
 
 from __future__ import annotations
 
