@@ -346,7 +346,7 @@ def main() -> int:
     for key in args.only or list(builders):
         case = builders[key](args)
         cases[case.name] = run_case(case, args)
-    from jmsnas.latency.profiler import processor_name
+    from jmsnas.machine import processor_name
 
     result = {
         "mac_reduction_at_1pp": {k: _pick(v, "budget 1 pp")["test_mac_reduction"] for k, v in cases.items()},

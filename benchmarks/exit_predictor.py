@@ -390,7 +390,7 @@ def main() -> None:
         args.seeds, args.samples, args.ee_epochs, args.ep_epochs, args.lambdas = 1, 2000, 2, 2, [0.8, 0.99]
         args.bandwidths, args.gamma_grid = 6, 4
     torch.set_num_threads(2)
-    from jmsnas.latency.profiler import processor_name
+    from jmsnas.machine import processor_name
 
     start = time.time()
     rows = []

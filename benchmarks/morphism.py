@@ -156,7 +156,7 @@ def main() -> int:
     kd = summarise([runs[(True, s)] for s in seeds])
     plain = summarise([runs[(False, s)] for s in seeds])
     supernet = summarise(supernet_runs)
-    from jmsnas.latency.profiler import processor_name
+    from jmsnas.machine import processor_name
     from jmsnas.report import run_info
 
     result = {

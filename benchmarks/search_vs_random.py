@@ -292,8 +292,8 @@ def main() -> int:
     os.environ["JMSNAS_BENCH_SETS"] = json.dumps(args.set)
     if args.smoke:
         args.seeds, args.levels, args.spread_nets, args.spread_epochs = 1, args.levels[1:2], 3, 1
-    from jmsnas.latency.profiler import processor_name
     from jmsnas.latency.watch import ContentionWatch
+    from jmsnas.machine import processor_name
 
     start = time.time()
     watch = ContentionWatch()  # wall times are void if anything else ran meanwhile

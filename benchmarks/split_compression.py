@@ -349,7 +349,7 @@ def main() -> int:
     distilled = [c for c in digits["compressors"] if c["kind"] == "distilled_bottleneck"]
     chosen = best_within(distilled) or min(distilled, key=lambda c: -c["acc_change_pp"])
     sweep = gain_sweep(digits, digits_spec, chosen)
-    from jmsnas.latency.profiler import processor_name
+    from jmsnas.machine import processor_name
 
     datasets = []
     for d in (digits, mnist1d, synthetic):

@@ -145,7 +145,7 @@ def main() -> int:
             "retrain_wall_s": statistics.median(r["retrain_wall_s"] for r in rs),
             "archs": [r["compact"] for r in rs], "splits": [r["split"]["boundaries"] for r in rs],
             "runs": rs})
-    from jmsnas.latency.profiler import processor_name
+    from jmsnas.machine import processor_name
 
     result = {
         "t_const_ms": levels,

@@ -179,7 +179,7 @@ class MorphismConfig(_StrategyBase):
 
     @model_validator(mode="after")
     def _start_op_is_plain_mbconv(self) -> MorphismConfig:
-        from jmsnas.space.ops import CANDIDATES
+        from jmsnas.space.candidates import CANDIDATES
 
         op = CANDIDATES.get(self.start_op)
         if op is None or op.kind != "mbconv" or op.shortcut:
@@ -380,7 +380,7 @@ def load_experiment(source: str | Path | Mapping[str, Any], check_data: bool = T
         JmsnasError: naming the file (``<dict>`` in ``base_dir`` for a mapping), the field path and what
             would be valid.
     """
-    from jmsnas.data import check_dataset
+    from jmsnas.dataset_info import check_dataset
     from jmsnas.space.spec import load_search_space
 
     path, base, data = _read(source, base_dir)

@@ -16,17 +16,13 @@ so that ``jmsnas search --check`` does not import Lightning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from jmsnas.dataset_info import CIFAR_FOLDERS, DatasetInfo, check_dataset, held_out_count
 from jmsnas.errors import DatasetError
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-_CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 # Per-channel statistics of the CIFAR training sets, the usual normalisation.
 _CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -34,50 +30,10 @@ _CIFAR_STATS = {
 }
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a dataset looks like once its splits are made."""
-
-    name: str
-    input_shape: tuple[int, ...]
-    num_classes: int
-    train_size: int
-    val_size: int
-    test_size: int
-
-
-def check_dataset(cfg, file: str | Path | None = None) -> None:
-    """Cheap checks that a dataset's files are where the config says (no loading).
-
-    Raises:
-        DatasetError: naming ``dataset.root`` and what was expected there.
-    """
-    root: Path | None = getattr(cfg, "root", None)
-    if root is None:
-        return
-    if cfg.name in _CIFAR_FOLDERS:
-        folder = root / _CIFAR_FOLDERS[cfg.name]
-        if not cfg.download and not folder.is_dir():
-            raise DatasetError(f"expected the python version of {cfg.name} at {folder} (the folder "
-                               f"'{_CIFAR_FOLDERS[cfg.name]}' from the official archive); put it there or set "
-                               "'download: true'", file=file, field="dataset.root")
-        return
-    if not root.is_dir():
-        raise DatasetError(f"{root} is not a folder; expected a folder of class subfolders holding images",
-                           file=file, field="dataset.root")
-    for top in ([root / "train", root / "test"] if (root / "train").is_dir() else [root]):
-        classes = [d for d in top.iterdir() if d.is_dir()] if top.is_dir() else []
-        with_images = [d for d in classes if any(p.suffix.lower() in _IMAGE_SUFFIXES for p in d.iterdir())]
-        if len(with_images) < 2:
-            raise DatasetError(f"{top} should hold one subfolder per class (at least two) with image files "
-                               f"({', '.join(sorted(_IMAGE_SUFFIXES))}); found {len(with_images)}",
-                               file=file, field="dataset.root")
-
-
 def _split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded permutation of ``range(n)`` cut into (rest, held-out fraction)."""
     perm = np.random.default_rng(seed).permutation(n)
-    n_held = max(1, int(round(n * fraction)))
+    n_held = held_out_count(n, fraction)
     return np.sort(perm[n_held:]), np.sort(perm[:n_held])
 
 
@@ -180,7 +136,7 @@ class DatasetSplits:
             full_train, test, classes = _mnist1d(self.cfg)
         elif name == "digits":
             full_train, test, classes = _digits(self.cfg)
-        elif name in _CIFAR_FOLDERS:
+        elif name in CIFAR_FOLDERS:
             full_train, test, classes = _cifar(self.cfg)
         elif name == "imagefolder":
             full_train, test, classes = _imagefolder(self.cfg)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jmsnas.io import write_text
-from jmsnas.latency.profiler import processor_name
+from jmsnas.machine import processor_name
 from jmsnas.strategies.records import Artifact, Outcome, Record
 
 PARETO_PNG = "pareto.png"

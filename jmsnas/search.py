@@ -61,11 +61,15 @@ def _strategy_text(strategy) -> str:
 
 def summary(exp: Experiment) -> str:
     """A readable summary of a validated experiment (what ``--check`` prints)."""
-    from jmsnas.data import DatasetSplits
+    from jmsnas.dataset_info import describe
     from jmsnas.rundir import expected_trials
 
     cfg = exp.config
-    info = DatasetSplits(cfg.dataset, seed=cfg.seed).info()
+    info = describe(cfg.dataset)
+    if info is None:  # its sizes depend on its files: load it (imports torch)
+        from jmsnas.data import DatasetSplits
+
+        info = DatasetSplits(cfg.dataset, seed=cfg.seed).info()
     topo = exp.topology
     lines = [
         f"experiment  {cfg.name}  ({exp.path})",

@@ -77,12 +77,13 @@ def test_output_dir_reaches_the_summary(tiny_experiment, write_experiment, tmp_p
     assert f"output      {tmp_path / 'o' / 'tiny'}" in capsys.readouterr().out
 
 
-def test_check_imports_neither_ray_nor_lightning(tiny_experiment, write_experiment) -> None:
-    path = write_experiment(tiny_experiment)
+@pytest.mark.parametrize("shipped", [None, "quickstart.yaml", "quickstart_morphism.yaml", "quickstart_random.yaml"])
+def test_check_imports_neither_ray_nor_lightning_nor_torch(shipped, tiny_experiment, write_experiment) -> None:
+    path = write_experiment(tiny_experiment) if shipped is None else REPO / "experiments" / shipped
     code = ("import sys; from jmsnas.cli import main; rc = main(['search', sys.argv[1], '--check']); "
-            "print(rc, 'ray' in sys.modules, 'pytorch_lightning' in sys.modules, 'lightning' in sys.modules)")
+            "print(rc, *(m in sys.modules for m in ('ray', 'pytorch_lightning', 'lightning', 'torch')))")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
-    assert out.stdout.splitlines()[-1] == "0 False False False", out.stderr
+    assert out.stdout.splitlines()[-1] == "0 False False False False", out.stderr
 
 
 def test_missing_file_exits_2(tmp_path: Path, capsys) -> None:

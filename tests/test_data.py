@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from jmsnas.config import CifarDataset, DigitsDataset, ImageFolderDataset, Mnist1dDataset, SyntheticDataset
-from jmsnas.data import JmsnasDataModule
+from jmsnas.data import DatasetSplits, JmsnasDataModule
+from jmsnas.dataset_info import describe
 from jmsnas.errors import DatasetError
 
 
@@ -127,3 +128,19 @@ def test_cifar_reads_local_archive_layout(tmp_path: Path, monkeypatch) -> None:
 def test_cifar_missing_root_says_what_is_expected(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="cifar-100-python"):
         JmsnasDataModule(CifarDataset(name="cifar100", root=tmp_path), seed=0).setup()
+
+
+@pytest.mark.parametrize("cfg", [
+    Mnist1dDataset(name="mnist1d"),
+    Mnist1dDataset(name="mnist1d", num_samples=1234, train_split=0.3, val_fraction=0.2),
+    DigitsDataset(name="digits", test_fraction=0.33, image_size=12, val_fraction=0.15),
+    SyntheticDataset(name="synthetic", shape=[3, 9, 7], num_classes=4, num_samples=77, test_samples=13),
+], ids=["mnist1d", "mnist1d-knobs", "digits", "synthetic"])
+def test_describe_without_loading_matches_the_loaded_splits(cfg) -> None:
+    """``--check``'s summary (no torch) says what loading the dataset gives."""
+    assert describe(cfg) == DatasetSplits(cfg, seed=3).info()
+
+
+def test_describe_leaves_what_depends_on_files_to_loading(tmp_path: Path) -> None:
+    assert describe(ImageFolderDataset(name="imagefolder", root=tmp_path)) is None
+    assert describe(CifarDataset(name="cifar10", root=tmp_path)) is None

@@ -46,6 +46,7 @@ from jmsnas.latency.ops import (
     space_descriptors,
 )
 from jmsnas.latency.timing import time_interleaved
+from jmsnas.machine import processor_name
 from jmsnas.space.arch import ArchSpec, build_model
 from jmsnas.space.macs import OpDescriptor
 from jmsnas.space.spec import SearchSpace
@@ -64,16 +65,6 @@ CHUNK = 16
 CALIBRATION_SEED = 12345
 #: Conditions that must match for rows to share one profile.
 _CONDITION_KEYS = ("device", "threads", "torch", "processor", "gpu")
-
-
-def processor_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measurement_conditions(threads: int, device: str) -> dict[str, object]:

@@ -25,7 +25,7 @@ from jmsnas.plan.artifact import DeploymentPlan
 from jmsnas.plan.costs import LayerCosts, arch_costs, plan_arch
 from jmsnas.plan.planners import plan_fixed
 from jmsnas.space.arch import ArchSpec
-from jmsnas.space.ops import allowed
+from jmsnas.space.candidates import allowed
 from jmsnas.space.spec import SearchSpace
 from jmsnas.topology import Topology
 

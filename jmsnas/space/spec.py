@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from jmsnas.space.ops import CANDIDATES, Dims, allowed, conv_output_size
+from jmsnas.space.candidates import CANDIDATES, Dims, allowed, conv_output_size
 from jmsnas.validation import FieldValueError, load_yaml_mapping, validate_or_raise
 
 

@@ -43,8 +43,8 @@ from jmsnas.data import JmsnasDataModule
 from jmsnas.errors import ConfigError
 from jmsnas.io import atomic_write
 from jmsnas.space.arch import ArchNet, ArchSpec, BlockSpec, HeadSpec, StemSpec, build_model
+from jmsnas.space.candidates import CANDIDATES
 from jmsnas.space.morph import random_morphism
-from jmsnas.space.ops import CANDIDATES
 from jmsnas.space.spec import SearchSpace
 from jmsnas.strategies.arch_latency import ArchLatencyModel, DoesNotFit
 from jmsnas.strategies.children import ChildData, ChildJob, ChildResult, WithTeacher, fit, train_child

@@ -132,7 +132,7 @@ def _smoke_morphism(strategy: MorphismConfig) -> dict[str, Any]:
 
 
 def _check_morphism(exp: Experiment, strategy: MorphismConfig) -> None:
-    from jmsnas.strategies.teacher import check_teacher
+    from jmsnas.strategies.teacher_check import check_teacher
 
     check_teacher(exp, strategy)
 

@@ -29,43 +29,11 @@ from jmsnas.data import JmsnasDataModule
 from jmsnas.errors import ConfigError, JmsnasError
 from jmsnas.io import atomic_write
 from jmsnas.space.arch import ArchSpec, BlockSpec, HeadSpec, StemSpec, build_model
-from jmsnas.space.ops import CANDIDATES
+from jmsnas.space.candidates import CANDIDATES
 from jmsnas.space.spec import SearchSpace
 from jmsnas.strategies.records import TeacherRecord, UserTeacher
 from jmsnas.strategies.retrain import Classifier
-
-FIELD = "strategy.teacher.model"
-
-
-def _library(name: str) -> str | None:
-    """``"timm"`` or ``"torchvision"`` when that library knows model ``name``, else None."""
-    import timm
-    import torchvision
-
-    if timm.is_model(name):
-        return "timm"
-    if name in torchvision.models.list_models():
-        return "torchvision"
-    return None
-
-
-def check_teacher(exp: Experiment, strategy: MorphismConfig) -> None:
-    """Fail now, naming the field, on a teacher this experiment's morphism ``strategy`` cannot have.
-
-    Raises:
-        ConfigError: a timm/torchvision teacher for 1-D inputs, an unknown model, a missing checkpoint.
-    """
-    cfg = strategy.teacher
-    if cfg.model != "wide":
-        if exp.search_space.dims != 2:
-            raise ConfigError(f"{cfg.model!r} is a timm/torchvision model: images only; this search space has "
-                              f"{exp.search_space.dims}-D inputs, use 'wide'", file=exp.path, field=FIELD)
-        if _library(cfg.model) is None:
-            raise ConfigError(f"no timm or torchvision model is called {cfg.model!r}; use 'wide' or a name from "
-                              "timm.list_models() / torchvision.models.list_models()", file=exp.path, field=FIELD)
-    if cfg.checkpoint is not None and not cfg.checkpoint.is_file():
-        raise ConfigError(f"teacher checkpoint {cfg.checkpoint} not found", file=exp.path,
-                          field="strategy.teacher.checkpoint")
+from jmsnas.strategies.teacher_check import library_of
 
 
 def wide_spec(space: SearchSpace, num_classes: int, input_shape: tuple[int, ...], width: float) -> ArchSpec:
@@ -91,7 +59,7 @@ def build_teacher(cfg: TeacherConfig, space: SearchSpace, num_classes: int, inpu
     """The untrained teacher network."""
     if cfg.model == "wide":
         return build_model(wide_spec(space, num_classes, input_shape, cfg.width))
-    if _library(cfg.model) == "timm":
+    if library_of(cfg.model) == "timm":
         import timm
 
         return timm.create_model(cfg.model, pretrained=False, num_classes=num_classes, in_chans=input_shape[0])
