@@ -5,9 +5,10 @@ Written by ``local.serve_local`` (``python -m jmsnas.serve BUNDLE --local``), re
 
 - ``samples``, ``answered``, ``lost`` (fed but never answered: must be 0), ``failed`` (answered
   without logits: no exit behind the failure), ``fell_back`` (answered by a device whose next hop
-  was gone, from the best exit it had), ``duplicates`` (second answers, dropped: a sample re-fed after its deadline, or
+  was gone, from the best exit it had), ``duplicates`` (second answers, dropped: a sample re-fed after its deadline;
   one a device answered alone after its next hop's acknowledgements were late while the copy it
-  sent did arrive), ``refed``,
+  sent did arrive; or one in flight when its device was killed, which the killed process answered
+  and the restarted one ran again on the sender's resend), ``refed``,
   ``answered_at`` (answers per device), ``restarts`` (per device).
 - ``end_to_end``: measured latency (mean, p50, p95, p99, max) from feeding a sample to its answer
   at the feeder, ``throughput_sps``, the feeder's own hops (``feed_mean_ms`` to the first device,

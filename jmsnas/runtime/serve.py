@@ -8,7 +8,8 @@ HOST:PORT`` runs. Three threads, each owning its sockets (ZeroMQ sockets are not
   dtype and shape with one sample on the batch axis, the cut's compressor this part's decoder);
   a bad one gets an ``error`` reply with the reason and is logged, a good one an ``ack`` and goes
   to the compute queue. A resent sample (its acknowledgement was lost) is acknowledged again and
-  not run twice.
+  not run twice by this process; a restarted device has forgotten what its predecessor ran, so a
+  resend that reaches it can be answered a second time (the feeder drops and counts it).
 - *compute*: runs the part (``Bundle.runners[m]``, ONNX Runtime by default). An **emulated**
   device (an analytic one: no measured profile) runs its part on this CPU and then waits until its
   predicted compute time (the plan's) has passed. An exit decides as ``Bundle.run_exits`` does

@@ -35,11 +35,14 @@ def test_a_killed_device_loses_no_sample_and_rejoins(exit_bundle, tmp_path: Path
     assert report["lost"] == 0 and report["answered"] == report["samples"] == len(x)
     assert report["restarts"] == {"d0": 0, "d1": 0, "d2": 1}
     rows = {r["sample"]: r for r in report["per_sample"]}
-    # a second answer (dropped) comes only from a sample re-fed after its deadline, or from one a device
-    # answered alone after late acknowledgements while its copy did arrive (both: a loaded machine)
+    # a second answer (dropped) comes only from a sample re-fed after its deadline, or from one that was
+    # sent on to d2 (the device that dies): d1 answered it alone after late acknowledgements while its copy
+    # did arrive, or the killed d2 answered it and the restarted d2 (which has forgotten what its
+    # predecessor ran) ran d1's resend again. A sample that left at d0 or d1 is never answered twice.
     assert sum(r["duplicates"] for r in rows.values()) == report["duplicates"]
     assert sum(r["refeeds"] for r in rows.values()) == report["refed"]
-    assert all(r["refeeds"] or r["fell_back"] for r in rows.values() if r["duplicates"])
+    odd = [r for r in rows.values() if r["duplicates"] and not (r["refeeds"] or r["fell_back"] or r["device"] == "d2")]
+    assert not odd, f"duplicates nothing explains (k={k}; device logs in {tmp_path}): {odd}"
     assert rows[k]["fell_back"] and rows[k]["device"] == "d0" and rows[k]["exit"] == 0  # client-only: d0's exit
     exit0 = b.runners[0]((x[k : k + 1],))[0]
     np.testing.assert_allclose(report["_logits"][k][0], exit0[0].numpy(), atol=1e-5)
