@@ -21,6 +21,40 @@ def check_stages(exp: Experiment) -> None:
     if name not in STRATEGIES:
         raise ConfigError(f"strategy {name!r} is not built in this version of jmsnas; use one of "
                           f"{', '.join(STRATEGIES)}", file=exp.path, field="strategy.name")
+    check_branched(exp)
+
+
+def check_branched(exp: Experiment) -> None:
+    """A branched search space (``branches:``) needs a mesh with one branch device per branch, and what is built for it.
+
+    Built: the supernet search (E[T] by eq. (2)), retraining, planning with ``plan_branched`` and export.
+    Not yet: the morphism and random searches, a pinned split, learned or quantising compressors at the
+    cuts and early exits on branched networks.
+    """
+    space, topo, cfg = exp.search_space, exp.topology, exp.config
+    if not space.is_branched:
+        return
+    branches = list(topo.branches) if topo.kind == "mesh" else []
+    if len(branches) != space.num_branches:
+        raise ConfigError(f"search space {space.config.name!r} has {space.num_branches} parallel branches, one per "
+                          f"branch device of a mesh; this {topo.kind} has {len(branches)} "
+                          f"({', '.join(branches) or '-'})"
+                          "; use a mesh with as many branch devices or a sequential search space",
+                          file=exp.path, field="search_space")
+    if cfg.strategy.name != "proxyless":
+        raise ConfigError(f"a branched search space is searched by 'proxyless' only; the {cfg.strategy.name} search "
+                          "grows or samples sequential networks", file=exp.path, field="strategy.name")
+    if getattr(cfg.strategy, "split", "searched") != "searched":
+        raise ConfigError("a pinned split is for sequential networks; on a branched space the split of the chain "
+                          "parts is searched (use split: searched)", file=exp.path, field="strategy.split")
+    if cfg.exits is not None:
+        raise ConfigError("early exits are not built for networks with parallel branches; remove the exits section",
+                          file=exp.path, field="exits")
+    part = cfg.partition
+    for i, c in enumerate(part.compressors if part is not None else ()):
+        if c.kind != "none":
+            raise ConfigError(f"{c.kind!r} at a cut of a branched network is not built yet (the search prices float32 "
+                              "payloads); use 'none'", file=exp.path, field=f"partition.compressors[{i}].kind")
 
 
 def check_partition(exp: Experiment) -> None:

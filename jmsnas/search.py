@@ -59,6 +59,13 @@ def _strategy_text(strategy) -> str:
             f"{strategy.parallel_children} at once)")
 
 
+def _branches_text(exp: Experiment) -> str:
+    space = exp.search_space
+    if not space.is_branched:
+        return ""
+    return f", {space.num_branches} parallel branches merged by {space.config.merge}: E[T] by eq. (2)"
+
+
 def summary(exp: Experiment) -> str:
     """A readable summary of a validated experiment (what ``--check`` prints)."""
     from jmsnas.dataset_info import describe
@@ -77,7 +84,7 @@ def summary(exp: Experiment) -> str:
         f"dataset     {info.name}: input {tuple(info.input_shape)}, {info.num_classes} classes; "
         f"train {info.train_size} / val {info.val_size} / test {info.test_size}",
         f"space       {exp.search_space.config.name} ({exp.search_space.config.dims}-D, "
-        f"{exp.search_space.num_layers} searchable layers) from {cfg.search_space}",
+        f"{exp.search_space.num_layers} searchable layers{_branches_text(exp)}) from {cfg.search_space}",
         f"strategy    {_strategy_text(cfg.strategy)}, T_const {cfg.strategy.t_const_ms:g} ms",
         f"topology    {topo.kind}, {len(topo.devices)} devices, {len(topo.links)} links; source {topo.source}, "
         f"sink {topo.sink}",
@@ -143,7 +150,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Search a network and its split across devices for an experiment.")
     parser.add_argument("experiment", help="an experiment YAML file, or the name of a shipped one (quickstart, "
-                        "quickstart_random, quickstart_morphism, jmsnas_chain, jmsnas_mesh)")
+                        "quickstart_random, quickstart_morphism, quickstart_mesh, jmsnas_chain, jmsnas_mesh)")
     parser.add_argument("--check", action="store_true", help="validate the experiment, print a summary, and stop")
     parser.add_argument("--print-config", action="store_true",
                         help="print the experiment as validated (defaults filled, paths resolved) as YAML, and stop")

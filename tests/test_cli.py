@@ -77,7 +77,8 @@ def test_output_dir_reaches_the_summary(tiny_experiment, write_experiment, tmp_p
     assert f"output      {tmp_path / 'o' / 'tiny'}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("shipped", [None, "quickstart.yaml", "quickstart_morphism.yaml", "quickstart_random.yaml"])
+@pytest.mark.parametrize("shipped", [None, "quickstart.yaml", "quickstart_morphism.yaml", "quickstart_random.yaml",
+                                     "quickstart_mesh.yaml"])
 def test_check_imports_neither_ray_nor_lightning_nor_torch(shipped, tiny_experiment, write_experiment) -> None:
     path = write_experiment(tiny_experiment) if shipped is None else REPO / "experiments" / shipped
     code = ("import sys; from jmsnas.cli import main; rc = main(['search', sys.argv[1], '--check']); "

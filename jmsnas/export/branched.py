@@ -1,7 +1,7 @@
 """Networks with parallel branches on a mesh (paper 003 eq. (2)): sizes for the planner, split, export.
 
-A ``BranchedNet`` is ``pre`` layers, then parallel ``branches`` (each a list of layers fed the
-same tensor), merged by channel concatenation or a sum, then ``post`` layers. ``plan_branched``
+A ``BranchedNet`` (`jmsnas.space.branched`) is ``pre`` layers, then parallel ``branches`` (each a
+list of layers fed the same tensor), merged by channel concatenation or a sum, then ``post`` layers. ``plan_branched``
 places the pre-branch layers on the mesh's chain up to its root, branch i on branch device i, and
 the post-join layers from the join device on; ``branched_sizes`` gives it the payload sizes.
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
@@ -39,54 +38,7 @@ from jmsnas.export.manifest import codec_entry, part_files, write_manifest
 from jmsnas.export.split import LayerSegment
 from jmsnas.export.writer import DevicePart
 from jmsnas.plan.artifact import DeploymentPlan
-
-Merge = Literal["concat", "add"]
-
-
-class BranchedNet(nn.Module):
-    """``post(merge(branch_1(h), ..., branch_k(h)))`` with ``h = pre(x)``.
-
-    Args:
-        pre: layers before the branches.
-        branches: per branch, its layers (at least one branch).
-        post: layers after the merge.
-        merge: ``"concat"`` (channels, dim 1) or ``"add"``.
-    """
-
-    def __init__(self, pre: Sequence[nn.Module], branches: Sequence[Sequence[nn.Module]], post: Sequence[nn.Module],
-                 merge: Merge = "concat") -> None:
-        super().__init__()
-        if not branches:
-            raise ValueError("a branched network needs at least one branch")
-        if merge not in ("concat", "add"):
-            raise ValueError(f"merge must be 'concat' or 'add', got {merge!r}")
-        self.pre = nn.ModuleList(pre)
-        self.branches = nn.ModuleList(nn.ModuleList(b) for b in branches)
-        self.post = nn.ModuleList(post)
-        self.merge = merge
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.pre:
-            x = layer(x)
-        outs = []
-        for branch in self.branches:
-            h = x
-            for layer in branch:
-                h = layer(h)
-            outs.append(h)
-        h = _merge(outs, self.merge)
-        for layer in self.post:
-            h = layer(h)
-        return h
-
-
-def _merge(values: Sequence[torch.Tensor], merge: str) -> torch.Tensor:
-    if merge == "concat":
-        return torch.cat(list(values), dim=1)
-    total = values[0]
-    for v in values[1:]:
-        total = total + v
-    return total
+from jmsnas.space.branched import BranchedNet, Merge, merge_outputs
 
 
 @dataclass(frozen=True)
@@ -120,7 +72,7 @@ def branched_sizes(model: BranchedNet, example_input: torch.Tensor) -> BranchedS
                 sizes.append(size(h))
             outs.append(h)
             branches.append(sizes)
-        h = _merge(outs, model.merge)
+        h = merge_outputs(outs, model.merge)
         join, post = size(h), []
         for layer in model.post:
             h = layer(h)
@@ -137,7 +89,7 @@ class JoinSegment(nn.Module):
         self.merge = merge
 
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor]:
-        h = _merge(xs, self.merge)
+        h = merge_outputs(xs, self.merge)
         for layer in self.layers:
             h = layer(h)
         return (h,)

@@ -170,7 +170,48 @@ class BlockSpec(_Frozen):
         return f"ir_k{self.kernel_size}_e{self.expansion}_s{self.stride}_c{self.out_channels}{sc}{h}{skip}"
 
 
-class ArchSpec(_Frozen):
+class SpecFile(_Frozen):
+    """The file side of a network spec: ``from_dict``, ``save_json`` and ``load_json`` around its ``to_dict``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-ready dict; ``from_dict`` reverses it."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: Any, file: str | Path | None = None):
+        """Validate a dict made by ``to_dict``.
+
+        Raises:
+            ConfigError: naming ``file`` and the bad field.
+        """
+        return validate_or_raise(cls, data, file=file)
+
+    def save_json(self, path: str | Path) -> None:
+        """Write the spec as indented JSON, with its compact block string under ``compact`` for people and logs.
+
+        Written atomically (`jmsnas.io.write_json`): a reader never sees half a file.
+        """
+        write_json(path, {**self.to_dict(), "compact": self.compact()}, newline=True)
+
+    @classmethod
+    def load_json(cls, path: str | Path):
+        """Read a file written by ``save_json``.
+
+        Raises:
+            ConfigError: missing file, invalid JSON, or a bad spec.
+        """
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read file ({exc.strerror or exc})", file=path) from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=path) from exc
+        if isinstance(data, dict):
+            data.pop("compact", None)  # informational; the fields are the spec
+        return cls.from_dict(data, file=path)
+
+
+class ArchSpec(SpecFile):
     """A complete discrete network.
 
     Args:
@@ -274,39 +315,6 @@ class ArchSpec(_Frozen):
                 if block[name] == BlockSpec.model_fields[name].default:
                     del block[name]
         return data
-
-    @classmethod
-    def from_dict(cls, data: Any, file: str | Path | None = None) -> ArchSpec:
-        """Validate a dict made by ``to_dict``.
-
-        Raises:
-            ConfigError: naming ``file`` and the bad field.
-        """
-        return validate_or_raise(cls, data, file=file)
-
-    def save_json(self, path: str | Path) -> None:
-        """Write the spec as indented JSON, with its compact block string under ``compact`` for people and logs.
-
-        Written atomically (`jmsnas.io.write_json`): a reader never sees half a file.
-        """
-        write_json(path, {**self.to_dict(), "compact": self.compact()}, newline=True)
-
-    @classmethod
-    def load_json(cls, path: str | Path) -> ArchSpec:
-        """Read a file written by ``save_json``.
-
-        Raises:
-            ConfigError: missing file, invalid JSON, or a bad spec.
-        """
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read file ({exc.strerror or exc})", file=path) from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=path) from exc
-        if isinstance(data, dict):
-            data.pop("compact", None)  # informational; the fields are the spec
-        return cls.from_dict(data, file=path)
 
 
 _OPTIONAL_BLOCK_FIELDS = ("hidden_channels", "skip_from", "merge", "skip_channels")

@@ -285,6 +285,6 @@ def describe_space(space: SearchSpace, num_classes: int, input_shape: Sequence[i
     stem = describe_stem(shape[0], cfg.stem.channels, cfg.stem.kernel_size, cfg.stem.stride, tuple(shape[1:]), dims)
     layers = [[describe_op(c, s.in_channels, s.out_channels, s.stride, s.in_size, dims) for c in s.candidates]
               for s in space.layers(tuple(shape))]
-    last = layers[-1][0] if layers else stem
-    head = describe_head(last.out_channels, cfg.head.channels, num_classes, last.out_size, dims)
+    head_in, *head_size = space.head_input_shape(tuple(shape)) if layers else (stem.out_channels, *stem.out_size)
+    head = describe_head(head_in, cfg.head.channels, num_classes, tuple(head_size), dims)
     return SpaceOps(stem, layers, head)

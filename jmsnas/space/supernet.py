@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from jmsnas.space.arch import ArchNet, ArchSpec, build_model
+from jmsnas.space.branched import BranchedArchSpec, BranchedNet, build_branched, merge_outputs
 from jmsnas.space.entangled import entangled_candidates
 from jmsnas.space.mixed import MixedOp
 from jmsnas.space.ops import Head, Stem, build_op
@@ -108,7 +109,11 @@ class Supernet(nn.Module):
         self.slots: list[LayerSlot] = space.layers(self.input_shape)
         self.stem = Stem(self.input_shape[0], cfg.stem.channels, cfg.stem.kernel_size, cfg.stem.stride, cfg.dims)
         self.layers = nn.ModuleList(self._layer(s, cfg.dims, weight_sharing) for s in self.slots)
-        self.head = Head(self.slots[-1].out_channels, cfg.head.channels, num_classes, cfg.head.dropout, cfg.dims)
+        head_in = space.head_input_shape(self.input_shape)[0]
+        self.head = Head(head_in, cfg.head.channels, num_classes, cfg.head.dropout, cfg.dims)
+        # which layers run where: sequential spaces have one group; branched ones pre, branches, post
+        self.groups = {part: [s.index for s in self.slots if s.part == part] for part in dict.fromkeys(
+            [s.part for s in self.slots])}
 
     @staticmethod
     def _layer(slot: LayerSlot, dims: int, weight_sharing: str) -> MixedOp:
@@ -129,9 +134,19 @@ class Supernet(nn.Module):
         if len(paths) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} path entries (one per searchable layer), got {len(paths)}")
         x = self.stem(x)
-        for layer, active in zip(self.layers, paths, strict=True):
-            x = layer(x, active)
-        return self.head(x)
+        if not self.space.is_branched:
+            for layer, active in zip(self.layers, paths, strict=True):
+                x = layer(x, active)
+            return self.head(x)
+
+        def run(h: torch.Tensor, part: str) -> torch.Tensor:
+            for n in self.groups.get(part, ()):
+                h = self.layers[n](h, paths[n])
+            return h
+
+        x = run(x, "pre")
+        x = merge_outputs([run(x, f"branch{b}") for b in range(self.space.num_branches)], self.space.config.merge)
+        return self.head(run(x, "post"))
 
     def sample_paths(self, generator: torch.Generator | None = None, two: bool = False) -> list:
         """Draw paths for every layer.
@@ -183,8 +198,9 @@ class Supernet(nn.Module):
             raise ValueError(f"expected {len(self.slots)} path indices, got {len(paths)}")
         return [slot.candidates[int(i)] for slot, i in zip(self.slots, paths, strict=True)]
 
-    def to_arch_spec(self, num_classes: int | None = None, paths: Sequence[int] | None = None) -> ArchSpec:
-        """The ``ArchSpec`` of ``paths`` (default: the derived, most probable network).
+    def to_arch_spec(self, num_classes: int | None = None,
+                     paths: Sequence[int] | None = None) -> ArchSpec | BranchedArchSpec:
+        """The ``ArchSpec`` (a ``BranchedArchSpec`` for a branched space) of ``paths`` (default: the derived network).
 
         Args:
             num_classes: classifier outputs; default: the supernet's.
@@ -192,10 +208,11 @@ class Supernet(nn.Module):
         """
         choices = self.derive() if paths is None else self.choices(paths)
         n_cls = self.num_classes if num_classes is None else num_classes
-        return ArchSpec.from_choices(self.space, choices, n_cls, self.input_shape)
+        cls = BranchedArchSpec if self.space.is_branched else ArchSpec
+        return cls.from_choices(self.space, choices, n_cls, self.input_shape)
 
-    def export_subnet(self, paths: Sequence[int] | None = None) -> ArchNet:
-        """A standalone ``ArchNet`` for ``paths`` holding copies of the supernet's weights.
+    def export_subnet(self, paths: Sequence[int] | None = None) -> ArchNet | BranchedNet:
+        """A standalone ``ArchNet`` (``BranchedNet`` if branched) for ``paths``, with copies of the supernet's weights.
 
         Stem, chosen candidates and head (parameters and BatchNorm buffers) are copied, so the
         result computes exactly ``self(x, paths)`` (Once-for-All ``get_active_subnet(preserve_weight=True)``).
@@ -204,10 +221,17 @@ class Supernet(nn.Module):
             paths: one path index per layer; default: ``argmax`` of every layer.
         """
         paths = [layer.argmax() for layer in self.layers] if paths is None else [int(i) for i in paths]
-        net = build_model(self.to_arch_spec(paths=paths))
-        net.stem.load_state_dict(self.stem.state_dict())
-        for block, layer, i in zip(net.blocks, self.layers, paths, strict=True):
+        spec = self.to_arch_spec(paths=paths)
+        if isinstance(spec, BranchedArchSpec):
+            net = build_branched(spec)
+            stem, head = net.pre[0], net.post[-1]
+            blocks = [*net.pre[1:], *(b for branch in net.branches for b in branch), *net.post[:-1]]
+        else:
+            net = build_model(spec)
+            stem, head, blocks = net.stem, net.head, list(net.blocks)
+        stem.load_state_dict(self.stem.state_dict())
+        for block, layer, i in zip(blocks, self.layers, paths, strict=True):
             block.load_state_dict(layer.export_candidate(i).state_dict())
-        net.head.load_state_dict(self.head.state_dict())
+        head.load_state_dict(self.head.state_dict())
         ref = next(self.parameters())
         return net.to(device=ref.device, dtype=ref.dtype).train(self.training)

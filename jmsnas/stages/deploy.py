@@ -62,6 +62,7 @@ from jmsnas.report import Summary
 from jmsnas.runtime.measure import measure_parts
 from jmsnas.runtime.verify import SplitPipeline, accuracy, verify_exit_decisions, verify_parts
 from jmsnas.space.arch import ArchSpec, build_model
+from jmsnas.stages.deploy_branched import deploy_branched_choice, is_branched_choice
 from jmsnas.stages.deploy_record import CutRecord, DeployRecord, ExitsSummary
 from jmsnas.stages.deploy_report import deployment_markdown, exits_line, write_deployment_section
 from jmsnas.strategies.records import Outcome
@@ -116,6 +117,8 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
     Returns:
         What ``deploy.json`` holds.
     """
+    if is_branched_choice(choice_dir):  # parallel branches on a mesh: eq. (2), its own, simpler stage
+        return deploy_branched_choice(exp, choice_dir, datamodule=datamodule, seed=seed)
     ch = _load(exp, choice_dir, exp.config.seed if seed is None else seed, datamodule)
     plan = plan_arch(ch.costs, exp.topology, ch.compressors)  # as the search predicted it
     exit_heads = None

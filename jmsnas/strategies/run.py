@@ -21,6 +21,7 @@ from jmsnas.config import Experiment, MorphismConfig, ProxylessConfig, RandomCon
 from jmsnas.data import JmsnasDataModule
 from jmsnas.io import write_json
 from jmsnas.space.arch import ArchSpec, build_model
+from jmsnas.space.branched import BranchedArchSpec, build_branched
 from jmsnas.space.supernet import Supernet
 from jmsnas.strategies.derive import derive
 from jmsnas.strategies.expected_latency import ExpectedLatency, LatencyPenalty
@@ -55,8 +56,12 @@ class SearchOutcome:
 
 def expected_latency(exp: Experiment, num_classes: int, input_shape: tuple[int, ...],
                      strategy: ProxylessConfig) -> ExpectedLatency:
-    """The E[T] predictor for an experiment's topology, devices and search space."""
+    """The E[T] predictor for an experiment's topology, devices and search space (eq. (2) for a branched space)."""
     models = latency_models(exp)
+    if exp.search_space.is_branched:
+        from jmsnas.strategies.branched_latency import BranchedExpectedLatency
+
+        return BranchedExpectedLatency(exp.search_space, exp.topology, models, num_classes, input_shape)
     cap = strategy.max_layers_per_device if strategy.split == "pinned" else None
     return ExpectedLatency(exp.search_space, exp.topology, models, num_classes, input_shape, cap,
                            cut_compressors(exp, exp.search_space.dims))
@@ -124,7 +129,7 @@ def run_proxyless(exp: Experiment, strategy: ProxylessConfig, seed: int, run_dir
     net.train()
     if strategy.retrain.init == "scratch":
         pl.seed_everything(seed, workers=True, verbose=False)
-        net = build_model(spec)
+        net = build_branched(spec) if isinstance(spec, BranchedArchSpec) else build_model(spec)
     split = {"path": list(estimate.path), "boundaries": list(estimate.boundaries), "device_ms": estimate.device_ms,
              "link_ms": estimate.link_ms}
     return retrain_and_record(net, spec, dm, strategy, run_dir, progress, predicted_ms=float(estimate.total_ms),
