@@ -204,19 +204,23 @@ def plot_pareto(path: Path, trials: Sequence[dict], selections: Sequence[dict]) 
 
 
 def plot_breakdown(path: Path, outcome: Outcome) -> None:
-    """Per-device compute and per-link transfer latency of one network, in chain order.
+    """Per-device compute and per-link transfer latency of one network, in chain order (branches side by side).
 
     A device or link of the path missing from ``split.device_ms`` / ``split.link_ms`` shows as 0 ms.
     """
     split = outcome.split
     labels, values, colors = [], [], []
     bounds = split.boundaries
+    branched = outcome.arch.get("kind") == "branched"  # path: pre path, branch devices, post path
     for m, device in enumerate(split.path):
         labels.append(f"{device}\n{bounds[m + 1] - bounds[m]} layers" if m + 1 < len(bounds) else device)
         values.append(split.device_ms.get(device, 0.0))
         colors.append("tab:blue")
-        if m + 1 < len(split.path):
-            link = f"{device}->{split.path[m + 1]}"
+        if branched:  # every link leaving this device (the root has one per branch)
+            links = [k for k in split.link_ms if k.split("->")[0] == device]
+        else:
+            links = [f"{device}->{split.path[m + 1]}"] if m + 1 < len(split.path) else []
+        for link in links:
             labels.append(link.replace("->", "\n→ "))
             values.append(split.link_ms.get(link, 0.0))
             colors.append("tab:orange")
@@ -228,7 +232,8 @@ def plot_breakdown(path: Path, outcome: Outcome) -> None:
     ax.set_xticks(range(len(values)), labels, fontsize=8)
     ax.set_ylabel("latency (ms)")
     ax.set_title(f"{outcome.compact}\npredicted {outcome.predicted_latency_ms:.4g} ms, "
-                 f"T_const {outcome.t_const_ms:g} ms (blue: device, orange: link)", fontsize=8)
+                 f"T_const {outcome.t_const_ms:g} ms (blue: device, orange: link"
+                 f"{'; the branches run in parallel, the slowest counts' if branched else ''})", fontsize=8)
     fig.savefig(path, dpi=120)
 
 

@@ -66,8 +66,9 @@ def deployment_markdown(done: Sequence[dict]) -> str:
                 lines.append(f"| {c['src']} -> {c['dst']} | {c['compressor']} | {c['payload_bytes']:g} | "
                              f"{100 * frac:.2f} % | {c['link_ms']:.4g} |")
             lines.append("")
-        lines += ["| baseline | network | latency [ms] | devices | boundaries | fits memory |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        if d["baselines"]:
+            lines += ["| baseline | network | latency [ms] | devices | boundaries | fits memory |",
+                      "| --- | --- | --- | --- | --- | --- |"]
         for b in d["baselines"]:
             lines.append(f"| {b['name']} | {b['network']} | {b['latency_ms']:.4g} | {' -> '.join(b['path'])} | "
                          f"{b['boundaries']} | {'yes' if b['fits_memory'] else 'no'} |")

@@ -13,7 +13,7 @@ from jmsnas.data import JmsnasDataModule
 from jmsnas.runtime.bundle import run_bundle
 from jmsnas.search import main
 from jmsnas.space.branched import BranchedArchSpec, build_branched
-from jmsnas.stages.deploy import deploy_choice
+from jmsnas.stages.deploy import deploy_choice, deployment_markdown
 from jmsnas.strategies.run import expected_latency, run_proxyless
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +57,10 @@ def test_a_branched_search_hands_on_a_network_priced_by_eq2_that_deploys_as_plan
     assert record.predicted_latency_ms == pytest.approx(outcome.predicted_latency_ms, rel=1e-6)
     assert record.devices == ["ue", "sbs", "m1", "m2", "cloud"] and record.bundle == "bundle"
     assert record.boundaries == json.loads((tmp_path / "run" / "outcome.json").read_text())["split"]["boundaries"]
-    assert record.verify["max_abs_diff"] <= 1e-5 and record.verify["top1_agreement"] == 1.0
+    assert record.verify["ok"] and record.verify["torchscript"]["max_abs_diff"] <= 1e-5
+    assert record.verify["onnx"]["top1_agreement"] == 1.0
+    section = deployment_markdown([{"t_const_ms": 5.0, "dir": "run", **record.to_dict()}])  # what report.md gets
+    assert "ue -> sbs -> m1 -> m2 -> cloud" in section and "do not apply to parallel branches" in section
     assert record.test_acc_unsplit == pytest.approx(outcome.test_acc, abs=1e-6)
     assert abs(record.acc_change_pp) <= 0.2  # ONNX vs PyTorch rounding may flip a near tie, no more
     x = torch.randn(3, 1, 40)  # MNIST-1D: the dataset sets the length, not the space file
