@@ -23,7 +23,9 @@ trained copies; they replace the receiving side's segments at export.
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,8 @@ from torch.nn import functional as F
 
 from jmsnas.compress.quantize import build_codec, calibrate
 from jmsnas.export.split import run_segments
+
+log = logging.getLogger(__name__)
 
 
 class BottleneckEncoder(nn.Module):
@@ -176,7 +180,7 @@ def _train(cached, encoder: nn.Module | None, decoder: nn.Module, tail: Sequence
     for m in (encoder, decoder, *tail):
         if m is not None:
             m.train()
-    history = []
+    history, start = [], time.perf_counter()
     for _ in range(epochs):
         total = 0.0
         for features, target in cached:
@@ -188,6 +192,8 @@ def _train(cached, encoder: nn.Module | None, decoder: nn.Module, tail: Sequence
             optimizer.step()
             total += loss.item()
         history.append(total / len(cached))
+        log.info("autoencoder: epoch %d/%d, distillation loss %.4g (%.0f s)", len(history), epochs, history[-1],
+                 time.perf_counter() - start)
     return history
 
 

@@ -27,7 +27,9 @@ search spaces and of ResNet/MobileNet-style networks does), so the student can m
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,8 @@ from torch.nn import functional as F
 from jmsnas.compress.autoencoder import CodecChain, upsample_padding
 from jmsnas.compress.quantize import build_codec, calibrate, packed_bytes
 from jmsnas.export.split import run_segments
+
+log = logging.getLogger(__name__)
 
 
 def _layers(dims: int) -> tuple[type, type, type]:
@@ -193,7 +197,7 @@ def _fit(encoder: StudentEncoder | None, decoder: StudentDecoder, pairs, from_in
     optimizer = torch.optim.Adam([p for m in modules for p in m.parameters()], lr=lr)
     for m in modules:
         m.train()
-    history = []
+    history, start = [], time.perf_counter()
     for _ in range(epochs):
         total = 0.0
         for source, target in pairs:
@@ -204,4 +208,6 @@ def _fit(encoder: StudentEncoder | None, decoder: StudentDecoder, pairs, from_in
             optimizer.step()
             total += loss.item()
         history.append(total / len(pairs))
+        log.info("student head: epoch %d/%d, feature SSE %.4g (%.0f s)", len(history), epochs, history[-1],
+                 time.perf_counter() - start)
     return history

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def test_decoder_restores_the_cut_shape(shape: tuple[int, ...]) -> None:
     assert decoder((code,))[0].shape == x.shape
 
 
-def test_trained_autoencoder_exports_with_a_64x_smaller_payload(tmp_path: Path) -> None:
+def test_trained_autoencoder_exports_with_a_64x_smaller_payload(tmp_path: Path, caplog) -> None:
     task = TemplateTask()
     spec = tiny_arch_spec()
     model = trained_tiny_model(task)  # trained, so that its top-1 depends on the input
@@ -42,8 +43,12 @@ def test_trained_autoencoder_exports_with_a_64x_smaller_payload(tmp_path: Path) 
     train = [task.batch(16)[0] for _ in range(12)]
 
     encoder, decoder = make_autoencoder((4, 16, 16), reduction=4, nonnegative=True)  # stem ends with ReLU6
-    fit = fit_autoencoder(encoder, decoder, segments[:1], segments[1:], model, train, epochs=10, finetune_epochs=3)
+    with caplog.at_level(logging.INFO, logger="jmsnas.compress.autoencoder"):
+        fit = fit_autoencoder(encoder, decoder, segments[:1], segments[1:], model, train, epochs=10, finetune_epochs=3)
     assert fit.history[-1] < fit.history[0] / 3
+    progress = [r.getMessage() for r in caplog.records if r.name == "jmsnas.compress.autoencoder"]
+    assert [m.split(",")[0] for m in progress[:10]] == [f"autoencoder: epoch {k}/10" for k in range(1, 11)]
+    assert [float(m.split("loss ")[1].split()[0]) for m in progress[:10]] == [float(f"{h:.4g}") for h in fit.history]
     assert fit.finetune_history[-1] <= fit.finetune_history[0]  # step 2 recovers what rounding cost
     # the unsplit model (the teacher) is untouched; the receiving side learned as a copy
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())

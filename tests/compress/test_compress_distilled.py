@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -43,14 +44,17 @@ def test_sse_is_paper_002_eq_1_per_sample() -> None:
     assert sse_loss(s, t).item() == pytest.approx(9.0)
 
 
-def test_trained_student_head_replaces_the_head_sends_its_code_and_exports(tmp_path: Path) -> None:
+def test_trained_student_head_replaces_the_head_sends_its_code_and_exports(tmp_path: Path, caplog) -> None:
     task = TemplateTask()
     model = trained_tiny_model(task)
     segments = split_archnet(model, [0, 2, 4])  # teacher head: stem + the stride-2 block -> (8, 8, 8)
     encoder, decoder = make_student_head((3, 16, 16), (8, 8, 8), channel_fraction=0.25, nonnegative=False)
     train = [task.batch(16)[0] for _ in range(12)]
-    fit = fit_student_head(encoder, decoder, segments[:1], train, epochs=15, finetune_epochs=3, bits=4)
+    with caplog.at_level(logging.INFO, logger="jmsnas.compress.distilled"):
+        fit = fit_student_head(encoder, decoder, segments[:1], train, epochs=15, finetune_epochs=3, bits=4)
     assert fit.history[-1] < fit.history[0] / 3
+    progress = [r.getMessage() for r in caplog.records if r.name == "jmsnas.compress.distilled"]
+    assert [m.split(",")[0] for m in progress[:15]] == [f"student head: epoch {k}/15" for k in range(1, 16)]
     assert fit.payload_bytes == 2 * 4 * 4 * 4 // 8  # 2 channels x 4 x 4 at 4 bits
     assert count_macs(encoder, (3, 16, 16)) < count_macs(segments[0], (3, 16, 16)) / 2
 
