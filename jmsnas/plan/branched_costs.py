@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
-
 from jmsnas.latency.model import LatencyModel
 from jmsnas.plan.artifact import DeploymentPlan
 from jmsnas.plan.planners import plan_branched
@@ -42,7 +40,6 @@ def plan_branched_arch(spec: BranchedArchSpec, models: Mapping[str, LatencyModel
         lat, out, mem = costs(ops, [name])
         arms.append((lat[name], out))
         arm_mem.append(mem)
-    join_bytes = float(payload_bytes(int(np.prod((spec.join_channels, *(branches[0][-1].out_size if branches[0]
-                                                                          else pre[-1].out_size))))))
+    join_bytes = float(payload_bytes(post[0].input_numel))  # the first post layer (or the head) takes the merge
     return plan_branched((pre_lat, pre_out), arms, (post_lat, post_out), float(payload_bytes(pre[0].input_numel)),
                          join_bytes, topology, memory_bytes=(pre_mem, arm_mem, post_mem))

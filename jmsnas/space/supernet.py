@@ -133,17 +133,15 @@ class Supernet(nn.Module):
         """
         if len(paths) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} path entries (one per searchable layer), got {len(paths)}")
-        x = self.stem(x)
-        if not self.space.is_branched:
-            for layer, active in zip(self.layers, paths, strict=True):
-                x = layer(x, active)
-            return self.head(x)
 
         def run(h: torch.Tensor, part: str) -> torch.Tensor:
             for n in self.groups.get(part, ()):
                 h = self.layers[n](h, paths[n])
             return h
 
+        x = self.stem(x)
+        if not self.space.is_branched:
+            return self.head(run(x, "main"))
         x = run(x, "pre")
         x = merge_outputs([run(x, f"branch{b}") for b in range(self.space.num_branches)], self.space.config.merge)
         return self.head(run(x, "post"))

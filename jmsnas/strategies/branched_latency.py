@@ -57,7 +57,7 @@ class BranchedExpectedLatency(ExpectedLatency):
         if not space.is_branched or topology.kind != "mesh" or space.num_branches != len(topology.branches):
             raise ValueError(f"need a branched space with one branch per branch device of a mesh; got "
                              f"{space.num_branches} branch(es) on a {topology.kind} with branches "
-                             f"{list(getattr(topology, 'branches', ()) or ())}")
+                             f"{list(topology.branches)}")
         # the rows of the flat layer list [stem, pre..., branch 0..., ..., post..., head], as ExpectedLatency has them
         super().__init__(space, topology, models, num_classes, input_shape)
         shape = space.resolve_input_shape(None if input_shape is None else tuple(input_shape))

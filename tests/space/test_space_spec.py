@@ -47,7 +47,8 @@ def test_shipped_files_load(path: Path) -> None:
     for prev, cur in pairwise(slots):  # a branch starts from the root's output, not the previous branch's
         if cur.part == prev.part or not cur.part.startswith("branch"):
             if cur.part == "post" and prev.part != "post":
-                assert (cur.in_channels, cur.in_size) == space.join_shape()[:1] + (space.join_shape()[1:],)
+                join = space.join_shape()
+                assert (cur.in_channels, cur.in_size) == (join[0], join[1:])
             else:
                 assert (cur.in_channels, cur.in_size) == (prev.out_channels, prev.out_size)
     assert SearchSpaceConfig.model_validate(space.config.model_dump()) == space.config
