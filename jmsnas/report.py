@@ -175,8 +175,41 @@ def copy_best(run_dir: Path, selections: Sequence[dict], overall: dict | None) -
         top.unlink()
 
 
-def plot_pareto(path: Path, trials: Sequence[dict], selections: Sequence[dict]) -> None:
-    """Validation accuracy vs predicted latency of every finished trial, the front, the T_const lines."""
+_BASELINE_MARKERS = {"device-only": ("s", "tab:purple"), "cloud-only": ("D", "tab:brown")}
+
+
+def _plot_baselines(ax, selections: Sequence[dict], deployments: Sequence[dict]) -> list[float]:
+    """Each chosen network's device-only / cloud-only placements at its accuracy; the fixed network's as lines."""
+    acc = {s["t_const_ms"]: s["val_acc"] for s in selections if s["feasible"]}
+    xs, lines = [], {}
+    for d in deployments:
+        y = acc.get(d["t_const_ms"])
+        for b in d["baselines"]:
+            if b["name"] in _BASELINE_MARKERS and y is not None:
+                marker, color = _BASELINE_MARKERS[b["name"]]
+                ax.scatter([b["latency_ms"]], [y], marker=marker, color=color, s=50, zorder=4,
+                           label=f"{b['name']} (chosen network)")
+                xs.append(b["latency_ms"])
+            elif b["name"] not in _BASELINE_MARKERS:
+                lines.setdefault(b["name"], b["latency_ms"])
+        if y is not None:
+            ax.scatter([d["predicted_latency_ms"]], [y], marker="P", color="tab:cyan", edgecolor="k", s=90, zorder=5,
+                       label="deployed (compressed, exits: worst case)")
+            xs.append(d["predicted_latency_ms"])
+    for (name, ms), ls in zip(lines.items(), (":", "-."), strict=False):
+        ax.axvline(ms, color="0.3", ls=ls, lw=1, label=f"{name} (MobileNetV2-style, accuracy not trained)")
+        xs.append(ms)
+    return xs
+
+
+def plot_pareto(path: Path, trials: Sequence[dict], selections: Sequence[dict],
+                deployments: Sequence[dict] = ()) -> None:
+    """Validation accuracy vs predicted latency of every finished trial, the front, the T_const lines.
+
+    With ``deployments`` (``deploy.json`` dicts with ``t_const_ms``), the baselines of each chosen
+    network on the same axes: device-only and cloud-only at the chosen network's accuracy, the fixed
+    network's Neurosurgeon and HiveMind latencies as vertical lines, and the deployed plan's latency.
+    """
     done = _finished(trials)
     from matplotlib.figure import Figure  # imported when a plot is drawn: `jmsnas search --check` needs none
 
@@ -193,12 +226,14 @@ def plot_pareto(path: Path, trials: Sequence[dict], selections: Sequence[dict]) 
         ax.axvline(s["t_const_ms"], color="tab:green" if s["feasible"] else "tab:orange", ls="--", lw=1)
         ax.annotate(f"T={s['t_const_ms']:g}" + ("" if s["feasible"] else " (infeasible)"),
                     (s["t_const_ms"], 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=8)
-    xs = [p[0] for p in pts] + [s["t_const_ms"] for s in selections]
+    xs = [p[0] for p in pts] + [s["t_const_ms"] for s in selections] + _plot_baselines(ax, selections, deployments)
     if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
     ax.set_xlabel("predicted latency of the derived network (ms)")
     ax.set_ylabel("validation accuracy (retrained)")
-    ax.legend(loc="best", fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), loc="best", fontsize=7)
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
 

@@ -23,3 +23,5 @@ class PartitionConfig(Strict):
                                                 "cuts without one send float32")
     train_epochs: PositiveInt = Field(20, description="learned compressors: epochs of their first training step")
     finetune_epochs: int = Field(5, ge=0, description="learned compressors: epochs with the quantiser in place")
+    payload_sweep: bool = Field(True, description="report: at each cut, the test accuracy with none / 8 / 4 / 2-bit "
+                                "quantize instead of the deployed compressor (payload vs accuracy plot)")

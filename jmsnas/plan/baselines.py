@@ -17,7 +17,7 @@ shape allows it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jmsnas.latency.model import LatencyModel
@@ -41,6 +41,8 @@ class BaselineResult:
     path: list[str]
     macs: int
     fits_memory: bool
+    device_ms: dict[str, float] = field(default_factory=dict)  # compute per device of ``path``
+    link_ms: dict[str, float] = field(default_factory=dict)  # transfer per link "src->dst" crossed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,7 +66,9 @@ def _fits(costs: LayerCosts, plan: DeploymentPlan, topology: Topology) -> bool:
 
 def _result(name: str, network: str, costs: LayerCosts, plan: DeploymentPlan, topology: Topology) -> BaselineResult:
     return BaselineResult(name, network, float(plan.total_latency_ms), plan.boundaries(), plan.devices,
-                          int(sum(costs.macs)), _fits(costs, plan, topology))
+                          int(sum(costs.macs)), _fits(costs, plan, topology),
+                          {s.device: float(s.compute_ms) for s in plan.segments},
+                          {f"{c.src}->{c.dst}": float(c.link_ms) for c in plan.cuts})
 
 
 def _fixed(costs: LayerCosts, topology: Topology, path: Sequence[str], boundaries: Sequence[int]) -> DeploymentPlan:

@@ -58,13 +58,15 @@ from jmsnas.plan.baselines import baselines
 from jmsnas.plan.costs import LayerCosts, arch_costs, plan_arch, sequential_latency_ms
 from jmsnas.plan.planners import plan_fixed
 from jmsnas.plan.wire import tensor_bytes
-from jmsnas.report import Summary
+from jmsnas.report import Summary, plot_pareto
 from jmsnas.runtime.measure import measure_parts
 from jmsnas.runtime.verify import SplitPipeline, accuracy, verify_exit_decisions, verify_parts
 from jmsnas.space.arch import ArchSpec, build_model
 from jmsnas.stages.deploy_branched import deploy_branched_choice, is_branched_choice
+from jmsnas.stages.deploy_plots import write_deploy_plots
 from jmsnas.stages.deploy_record import CutRecord, DeployRecord, ExitsSummary
 from jmsnas.stages.deploy_report import deployment_markdown, exits_line, write_deployment_section
+from jmsnas.stages.payload_sweep import payload_sweep
 from jmsnas.strategies.records import Outcome
 
 __all__ = ["BUNDLE_DIR", "DEPLOY_JSON", "EXITS_DIR", "PLAN_JSON", "check_partition", "deploy_choice", "deploy_run",
@@ -178,6 +180,9 @@ def _record(ch: _Choice, plan: DeploymentPlan, segments: list[nn.Module], learne
     ch.test = list(ch.dm.test_dataloader())
     acc_split = accuracy(SplitPipeline(segments, plan, learned.codecs), ch.test)
     acc_full = accuracy(model, ch.test)
+    part = ch.exp.config.partition
+    sweep = (payload_sweep(plan, segments, learned.codecs, ch.test, ch.calib, acc_split)
+             if plan.cuts and (part is None or part.payload_sweep) else None)
     return DeployRecord(
         arch=ch.spec.compact(), plan=PLAN_JSON, predicted_latency_ms=plan.total_latency_ms, devices=plan.devices,
         boundaries=plan.boundaries(),
@@ -186,7 +191,7 @@ def _record(ch: _Choice, plan: DeploymentPlan, segments: list[nn.Module], learne
         mean_latency_ms=plan.mean_latency_ms, input_bytes=ch.costs.input_bytes, test_acc_unsplit=acc_full,
         test_acc_split=acc_split, acc_change_pp=100 * (acc_split - acc_full), notes=learned.notes,
         baselines=[b.to_dict() for b in baselines(ch.spec, ch.exp.search_space, ch.exp.topology, ch.models)],
-        exits=_exits_summary(exits, plan) if exits is not None else None)
+        exits=_exits_summary(exits, plan) if exits is not None else None, payload_sweep=sweep)
 
 
 def _export(ch: _Choice, plan: DeploymentPlan, segments: list[nn.Module], learned: LearnedCodecs, model: nn.Module,
@@ -302,7 +307,12 @@ def deploy_run(exp: Experiment, run_dir: Path, summary: Summary) -> list[dict]:
             print(f"deploy      {sel.best_dir}: plan, compress, export ...", flush=True)
             record = deploy_choice(exp, choice, t_const_ms=sel.t_const_ms)
         done.append({"t_const_ms": sel.t_const_ms, "dir": sel.best_dir, **record.to_dict()})
-    report = run_dir / "report.md"
+    report, plots = run_dir / "report.md", {}
+    if done:
+        data = summary.to_json()
+        if data["plots"].get("pareto"):  # the search drew it; redrawn with the baselines beside the trials
+            plot_pareto(run_dir / data["plots"]["pareto"], data["trials"], data["selections"], done)
+        plots = write_deploy_plots(run_dir, done)
     if done and report.is_file():
-        write_deployment_section(report, done)
+        write_deployment_section(report, done, plots)
     return done

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from jmsnas.io import load_artifact, write_json
 
 #: Sections present only when their stage ran (absent from ``deploy.json`` otherwise, never null).
-_OPTIONAL = ("exits", "verify", "latency_measured", "bundle")
+_OPTIONAL = ("exits", "verify", "latency_measured", "bundle", "payload_sweep")
 
 
 class _Record(BaseModel):
@@ -71,6 +71,7 @@ class DeployRecord(_Record):
     verify: dict[str, Any] | None = None
     latency_measured: dict[str, Any] | None = None
     bundle: str | None = None
+    payload_sweep: list[dict[str, Any]] | None = None  # ``stages.payload_sweep``: bytes vs test accuracy per cut
     version: int = 1
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,7 +7,7 @@ and folder ``dir`` added.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from jmsnas.io import write_text
@@ -48,11 +48,32 @@ def measured_markdown(m: dict) -> list[str]:
     return lines
 
 
-def deployment_markdown(done: Sequence[dict]) -> str:
-    """The "Deployment" section of ``report.md``."""
+#: The deployment plots (``stages.deploy_plots``) in the order and with the captions ``report.md`` gives them.
+PLOT_CAPTIONS = {
+    "deploy_breakdown": "Predicted latency of each deployed plan, compute per device and transfer per link, against "
+                        "the baselines under the same latency models",
+    "exit_termination": "Share of test samples leaving at each exit",
+    "payload_accuracy": "Bytes sent per sample at each cut against test accuracy, one cut's compressor swapped "
+                        "(none, 8 / 4 / 2-bit quantize), the others as deployed",
+    "latency_measured": "Measured against predicted latency of the exported parts on this machine",
+}
+
+
+def plots_markdown(plots: Mapping[str, str]) -> list[str]:
+    """The deployment plots drawn, each under its caption (none: nothing)."""
+    lines = []
+    for kind, caption in PLOT_CAPTIONS.items():
+        if kind in plots:
+            lines += [f"{caption}:", "", f"![{kind}]({plots[kind]})", ""]
+    return lines
+
+
+def deployment_markdown(done: Sequence[dict], plots: Mapping[str, str] | None = None) -> str:
+    """The "Deployment" section of ``report.md``, with the deployment plots drawn (``stages.deploy_plots``)."""
     lines = ["## Deployment", "",
              "Per chosen network: the plan (`plan.json`), what crosses each cut, the accuracy of the split network "
-             "on the test split against the unsplit one, and baselines under the same latency models.", ""]
+             "on the test split against the unsplit one, and baselines under the same latency models.", "",
+             *plots_markdown(plots or {})]
     for d in done:
         lines += [f"### T_const {d['t_const_ms']:g} ms (`{d['dir']}/`)", "",
                   f"Predicted latency {d['predicted_latency_ms']:.4g} ms on {' -> '.join(d['devices'])}, "
@@ -99,8 +120,8 @@ def deployment_markdown(done: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_deployment_section(report: Path, done: Sequence[dict]) -> None:
+def write_deployment_section(report: Path, done: Sequence[dict], plots: Mapping[str, str] | None = None) -> None:
     """Replace (or add) the "Deployment" section at the end of ``report.md``."""
     text = report.read_text().split("\n## Deployment", 1)[0].rstrip("\n")
-    new = text + "\n\n" + deployment_markdown(done)
+    new = text + "\n\n" + deployment_markdown(done, plots)
     write_text(report, new)

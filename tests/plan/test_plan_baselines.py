@@ -74,3 +74,17 @@ def test_fixed_network_is_mobilenet_v2_blocks_and_all_four_baselines_are_reporte
     assert results["cloud-only"].boundaries == [0, 0, costs.num_layers]
     assert results["hivemind"].latency_ms <= results["neurosurgeon"].latency_ms + 1e-9
     assert all(r.fits_memory for r in results.values())
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_each_baseline_breaks_its_latency_into_device_compute_and_link_transfer(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    names, topo = _chain(rng, int(rng.integers(2, 5)))
+    costs = _costs(rng, names, int(rng.integers(1, 7)))
+    for b in (device_only(costs, topo), cloud_only(costs, topo), neurosurgeon(costs, topo), hivemind(costs, topo)):
+        assert set(b.device_ms) == set(b.path)
+        assert set(b.link_ms) == {f"{s}->{d}" for s, d in zip(b.path, b.path[1:], strict=False)}
+        assert sum(b.device_ms.values()) + sum(b.link_ms.values()) == pytest.approx(b.latency_ms)
+    only = device_only(costs, topo)  # everything on the source, by hand from the layer costs
+    assert only.device_ms[names[0]] == pytest.approx(sum(costs.latency_ms[names[0]]))
+    assert all(only.device_ms[n] == 0.0 for n in names[1:])
