@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("jmsnas.results", "print what a finished run found (the choice per T_const)"),
 }
 #: Subcommands whose ``main`` takes ``prog=`` (so ``--help`` reads ``jmsnas search``).
-_TAKES_PROG = {"search", "deploy", "profile", "report"}
+_TAKES_PROG = {"search", "deploy", "profile", "report", "serve"}
 
 EXIT_CODES = """exit status:
   0    done (--check: the experiment is valid)

@@ -54,9 +54,10 @@ class ExitsConfig(Strict):
     min_head_accuracy_gain: float = Field(
         0.1, ge=0, lt=1, description="drop a head whose accuracy after one epoch is below majority rate + this")
     calibration: Literal["val", "train"] = Field("val", description="split the thresholds are searched on")
-    # Paper 001 scales thresholds found on training data by 1, 2/3 or 1/2. On MNIST-1D
-    # (benchmarks/results/early_exit.md) 2/3 and 1/2 cost 2.7 and 4.2 pp more accuracy than 1 for
-    # 13-16 pp more MAC reduction, as in paper 001's CIFAR-10 rows: 1 (no scaling) is the default.
+    # Paper 001 scales thresholds found on training data by 1, 2/3 or 1/2. On MNIST-1D an earlier
+    # version of benchmarks/early_exit.py (its current results file does not repeat the comparison)
+    # found 2/3 and 1/2 cost 2.7 and 4.2 pp more accuracy than 1 for 13-16 pp more MAC reduction,
+    # as in paper 001's CIFAR-10 rows: 1 (no scaling) is the default.
     correction_factor: float = Field(1.0, gt=0, le=1, description="thresholds found on 'train' are scaled by it")
     loss_weights: list[PositiveFloat] | None = Field(
         None, description="joint fine-tuning: one weight per exit, final last (default: paper 004's 0.2/0.3/0.5 rule)")

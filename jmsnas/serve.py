@@ -50,9 +50,22 @@ def _ids(text: str) -> frozenset[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of sample ids") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jmsnas.serve", description="Serve a bundle: one device "
-                                "(--device, --listen, --next) or every device on this machine (--local).")
+EXAMPLES = """examples:
+  jmsnas serve runs/quickstart/best/t18ms/bundle --local --samples 200        every device here, measured
+  jmsnas serve BUNDLE --device phone --listen 0.0.0.0:5601                    the last device, on its machine
+  jmsnas serve BUNDLE --device m4f --listen 0.0.0.0:5600 --next phone-host:5601 --link 0.1,15
+  jmsnas serve BUNDLE --feed m0plus-host:5599 --reply this-host:5700 --samples 100
+
+exit status: 0 served (or stopped by a signal), 2 bad input (one 'error:' line names the option or file)"""
+
+
+def _parser(prog: str = "python -m jmsnas.serve") -> argparse.ArgumentParser:
+    from jmsnas.cli import add_verbosity
+
+    p = argparse.ArgumentParser(prog=prog, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Serve a bundle: one device (--device, --listen, --next) or every "
+                                "device on this machine (--local).")
+    add_verbosity(p)
     p.add_argument("bundle", help="bundle folder (manifest.json and one .pt/.onnx pair per device)")
     p.add_argument("--backend", choices=("onnx", "torchscript"), default="onnx")
     p.add_argument("--timeout-ms", type=int, default=1000, help="wait for the next hop's acknowledgement")
@@ -82,9 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.device or 'local'} %(levelname)s %(message)s")
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m jmsnas.serve") -> int:
+    """Run ``jmsnas serve``; returns the exit status (0 served, 2 bad input)."""
+    args = _parser(prog).parse_args(argv)
+    level = logging.DEBUG if args.verbose else {0: logging.INFO, 1: logging.WARNING}.get(args.quiet, logging.ERROR)
+    logging.basicConfig(level=level, format=f"%(asctime)s {args.device or 'local'} %(levelname)s %(message)s")
     try:
         if args.timeout_ms < 1 or args.attempts < 1:
             raise ConfigError(f"--timeout-ms and --attempts must be >= 1, got {args.timeout_ms} and {args.attempts}",

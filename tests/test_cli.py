@@ -36,6 +36,16 @@ def test_help_lists_commands_examples_and_exit_codes(capsys) -> None:
     assert out.startswith("usage: jmsnas search") and "--print-config" in out and "exit status" in out
 
 
+@pytest.mark.parametrize("command", ["deploy", "profile", "report", "serve"])
+def test_every_command_help_names_itself_with_examples_exit_codes_and_verbosity(command: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and out.startswith(f"usage: jmsnas {command}")
+    for text in ("examples:", "exit status", "--quiet", f"jmsnas {command} "):
+        assert text in out, text
+
+
 def test_unknown_command_exits_2(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["serch"])
