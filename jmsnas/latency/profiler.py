@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import random
@@ -65,6 +66,8 @@ CHUNK = 16
 CALIBRATION_SEED = 12345
 #: Conditions that must match for rows to share one profile.
 _CONDITION_KEYS = ("device", "threads", "torch", "processor", "gpu")
+
+log = logging.getLogger("jmsnas.profile")
 
 
 def measurement_conditions(threads: int, device: str) -> dict[str, object]:
@@ -198,7 +201,7 @@ def profile_search_spaces(spaces: Sequence[SearchSpace], device_name: str, out_d
     conditions = measurement_conditions(threads, device)
     load = machine_load() if guard is not None else None
     if load is not None and load.warning():
-        print(load.warning())
+        log.warning(load.warning())
     opened = _open_profile(csv_path, json_path, conditions, [s.config.name for s in spaces], guard)
     done = {r["key"] for r in opened}
     todo = _pending(spaces, batch_sizes, grid, done)
