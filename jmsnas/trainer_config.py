@@ -19,7 +19,10 @@ class TrainerConfig(Strict):
     """Where and how every Lightning Trainer of a search trains (search, children, candidates, teacher, retraining).
 
     Passed to ``pl.Trainer(accelerator=, devices=, precision=)``. Under Ray Tune a trial sees only the
-    GPUs its ``tune.resources_per_trial.gpu`` reserves, so the two must agree (checked at load).
+    GPUs its ``tune.resources_per_trial.gpu`` reserves, so the two must agree (checked at load). The
+    deploy stage's own loops (exit heads, decision units, learned compressors) train on the one torch
+    device ``jmsnas.devices.torch_device`` derives from ``accelerator`` (``devices`` and ``precision``
+    are Lightning's only).
     """
 
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = Field(

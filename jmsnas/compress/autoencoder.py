@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from jmsnas.compress.quantize import build_codec, calibrate
+from jmsnas.devices import DeviceLike, on_device, to_device
 from jmsnas.export.split import run_segments
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def fit_autoencoder(
     temperature: float = 4.0,
     bits: int = 8,
     reduction: int = 4,
+    device: DeviceLike = None,
 ) -> AutoencoderFit:
     """Train the autoencoder and the receiving side in paper 004's two steps (module docstring).
 
@@ -151,22 +153,25 @@ def fit_autoencoder(
         temperature: distillation temperature T; the loss is ``T^2 KL(p_ref^T || p^T)``.
         bits: bits per value of the quantiser (8, 4 or 2).
         reduction: the channel reduction used, recorded in ``params``.
+        device: where both steps run (None: where the modules are); every module ends back where it was
+            (the copies of ``back`` where ``back`` is).
     """
-    with torch.no_grad():
-        cached = [(run_segments(front, x), reference(x)) for x in inputs]
     tail = [copy.deepcopy(m) for m in back]
-    tail_params = [p for m in tail for p in m.parameters()]
-    history = _train(cached, encoder, decoder, tail, [*encoder.parameters(), *decoder.parameters(), *tail_params],
-                     epochs, lr, temperature)
-    encoder.eval()
-    with torch.no_grad():
-        codes = [encoder(tuple(f)) for f, _ in cached]
-    params = calibrate("quantize", codes, bits=bits)
-    quantize, dequantize = build_codec("quantize", params)
-    with torch.no_grad():
-        wire = [(dequantize(quantize(c)), t) for c, (_, t) in zip(codes, cached, strict=True)]
-    finetune = _train(wire, None, decoder, tail, [*decoder.parameters(), *tail_params], finetune_epochs,
-                      finetune_lr, temperature)
+    with on_device(device, encoder, decoder, *front, *tail, reference) as dev:
+        with torch.no_grad():
+            cached = [(run_segments(front, x), reference(x)) for x in (to_device(x, dev) for x in inputs)]
+        tail_params = [p for m in tail for p in m.parameters()]
+        history = _train(cached, encoder, decoder, tail,
+                         [*encoder.parameters(), *decoder.parameters(), *tail_params], epochs, lr, temperature)
+        encoder.eval()
+        with torch.no_grad():
+            codes = [encoder(tuple(f)) for f, _ in cached]
+        params = calibrate("quantize", codes, bits=bits)
+        quantize, dequantize = build_codec("quantize", params)
+        with torch.no_grad(), on_device(dev, quantize, dequantize):
+            wire = [(dequantize(quantize(c)), t) for c, (_, t) in zip(codes, cached, strict=True)]
+        finetune = _train(wire, None, decoder, tail, [*decoder.parameters(), *tail_params], finetune_epochs,
+                          finetune_lr, temperature)
     for m in (decoder, *tail):
         m.eval()
     return AutoencoderFit(CodecChain(encoder, quantize), CodecChain(dequantize, decoder), tail,

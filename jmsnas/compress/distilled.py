@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 from jmsnas.compress.autoencoder import CodecChain, upsample_padding
 from jmsnas.compress.quantize import build_codec, calibrate, packed_bytes
+from jmsnas.devices import DeviceLike, on_device, to_device
 from jmsnas.export.split import run_segments
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ def fit_student_head(
     lr: float = 1e-2,
     finetune_lr: float = 1e-3,
     bits: int = 8,
+    device: DeviceLike = None,
 ) -> DistilledFit:
     """Train the student head to mimic ``teacher_head`` (frozen) with the SSE, then fine-tune with the quantiser.
 
@@ -172,20 +174,23 @@ def fit_student_head(
         lr: Adam learning rate of the distillation.
         finetune_lr: Adam learning rate of the fine-tuning.
         bits: bits per value of the code (8, 4 or 2).
+        device: where both steps run (None: where the modules are); every module ends back where it was.
     """
-    with torch.no_grad():
-        targets = [run_segments(teacher_head, x)[0] for x in inputs]
-    if any(t.shape[1:] != targets[0].shape[1:] for t in targets):
-        raise ValueError("the teacher head must give one tensor of a fixed shape")
-    history = _fit(encoder, decoder, list(zip(inputs, targets, strict=True)), True, epochs, lr)
-    encoder.eval()
-    with torch.no_grad():
-        codes = [encoder(x) for x in inputs]
-    params = calibrate("quantize", codes, bits=bits)
-    quantize, dequantize = build_codec("quantize", params)
-    with torch.no_grad():
-        wire = [(dequantize(quantize(c))[0], t) for c, t in zip(codes, targets, strict=True)]
-    finetune = _fit(None, decoder, wire, False, finetune_epochs, finetune_lr)
+    with on_device(device, encoder, decoder, *teacher_head) as dev:
+        inputs = [to_device(x, dev) for x in inputs]
+        with torch.no_grad():
+            targets = [run_segments(teacher_head, x)[0] for x in inputs]
+        if any(t.shape[1:] != targets[0].shape[1:] for t in targets):
+            raise ValueError("the teacher head must give one tensor of a fixed shape")
+        history = _fit(encoder, decoder, list(zip(inputs, targets, strict=True)), True, epochs, lr)
+        encoder.eval()
+        with torch.no_grad():
+            codes = [encoder(x) for x in inputs]
+        params = calibrate("quantize", codes, bits=bits)
+        quantize, dequantize = build_codec("quantize", params)
+        with torch.no_grad(), on_device(dev, quantize, dequantize):
+            wire = [(dequantize(quantize(c))[0], t) for c, t in zip(codes, targets, strict=True)]
+        finetune = _fit(None, decoder, wire, False, finetune_epochs, finetune_lr)
     decoder.eval()
     payload = sum(packed_bytes(math.prod(s), bits) for s in params["shapes"])
     return DistilledFit(encoder, (quantize, CodecChain(dequantize, decoder)), params, payload, history, finetune)

@@ -20,6 +20,7 @@ from jmsnas.compress.autoencoder import fit_autoencoder, make_autoencoder
 from jmsnas.compress.config import CompressorConfig
 from jmsnas.compress.distilled import fit_student_head, make_student_head
 from jmsnas.compress.registry import COMPRESSORS
+from jmsnas.devices import DeviceLike
 from jmsnas.errors import ConfigError
 from jmsnas.export.split import run_segments
 from jmsnas.plan.artifact import DeploymentPlan
@@ -38,7 +39,7 @@ class LearnedCodecs:
 
 def fit_learned(segments: Sequence[nn.Module], plan: DeploymentPlan, input_shape: tuple[int, ...],
                 given: Sequence[CompressorConfig], model: nn.Module, train_x: Sequence[torch.Tensor],
-                epochs: tuple[int, int]) -> LearnedCodecs:
+                epochs: tuple[int, int], device: DeviceLike = None) -> LearnedCodecs:
     """Train the learned compressor of every cut of ``plan`` that names one.
 
     Args:
@@ -49,6 +50,7 @@ def fit_learned(segments: Sequence[nn.Module], plan: DeploymentPlan, input_shape
         model: the unsplit network (the autoencoder's reconstruction target runs through it).
         train_x: training input batches; the first is also the calibration sample.
         epochs: (first step, fine-tuning with the quantiser) epochs.
+        device: where the compressors train (None: where the segments are); everything ends back there.
 
     Raises:
         ConfigError: a learned compressor at a cut it cannot serve, naming ``partition.compressors[k]``.
@@ -59,7 +61,7 @@ def fit_learned(segments: Sequence[nn.Module], plan: DeploymentPlan, input_shape
         if kind.fit is None:
             continue
         out.segments, out.codecs[k], out.params[k], note = kind.fit(out.segments, k, plan, input_shape, given[k],
-                                                                    model, train_x, epochs)
+                                                                    model, train_x, epochs, device=device)
         if note is not None:
             out.notes.append(note)
     return out
@@ -67,8 +69,8 @@ def fit_learned(segments: Sequence[nn.Module], plan: DeploymentPlan, input_shape
 
 def fit_autoencoder_cut(segments: list[nn.Module], k: int, plan: DeploymentPlan, input_shape: tuple[int, ...],
                         c: CompressorConfig, model: nn.Module, train_x: Sequence[torch.Tensor],
-                        epochs: tuple[int, int]):
-    """An autoencoder (paper 004) at cut ``k``: the receiving side is trained with it."""
+                        epochs: tuple[int, int], device: DeviceLike = None):
+    """An autoencoder (paper 004) at cut ``k``, trained on ``device``: the receiving side is trained with it."""
     with torch.no_grad():
         sample = run_segments(segments[:k + 1], train_x[0][:2])
     if len(sample) != 1 or sample[0].dim() not in (3, 4):
@@ -79,14 +81,15 @@ def fit_autoencoder_cut(segments: list[nn.Module], k: int, plan: DeploymentPlan,
     reduction = max(1, round(1 / c.channel_fraction))
     encoder, decoder = make_autoencoder(shape, reduction=reduction, nonnegative=bool((sample[0] >= 0).all()))
     fit = fit_autoencoder(encoder, decoder, segments[:k + 1], segments[k + 1:], model, train_x, bits=c.bits,
-                          reduction=reduction, epochs=epochs[0], finetune_epochs=epochs[1])
+                          reduction=reduction, epochs=epochs[0], finetune_epochs=epochs[1], device=device)
     return [*segments[:k + 1], *fit.back], (fit.encoder, fit.decoder), fit.params, None
 
 
 def fit_distilled_cut(segments: list[nn.Module], k: int, plan: DeploymentPlan, input_shape: tuple[int, ...],
                       c: CompressorConfig, model: nn.Module, train_x: Sequence[torch.Tensor],
-                      epochs: tuple[int, int]):
-    """A distilled bottleneck head (paper 002) in place of the first device's layers (``k`` is 0)."""
+                      epochs: tuple[int, int], device: DeviceLike = None):
+    """A distilled bottleneck head (paper 002) in place of the first device's layers (``k`` is 0), trained on
+    ``device``."""
     if plan.segments[0].stop == 0:
         raise ConfigError(f"the plan runs no layer on {plan.devices[0]} (it sends the input), so there is no head "
                           "for a distilled bottleneck to replace; use 'quantize' or 'autoencoder'",
@@ -101,7 +104,7 @@ def fit_distilled_cut(segments: list[nn.Module], k: int, plan: DeploymentPlan, i
     encoder, decoder = make_student_head(input_shape, tuple(target.shape[1:]), c.channel_fraction,
                                          nonnegative=bool((target >= 0).all()))
     fit = fit_student_head(encoder, decoder, segments[:1], train_x, bits=c.bits, epochs=epochs[0],
-                           finetune_epochs=epochs[1])
+                           finetune_epochs=epochs[1], device=device)
     teacher, student = count_macs(segments[0], input_shape), count_macs(encoder, input_shape)
     note = (f"distilled bottleneck: student head {student:,} MACs replaces {teacher:,} on {plan.devices[0]} "
             f"(final SSE {fit.finetune_history[-1] if fit.finetune_history else fit.history[-1]:.4g} per sample)")

@@ -22,8 +22,9 @@ class CompressorKind:
         learned: it has trained weights (its codec modules come from ``fit``, not from parameters).
         lossless: what arrives equals what was sent.
         first_cut_only: it replaces the sending device's layers, so only the first device may send it.
-        fit: learned kinds: ``fit(segments, k, plan, input_shape, config, model, train_x, epochs)`` ->
-            ``(segments, (encoder, decoder), params, note | None)`` (``compress.fit``).
+        fit: learned kinds: ``fit(segments, k, plan, input_shape, config, model, train_x, epochs, device=None)``
+            -> ``(segments, (encoder, decoder), params, note | None)`` (``compress.fit``; ``device``: where it
+            trains, None: where the segments are).
     """
 
     name: str
@@ -33,16 +34,16 @@ class CompressorKind:
     fit: Callable[..., tuple[Any, ...]] | None = None
 
 
-def _fit_autoencoder(*args: Any) -> tuple[Any, ...]:
+def _fit_autoencoder(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
     from jmsnas.compress.fit import fit_autoencoder_cut
 
-    return fit_autoencoder_cut(*args)
+    return fit_autoencoder_cut(*args, **kwargs)
 
 
-def _fit_distilled(*args: Any) -> tuple[Any, ...]:
+def _fit_distilled(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
     from jmsnas.compress.fit import fit_distilled_cut
 
-    return fit_distilled_cut(*args)
+    return fit_distilled_cut(*args, **kwargs)
 
 
 COMPRESSORS: dict[str, CompressorKind] = {

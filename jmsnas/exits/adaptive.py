@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from jmsnas.devices import DeviceLike, on_device, to_device
 from jmsnas.exits.skip import ExitParts, route
 
 __all__ = ["ExitStats", "OperatingPoint", "ThresholdTable", "AdaptiveThresholds", "evaluate", "fit_regressor",
@@ -151,21 +152,22 @@ def _scaled(bandwidths: Sequence[float], centre: float, scale: float) -> torch.T
 
 
 def fit_regressor(bandwidths: Sequence[float], targets: np.ndarray, *, steps: int = 2000, lr: float = 1e-2,
-                  seed: int = 0) -> dict[str, Any]:
+                  seed: int = 0, device: DeviceLike = None) -> dict[str, Any]:
     """Two FC layers from standardised log10 bandwidth to the thresholds ``targets`` [n, outputs] (MSE, Adam,
-    full batch); returned as plain JSON-able numbers."""
+    full batch, on ``device``; None: the CPU); returned as plain JSON-able numbers."""
     logs = np.log10(np.asarray(bandwidths, dtype=np.float64))
     centre, scale = float(logs.mean()), float(logs.std() or 1.0)
     torch.manual_seed(seed)
     y = torch.as_tensor(np.asarray(targets, dtype=np.float64), dtype=torch.float32)
     model = _Regressor(y.shape[1])
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    u = _scaled(bandwidths, centre, scale)
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.mse_loss(model(u), y).backward()
-        opt.step()
-    state = {k: v.tolist() for k, v in model.state_dict().items()}
+    with on_device(device, model) as dev:
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        u, y = to_device(_scaled(bandwidths, centre, scale), dev), to_device(y, dev)
+        for _ in range(steps):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(u), y).backward()
+            opt.step()
+        state = {k: v.tolist() for k, v in model.state_dict().items()}
     return {"centre": centre, "scale": scale, "outputs": int(y.shape[1]), "state": state}
 
 
@@ -190,15 +192,16 @@ class AdaptiveThresholds:
 
     @classmethod
     def fit(cls, table: ThresholdTable, payload_bits: float, tau_ms: float,
-            training: Sequence[Sequence[float]], *, seed: int = 0) -> tuple[AdaptiveThresholds, list[dict]]:
+            training: Sequence[Sequence[float]], *, seed: int = 0,
+            device: DeviceLike = None) -> tuple[AdaptiveThresholds, list[dict]]:
         """Fit one regressor per group of ``training`` bandwidths (Mbit/s, ascending; an interval spans its
-        group) to the eq. (10) optima of ``table``; also returns those optima."""
+        group) to the eq. (10) optima of ``table`` (on ``device``; None: the CPU); also returns those optima."""
         intervals, regressors, optima = [], [], []
         for i, group in enumerate(training):
             points = [table.best(payload_bits, b, tau_ms) for b in group]
             optima += [{"bandwidth_mbps": b, **p.as_dict()} for b, p in zip(group, points, strict=True)]
             targets = np.array([p.thresholds + (p.gammas or []) for p in points])
-            regressors.append(fit_regressor(group, targets, seed=seed + i))
+            regressors.append(fit_regressor(group, targets, seed=seed + i, device=device))
             intervals.append((float(min(group)), float(max(group))))
         return cls(table.mode, table.stats.num_exits, intervals, regressors), optima
 

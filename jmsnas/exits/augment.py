@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from jmsnas.compress.quantize import Compressor
+from jmsnas.devices import DeviceLike
 from jmsnas.errors import ConfigError
 from jmsnas.exits.candidates import Placement, enumerate_placements, feasible
 from jmsnas.exits.cascade import EarlyExitNet
@@ -136,7 +137,7 @@ def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topol
             t_const_ms: float | None = None, split: DeploymentPlan | Sequence[int] | None = None,
             compressors: Sequence[str | Compressor] = (), trained_heads: Mapping[int, ExitHead] | None = None,
             run_dir: str | Path | None = None, seed: int = 0, cache_features: bool | None = None,
-            progress: bool = False) -> ExitsResult:
+            progress: bool = False, device: DeviceLike = None) -> ExitsResult:
     """Make ``model`` an early-exit network for ``topology`` (the module docstring lists the steps).
 
     Args:
@@ -157,6 +158,7 @@ def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topol
         seed: seeds head initialisation and batch order.
         cache_features: force feature caching on / off (None: when it fits ``cfg.feature_cache_bytes``).
         progress: print what happens.
+        device: where heads, decision units and fine-tuning train (None: the model's); all end on the model's.
 
     Raises:
         ConfigError: inconsistent plan / boundaries / latencies, or a model exits cannot be added to.
@@ -174,17 +176,16 @@ def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topol
     timings = {"graph_and_candidates": time.perf_counter() - t0}
     if progress:
         print(f"exits: {len(graph.locations)} locations, {cands.summary()}")
-    training, kept = _train_needed(graph, cands, datamodule, cfg, seed, cache_features, progress)
+    training, kept = _train_needed(graph, cands, datamodule, cfg, seed, cache_features, progress, device)
     timings["head_training"] = training.seconds if training is not None else 0.0
-    chosen = _choose(graph, cands, kept, datamodule, cfg, seed, timings)
+    chosen = _choose(graph, cands, kept, datamodule, cfg, seed, timings, device)
     test = evaluate_eenn(chosen.net, chosen.placement, _loader(datamodule.test_set, datamodule.cfg.batch_size),
                          graph.model, cands.original.worst_latency_ms)
     timings["total"] = time.perf_counter() - t0
     result = ExitsResult(
         exits=list(chosen.placement.exits), thresholds=chosen.thresholds, placement=chosen.placement,
         original_placement=cands.original, calibration=chosen.calibration, search=chosen.info, test=test,
-        heads_info=heads_info(cands.heads, cands.head_macs, cands.head_params, training, cands.cap,
-                              list(cands.given)),
+        heads_info=heads_info(cands.heads, cands.head_macs, cands.head_params, training, cands.cap, list(cands.given)),
         candidates=cands.counts(len(chosen.ok)), timings_s=timings, config=cfg.model_dump(mode="json"),
         net=chosen.net, graph=chosen.graph,
         heads={loc: h for loc, h in zip(chosen.placement.exits, chosen.heads, strict=True)},
@@ -246,13 +247,13 @@ class _Candidates:
 
 
 def _train_needed(graph: BlockGraph, cands: _Candidates, dm: Any, cfg: ExitsConfig, seed: int,
-                  cache_features: bool | None, progress: bool) -> tuple[Any, dict[int, ExitHead]]:
+                  cache_features: bool | None, progress: bool, device: DeviceLike) -> tuple[Any, dict[int, ExitHead]]:
     """Step 4: every head a surviving candidate needs, trained at once (reused heads kept as they are)."""
     to_train = [loc for loc in cands.needed if loc not in cands.given]
     training = train_heads(graph, {loc: cands.heads[loc] for loc in to_train}, dm.train_set, _calibration_set(dm, cfg),
                            epochs=cfg.head_epochs, lr=cfg.head_lr, batch_size=dm.cfg.batch_size,
                            cache_bytes=cfg.feature_cache_bytes, min_accuracy_gain=cfg.min_head_accuracy_gain,
-                           seed=seed, cache=cache_features, progress=progress) if to_train else None
+                           seed=seed, cache=cache_features, progress=progress, device=device) if to_train else None
     kept = {**(training.heads if training is not None else {}),
             **{loc: cands.given[loc] for loc in cands.needed if loc in cands.given}}
     return training, kept
@@ -275,14 +276,14 @@ class _Choice:
 
 
 def _choose(graph: BlockGraph, cands: _Candidates, kept: dict[int, ExitHead], dm: Any, cfg: ExitsConfig, seed: int,
-            timings: dict[str, float]) -> _Choice:
+            timings: dict[str, float], device: DeviceLike) -> _Choice:
     """Thresholds of every surviving candidate searched; the best wins (the original network included)."""
     ok = [p for p in cands.ok if all(loc in kept for loc in p.exits)]
     if not any(not p.exits for p in ok):
         ok.append(cands.original)  # the original network is always an option (even if it breaks T_const)
-    outs = exit_outputs(graph, kept, _calibration_set(dm, cfg), dm.cfg.batch_size)
+    outs = exit_outputs(graph, kept, _calibration_set(dm, cfg), dm.cfg.batch_size, device)
     ref_correct = (outs.final.argmax(1) == outs.labels).numpy()
-    units = fit_exit_units(outs.heads, outs.labels, cfg.du, seed) if cfg.decision == "decision_unit" else {}
+    units = fit_exit_units(outs.heads, outs.labels, cfg.du, seed, device) if cfg.decision == "decision_unit" else {}
     searcher = _Searcher(graph, outs, cands.head_macs, cfg, cands.original.worst_latency_ms, ref_correct, units)
     scored = sorted(((searcher.score(p), i) for i, p in enumerate(ok)), key=lambda s: s[0])
     chosen = ok[scored[0][1]]
@@ -294,7 +295,7 @@ def _choose(graph: BlockGraph, cands: _Candidates, kept: dict[int, ExitHead], dm
         search = searcher.search(chosen, cfg.final_thresholds_per_exit, compare=len(chosen.exits) <= 2)
         if cfg.joint_finetune:
             final_graph, final_heads, search, finetune, final_searcher = _finetune(graph, chosen, final_heads, search,
-                                                                                   dm, cfg, searcher, seed)
+                                                                                   dm, cfg, searcher, seed, device)
             timings["joint_finetune"] = finetune["seconds"]
     factor = cfg.correction_factor if cfg.calibration == "train" else 1.0
     thresholds = [factor * t for t in search.best.thresholds] if search is not None else []
@@ -312,7 +313,7 @@ def _calibration_set(dm: Any, cfg: ExitsConfig):
 
 
 def _finetune(graph: BlockGraph, chosen: Placement, heads: list[nn.Module], search: ThresholdSearch, dm: Any,
-              cfg: ExitsConfig, frozen: _Searcher, seed: int
+              cfg: ExitsConfig, frozen: _Searcher, seed: int, device: DeviceLike
               ) -> tuple[BlockGraph, list[nn.Module], ThresholdSearch, dict, _Searcher]:
     """Joint fine-tuning, thresholds (and decision units) found again; the fine-tuned EENN is kept if it scores
     better. Returns the graph, heads, search, an info dict and the searcher whose statistics the search used."""
@@ -322,10 +323,10 @@ def _finetune(graph: BlockGraph, chosen: Placement, heads: list[nn.Module], sear
                           f"has {len(weights)}", field="exits.loss_weights")
     tuned, tuned_heads, seconds = joint_finetune(graph, chosen.exits, heads, dm.train_set, weights=weights,
                                                  epochs=cfg.joint_epochs, lr=cfg.joint_lr,
-                                                 batch_size=dm.cfg.batch_size, seed=seed)
+                                                 batch_size=dm.cfg.batch_size, seed=seed, device=device)
     calib = _calibration_set(dm, cfg)
-    outs = exit_outputs(tuned, dict(zip(chosen.exits, tuned_heads, strict=True)), calib, dm.cfg.batch_size)
-    units = fit_exit_units(outs.heads, outs.labels, cfg.du, seed) if cfg.decision == "decision_unit" else {}
+    outs = exit_outputs(tuned, dict(zip(chosen.exits, tuned_heads, strict=True)), calib, dm.cfg.batch_size, device)
+    units = fit_exit_units(outs.heads, outs.labels, cfg.du, seed, device) if cfg.decision == "decision_unit" else {}
     searcher = _Searcher(tuned, outs, frozen.head_macs, cfg, frozen.reference_latency_ms, frozen.reference_correct,
                          units)
     again = searcher.search(chosen, cfg.final_thresholds_per_exit, compare=len(chosen.exits) <= 2)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from jmsnas.devices import DeviceLike, on_device, to_device
 from jmsnas.exits.meta import FEATURES, meta_features, softmax64
 from jmsnas.exits_config import DecisionUnitConfig
 
@@ -140,8 +141,9 @@ def _split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fit_mlp(feats: np.ndarray, labels: np.ndarray, *, hidden: Sequence[int], epochs: int, lr: float,
-             weight_decay: float, holdout: float, seed: int) -> DecisionUnit:
-    """Full-batch Adam on BCE; the weights of the epoch with the lowest hold-out loss are kept."""
+             weight_decay: float, holdout: float, seed: int, device: DeviceLike = None) -> DecisionUnit:
+    """Full-batch Adam on BCE (on ``device``; None: the CPU); the weights of the epoch with the lowest hold-out
+    loss are kept."""
     fit_idx, hold_idx = _split(len(feats), holdout, seed)
     mean = feats[fit_idx].mean(axis=0)
     scale = feats[fit_idx].std(axis=0)
@@ -155,19 +157,22 @@ def _fit_mlp(feats: np.ndarray, labels: np.ndarray, *, hidden: Sequence[int], ep
         for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)):
             mods += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(widths) - 2 else [])
         net = nn.Sequential(*mods)
-    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = nn.BCEWithLogitsLoss()
-    watch = hold_idx if len(hold_idx) else fit_idx
-    best, best_state = float("inf"), None
-    for _ in range(epochs):
-        opt.zero_grad()
-        loss_fn(net(x[fit_idx])[:, 0], y[fit_idx]).backward()
-        opt.step()
-        with torch.no_grad():
-            held = float(loss_fn(net(x[watch])[:, 0], y[watch]))
-        if held < best:
-            best, best_state = held, [t.detach().clone() for t in net.state_dict().values()]
+    with on_device(device, net) as dev:
+        x, y = to_device(x, dev), to_device(y, dev)
+        opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+        loss_fn = nn.BCEWithLogitsLoss()
+        watch = hold_idx if len(hold_idx) else fit_idx
+        best, best_state = float("inf"), None
+        for _ in range(epochs):
+            opt.zero_grad()
+            loss_fn(net(x[fit_idx])[:, 0], y[fit_idx]).backward()
+            opt.step()
+            with torch.no_grad():
+                held = float(loss_fn(net(x[watch])[:, 0], y[watch]))
+            if held < best:
+                best, best_state = held, [t.detach().clone() for t in net.state_dict().values()]
     assert best_state is not None
+    best_state = [t.cpu() for t in best_state]
     layers = [(best_state[i].numpy().copy(), best_state[i + 1].numpy().copy()) for i in range(0, len(best_state), 2)]
     return DecisionUnit("mlp", mean, scale, layers)
 
@@ -175,7 +180,7 @@ def _fit_mlp(feats: np.ndarray, labels: np.ndarray, *, hidden: Sequence[int], ep
 def fit_decision_unit(probs: np.ndarray, correct: np.ndarray, *, model: Literal["mlp", "gbm"] = "mlp",
                       hidden: Sequence[int] = (64, 64, 32, 16), epochs: int = 200, lr: float = 1e-3,
                       weight_decay: float = 1e-4, holdout_fraction: float = 0.2, gbm_max_iter: int = 200,
-                      gbm_learning_rate: float = 0.05, seed: int = 0) -> DecisionUnit:
+                      gbm_learning_rate: float = 0.05, seed: int = 0, device: DeviceLike = None) -> DecisionUnit:
     """A decision unit fitted on an exit's validation softmax ``probs [B, N]`` and ``correct [B]`` (bool).
 
     Args:
@@ -185,6 +190,7 @@ def fit_decision_unit(probs: np.ndarray, correct: np.ndarray, *, model: Literal[
         hidden, epochs, lr, weight_decay, holdout_fraction: MLP settings (``DecisionUnitConfig``).
         gbm_max_iter, gbm_learning_rate: GBM settings.
         seed: initialisation, hold-out split and the GBM's ``random_state``.
+        device: where the MLP trains (None: the CPU); the unit is plain numpy either way.
     """
     feats = meta_features(probs)
     labels = np.asarray(correct, dtype=bool)
@@ -194,7 +200,7 @@ def fit_decision_unit(probs: np.ndarray, correct: np.ndarray, *, model: Literal[
         return DecisionUnit("constant", constant=float(labels.mean()) if len(labels) else 0.5)
     if model == "mlp":
         return _fit_mlp(feats, labels, hidden=hidden, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                        holdout=holdout_fraction, seed=seed)
+                        holdout=holdout_fraction, seed=seed, device=device)
     params = {"max_iter": int(gbm_max_iter), "learning_rate": float(gbm_learning_rate), "early_stopping": False,
               "random_state": int(seed)}
     return DecisionUnit("gbm", gbm_params=params, fit_features=feats, fit_labels=labels.astype(np.int64))
@@ -222,12 +228,13 @@ def exit_score(logits: torch.Tensor, unit: DecisionUnit | None) -> torch.Tensor:
 
 
 def fit_exit_units(logits: Mapping[int, torch.Tensor], labels: torch.Tensor, cfg: DecisionUnitConfig,
-                   seed: int = 0) -> dict[int, DecisionUnit]:
+                   seed: int = 0, device: DeviceLike = None) -> dict[int, DecisionUnit]:
     """One decision unit per exit, fitted on its calibration ``logits`` against ``labels`` (the ``exits.du``
-    settings)."""
+    settings; CPU tensors); MLP units train on ``device`` (None: the CPU)."""
     settings = {"model": cfg.model, "hidden": cfg.hidden, "epochs": cfg.epochs, "lr": cfg.lr,
                 "weight_decay": cfg.weight_decay, "holdout_fraction": cfg.holdout_fraction,
-                "gbm_max_iter": cfg.gbm_max_iter, "gbm_learning_rate": cfg.gbm_learning_rate, "seed": seed}
+                "gbm_max_iter": cfg.gbm_max_iter, "gbm_learning_rate": cfg.gbm_learning_rate, "seed": seed,
+                "device": device}
     return {loc: fit_decision_unit(softmax64(z), (z.argmax(1) == labels).numpy(), **settings)
             for loc, z in logits.items()}
 

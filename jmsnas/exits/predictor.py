@@ -35,6 +35,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from jmsnas.devices import DeviceLike, on_device, to_device
+
 VARIANTS = ("ours", "plain", "fcs", "lenet")
 
 __all__ = ["VARIANTS", "ExitPredictor", "PredictorTraining", "exit_labels", "train_predictor", "predictor_scores"]
@@ -174,30 +176,39 @@ class PredictorTraining:
 
 
 def train_predictor(predictor: ExitPredictor, x: torch.Tensor, labels: torch.Tensor,
-                    training: PredictorTraining = PredictorTraining()) -> ExitPredictor:
-    """Fit ``predictor`` to eq. (9) labels with eq. (6) (BCE on the logits, summed over exits, batch mean)."""
+                    training: PredictorTraining = PredictorTraining(), device: DeviceLike = None) -> ExitPredictor:
+    """Fit ``predictor`` to eq. (9) labels with eq. (6) (BCE on the logits, summed over exits, batch mean).
+
+    ``device``: where it trains (None: where it is); it ends back where it was.
+    """
     if labels.shape != (len(x), predictor.num_exits):
         raise ValueError(f"labels must be [{len(x)}, {predictor.num_exits}], got {list(labels.shape)}")
     gen = torch.Generator().manual_seed(training.seed)
     torch.manual_seed(training.seed)
     loader = DataLoader(TensorDataset(x, labels), batch_size=training.batch_size, shuffle=True, generator=gen)
-    opt = torch.optim.SGD(predictor.parameters(), lr=training.lr, momentum=training.momentum,
-                          weight_decay=training.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=training.epochs * len(loader),
-                                                       eta_min=training.min_lr)
-    loss_fn = nn.BCEWithLogitsLoss(reduction="none")
-    predictor.train()
-    for _ in range(training.epochs):
-        for xb, yb in loader:
-            opt.zero_grad()
-            loss_fn(predictor(xb), yb).sum(dim=1).mean().backward()
-            opt.step()
-            sched.step()
+    with on_device(device, predictor) as dev:
+        opt = torch.optim.SGD(predictor.parameters(), lr=training.lr, momentum=training.momentum,
+                              weight_decay=training.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=training.epochs * len(loader),
+                                                           eta_min=training.min_lr)
+        loss_fn = nn.BCEWithLogitsLoss(reduction="none")
+        predictor.train()
+        for _ in range(training.epochs):
+            for xb, yb in loader:
+                opt.zero_grad()
+                loss_fn(predictor(to_device(xb, dev)), to_device(yb, dev)).sum(dim=1).mean().backward()
+                opt.step()
+                sched.step()
     return predictor.eval()
 
 
 @torch.no_grad()
-def predictor_scores(predictor: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """The scores ``s`` [B, N-1] (sigmoid of the logits) of ``x``, in eval mode."""
+def predictor_scores(predictor: nn.Module, x: torch.Tensor, batch_size: int = 1024,
+                     device: DeviceLike = None) -> torch.Tensor:
+    """The scores ``s`` [B, N-1] (sigmoid of the logits) of ``x``, in eval mode, as a CPU tensor.
+
+    ``device``: where the predictor runs (None: where it is); it ends back where it was.
+    """
     predictor.eval()
-    return torch.cat([torch.sigmoid(predictor(b)) for b in x.split(batch_size)])
+    with on_device(device, predictor) as dev:
+        return torch.cat([torch.sigmoid(predictor(to_device(b, dev))) for b in x.split(batch_size)]).cpu()

@@ -12,6 +12,10 @@ training split fit in ``feature_cache_bytes`` they are computed once and cached 
 have no random augmentation, so a cached epoch equals a recomputed one); otherwise every epoch runs
 the backbone again.
 
+**Device.** ``train_heads``, ``exit_outputs`` and ``joint_finetune`` take ``device`` (None: where the
+modules are): backbone and heads train there and end back where they were, batches move there, and
+``exit_outputs`` returns CPU tensors (``jmsnas.devices``).
+
 **Early dropping.** After the first epoch each head is scored on the calibration split; one whose
 accuracy is below the majority-class rate plus ``min_head_accuracy_gain`` is "useless" (paper 001
 uses the calibration performance after the first epoch to stop training heads that cannot reach a
@@ -39,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from jmsnas.devices import DeviceLike, on_device, to_device
 from jmsnas.exits.cascade import EarlyExitNet
 from jmsnas.exits.graph import BlockGraph, block_graph
 
@@ -76,12 +81,17 @@ def _batches(dataset: Dataset, batch_size: int) -> Iterable[tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def backbone_features(graph: BlockGraph, locations: Sequence[int], loader: Iterable) -> tuple[list[torch.Tensor], ...]:
-    """One backbone pass over ``loader``: ``(features per location, final logits, labels)``, concatenated."""
+def backbone_features(graph: BlockGraph, locations: Sequence[int], loader: Iterable,
+                      device: torch.device | None = None) -> tuple[list[torch.Tensor], ...]:
+    """One backbone pass over ``loader``: ``(features per location, final logits, labels)``, concatenated.
+
+    Batches are moved to ``device`` (None: as they come), where the backbone must be; so are the results.
+    """
     extractor = graph.feature_extractor(locations).eval()
     feats: list[list[torch.Tensor]] = [[] for _ in locations]
     finals, labels = [], []
     for x, y in loader:
+        x, y = to_device(x, device), to_device(y, device)
         final, *fs = extractor(x)
         for store, f in zip(feats, fs, strict=True):
             store.append(f)
@@ -91,7 +101,8 @@ def backbone_features(graph: BlockGraph, locations: Sequence[int], loader: Itera
 
 
 def _epoch_batches(cache: tuple | None, graph: BlockGraph, locations: Sequence[int], dataset: Dataset,
-                   batch_size: int, gen: torch.Generator) -> Iterable[tuple[list[torch.Tensor], torch.Tensor]]:
+                   batch_size: int, gen: torch.Generator,
+                   device: torch.device | None) -> Iterable[tuple[list[torch.Tensor], torch.Tensor]]:
     """One epoch of ``(features per location, labels)`` batches in a seeded order, cached or recomputed alike."""
     order = torch.randperm(len(dataset), generator=gen)  # type: ignore[arg-type]
     batches = [order[lo:lo + batch_size].tolist() for lo in range(0, len(order), batch_size)]
@@ -103,13 +114,14 @@ def _epoch_batches(cache: tuple | None, graph: BlockGraph, locations: Sequence[i
     extractor = graph.feature_extractor(locations).eval()
     for x, y in DataLoader(dataset, batch_sampler=batches):
         with torch.no_grad():
-            _, *fs = extractor(x)
-        yield list(fs), y
+            _, *fs = extractor(to_device(x, device))
+        yield list(fs), to_device(y, device)
 
 
 @torch.no_grad()
 def _recalibrate_bn(heads: Mapping[int, nn.Module], locations: Sequence[int], cache: tuple | None,
-                    graph: BlockGraph, dataset: Dataset, batch_size: int, max_batches: int = 32) -> None:
+                    graph: BlockGraph, dataset: Dataset, batch_size: int, device: torch.device | None,
+                    max_batches: int = 32) -> None:
     """Recompute the heads' BatchNorm running statistics (cumulative average) on training features."""
     bns = [m for h in heads.values() for m in h.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -125,7 +137,7 @@ def _recalibrate_bn(heads: Mapping[int, nn.Module], locations: Sequence[int], ca
         batches = (([f[lo:lo + batch_size] for f in feats], None) for lo in range(0, len(cache[2]), batch_size))
     else:
         extractor = graph.feature_extractor(locations).eval()
-        batches = ((list(extractor(x)[1:]), None) for x, _ in _batches(dataset, batch_size))
+        batches = ((list(extractor(to_device(x, device))[1:]), None) for x, _ in _batches(dataset, batch_size))
     for n, (fs, _) in enumerate(batches):
         if n >= max_batches and cache is None:
             break
@@ -162,7 +174,8 @@ def _drop_useless(active: dict[int, nn.Module], acc: Mapping[int, float], bar: f
 
 def train_heads(graph: BlockGraph, heads: Mapping[int, nn.Module], train_set: Dataset, calib_set: Dataset, *,
                 epochs: int, lr: float, batch_size: int, cache_bytes: int, min_accuracy_gain: float,
-                seed: int = 0, cache: bool | None = None, progress: bool = False) -> HeadTraining:
+                seed: int = 0, cache: bool | None = None, progress: bool = False,
+                device: DeviceLike = None) -> HeadTraining:
     """Train every head on the frozen backbone at once.
 
     Args:
@@ -178,13 +191,25 @@ def train_heads(graph: BlockGraph, heads: Mapping[int, nn.Module], train_set: Da
         seed: seeds the batch order.
         cache: force caching on or off (None: by ``cache_bytes``).
         progress: print one line per epoch.
+        device: where backbone and heads run (None: where they are); both end back where they were.
     """
+    with on_device(device, graph.model, graph.gm, *heads.values()) as dev:
+        return _train_heads(graph, heads, train_set, calib_set, epochs=epochs, lr=lr, batch_size=batch_size,
+                            cache_bytes=cache_bytes, min_accuracy_gain=min_accuracy_gain, seed=seed, cache=cache,
+                            progress=progress, device=dev)
+
+
+def _train_heads(graph: BlockGraph, heads: Mapping[int, nn.Module], train_set: Dataset, calib_set: Dataset, *,
+                 epochs: int, lr: float, batch_size: int, cache_bytes: int, min_accuracy_gain: float,
+                 seed: int, cache: bool | None, progress: bool, device: torch.device | None) -> HeadTraining:
+    """``train_heads`` with the backbone and the heads on ``device`` already (None: where they are)."""
     start = time.perf_counter()
     locations = sorted(heads)
     graph.model.eval()
     use_cache = cache if cache is not None else feature_bytes(graph, locations, len(train_set)) <= cache_bytes
-    train_cache = backbone_features(graph, locations, _batches(train_set, batch_size)) if use_cache else None
-    calib_feats, _, calib_labels = backbone_features(graph, locations, _batches(calib_set, batch_size))
+    train_cache = (backbone_features(graph, locations, _batches(train_set, batch_size), device) if use_cache
+                   else None)
+    calib_feats, _, calib_labels = backbone_features(graph, locations, _batches(calib_set, batch_size), device)
     majority = float(torch.bincount(calib_labels).max()) / len(calib_labels)
     active = dict(heads)
     params = [p for h in active.values() for p in h.parameters()]
@@ -196,7 +221,7 @@ def train_heads(graph: BlockGraph, heads: Mapping[int, nn.Module], train_set: Da
     for epoch in range(epochs):
         for h in active.values():
             h.train()
-        for feats, y in _epoch_batches(train_cache, graph, locations, train_set, batch_size, gen):
+        for feats, y in _epoch_batches(train_cache, graph, locations, train_set, batch_size, gen, device):
             loss = sum(F.cross_entropy(active[loc](f), y) for loc, f in zip(locations, feats, strict=True)
                        if loc in active)
             opt.zero_grad(set_to_none=True)
@@ -204,7 +229,7 @@ def train_heads(graph: BlockGraph, heads: Mapping[int, nn.Module], train_set: Da
             opt.step()
         sched.step()
         if epoch == 0 or epoch == epochs - 1:
-            _recalibrate_bn(active, locations, train_cache, graph, train_set, batch_size)
+            _recalibrate_bn(active, locations, train_cache, graph, train_set, batch_size, device)
         acc = _accuracy(active, locations, calib_feats, calib_labels)
         for loc, a in acc.items():
             history[loc].append(a)
@@ -221,15 +246,20 @@ def train_heads(graph: BlockGraph, heads: Mapping[int, nn.Module], train_set: Da
 
 
 @torch.no_grad()
-def exit_outputs(graph: BlockGraph, heads: Mapping[int, nn.Module], dataset: Dataset, batch_size: int) -> ExitOutputs:
-    """Logits of every head and of the model on ``dataset`` (one backbone pass per batch)."""
+def exit_outputs(graph: BlockGraph, heads: Mapping[int, nn.Module], dataset: Dataset, batch_size: int,
+                 device: DeviceLike = None) -> ExitOutputs:
+    """Logits of every head and of the model on ``dataset`` (one backbone pass per batch), as CPU tensors.
+
+    ``device``: where backbone and heads run (None: where they are); both end back where they were.
+    """
     locations = sorted(heads)
-    feats, final, labels = backbone_features(graph, locations, _batches(dataset, batch_size))
-    logits = {}
-    for loc, f in zip(locations, feats, strict=True):
-        heads[loc].eval()
-        logits[loc] = torch.cat([heads[loc](f[i:i + batch_size]) for i in range(0, len(f), batch_size)])
-    return ExitOutputs(logits, final, labels)
+    with on_device(device, graph.model, graph.gm, *heads.values()) as dev:
+        feats, final, labels = backbone_features(graph, locations, _batches(dataset, batch_size), dev)
+        logits = {}
+        for loc, f in zip(locations, feats, strict=True):
+            heads[loc].eval()
+            logits[loc] = torch.cat([heads[loc](f[i:i + batch_size]) for i in range(0, len(f), batch_size)]).cpu()
+    return ExitOutputs(logits, final.cpu(), labels.cpu())
 
 
 def default_loss_weights(num_exits: int) -> list[float]:
@@ -242,8 +272,10 @@ def default_loss_weights(num_exits: int) -> list[float]:
 
 def joint_finetune(graph: BlockGraph, locations: Sequence[int], heads: Sequence[nn.Module], train_set: Dataset, *,
                    weights: Sequence[float], epochs: int, lr: float, batch_size: int,
-                   seed: int = 0) -> tuple[BlockGraph, list[nn.Module], float]:
+                   seed: int = 0, device: DeviceLike = None) -> tuple[BlockGraph, list[nn.Module], float]:
     """Fine-tune copies of the backbone and the heads together (paper 004 eq. (5)).
+
+    ``device``: where the copies train (None: where the originals are); they end on the originals' device.
 
     Returns:
         ``(block graph of the fine-tuned model copy, fine-tuned head copies, seconds)``.
@@ -255,20 +287,22 @@ def joint_finetune(graph: BlockGraph, locations: Sequence[int], heads: Sequence[
     heads = [copy.deepcopy(h) for h in heads]
     tuned = block_graph(model, graph.input_shape)
     net = EarlyExitNet.build(tuned, locations, heads, [2.0] * len(heads))
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=4e-5)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(loader)))
-    model.train()
-    net.train()
-    for _ in range(epochs):
-        for x, y in loader:
-            outs = net.all_exits(x)
-            loss = sum(w * F.cross_entropy(o, y) for w, o in zip(weights, outs, strict=True))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    with on_device(device, net, model, tuned.gm) as dev:
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=4e-5)
+        loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(loader)))
+        model.train()
+        net.train()
+        for _ in range(epochs):
+            for x, y in loader:
+                outs = net.all_exits(to_device(x, dev))
+                loss = sum(w * F.cross_entropy(o, to_device(y, dev)) for w, o in zip(weights, outs, strict=True))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
     model.eval()
     net.eval()
     return tuned, heads, time.perf_counter() - start

@@ -45,6 +45,7 @@ from jmsnas.compress.quantize import Compressor
 from jmsnas.compress.registry import COMPRESSORS
 from jmsnas.config import Experiment
 from jmsnas.data import JmsnasDataModule
+from jmsnas.devices import torch_device
 from jmsnas.errors import ConfigError
 from jmsnas.exits import augment, plan_with_exits
 from jmsnas.exits.costs import ExitLatency
@@ -100,6 +101,7 @@ class _Choice:
     costs: LayerCosts
     compressors: list[Compressor]
     seed: int
+    device: torch.device  # where exits and learned compressors train: the experiment's trainer.accelerator
     train_x: list[torch.Tensor] = field(default_factory=list)  # loaded after the exit split (batch order)
     test: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
@@ -127,7 +129,7 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
     if exp.config.exits is not None:
         t_const_ms = _t_const(exp, choice_dir, t_const_ms)
         plan, exit_heads = _split_with_exits(exp, plan, ch.spec, ch.model, ch.dm, ch.costs, ch.compressors, ch.seed,
-                                             t_const_ms)
+                                             t_const_ms, ch.device)
     ch.train_x = [x for x, _ in ch.dm.train_dataloader()]
     segments = list(split_archnet(ch.model, plan.boundaries()))
     plan = plan.with_cut_tensors(cut_tensors(ch.model, ch.calib[0][:1], plan.boundaries()))
@@ -136,7 +138,7 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
     exits, model, segments = None, ch.model, learned.segments
     if exp.config.exits is not None:
         exits, plan, segments, model = _exits(exp, choice_dir, plan, ch.spec, ch.model, ch.dm, ch.calib, ch.seed,
-                                              t_const_ms, exit_heads)
+                                              t_const_ms, exit_heads, ch.device)
     plan.to_json(choice_dir / PLAN_JSON)
     record = _record(ch, plan, segments, learned, model, exits)
     if exp.config.export is not None:
@@ -146,6 +148,7 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
 
 
 def _load(exp: Experiment, choice_dir: Path, seed: int, datamodule: JmsnasDataModule | None) -> _Choice:
+    device = torch_device(exp.config.trainer)  # before any work: a GPU that is not there fails at once
     torch.manual_seed(seed)
     spec, model = load_choice(choice_dir)
     models = latency_models(exp)
@@ -153,7 +156,7 @@ def _load(exp: Experiment, choice_dir: Path, seed: int, datamodule: JmsnasDataMo
     if datamodule is not None:
         datamodule.setup()
     dm = datamodule if datamodule is not None else build_datamodule(exp)
-    return _Choice(exp, choice_dir, spec, model, dm, models, costs, compressors, seed)
+    return _Choice(exp, choice_dir, spec, model, dm, models, costs, compressors, seed, device)
 
 
 def _fit_compressors(ch: _Choice, plan: DeploymentPlan,
@@ -163,7 +166,7 @@ def _fit_compressors(ch: _Choice, plan: DeploymentPlan,
     given = list(part.compressors) if part is not None else []
     epochs = (part.train_epochs, part.finetune_epochs) if part is not None else (1, 0)
     try:
-        learned = fit_learned(segments, plan, ch.spec.input_shape, given, ch.model, ch.train_x, epochs)
+        learned = fit_learned(segments, plan, ch.spec.input_shape, given, ch.model, ch.train_x, epochs, ch.device)
     except ConfigError as exc:
         raise ConfigError(f"{exc.message} (plan: {' -> '.join(plan.devices)}, boundaries {plan.boundaries()})",
                           file=ch.exp.path, field=exc.field) from None
@@ -219,7 +222,7 @@ def _t_const(exp: Experiment, choice_dir: Path, t_const_ms: float | None) -> flo
 
 
 def _split_with_exits(exp: Experiment, plan: DeploymentPlan, spec: ArchSpec, model: nn.Module, dm: JmsnasDataModule,
-                      costs, compressors: Sequence[Compressor], seed: int, t_const_ms: float):
+                      costs, compressors: Sequence[Compressor], seed: int, t_const_ms: float, device: torch.device):
     """The split to put exits on: paper 001 maps the network onto the devices together with its exits.
 
     The latency-optimal split without exits often runs everything on one device and leaves no inner
@@ -232,7 +235,7 @@ def _split_with_exits(exp: Experiment, plan: DeploymentPlan, spec: ArchSpec, mod
     print(f"exits       enumerating splits with exits on {' -> '.join(plan.devices)}, T_const {t_const_ms:g} ms ...",
           flush=True)
     first = augment(model, dm, cfg.exits, exp.topology, ExitLatency(models=latency_models(exp), spec=spec),
-                    t_const_ms=t_const_ms, seed=seed, compressors=compressors)
+                    t_const_ms=t_const_ms, seed=seed, compressors=compressors, device=device)
     p = first.placement
     heads = None if cfg.exits.joint_finetune else first.heads  # fine-tuned heads belong to a fine-tuned backbone
     if not first.exits or (tuple(p.path) == tuple(plan.devices) and tuple(p.boundaries) == tuple(plan.boundaries())):
@@ -243,7 +246,7 @@ def _split_with_exits(exp: Experiment, plan: DeploymentPlan, spec: ArchSpec, mod
 
 def _exits(exp: Experiment, choice_dir: Path, plan: DeploymentPlan, spec: ArchSpec, model: nn.Module,
            dm: JmsnasDataModule, calib: Sequence[torch.Tensor], seed: int, t_const_ms: float,
-           trained_heads: dict | None):
+           trained_heads: dict | None, device: torch.device):
     """Early exits at the plan's device boundaries (``exits.augment``); the plan re-evaluated with them.
 
     Returns:
@@ -255,7 +258,7 @@ def _exits(exp: Experiment, choice_dir: Path, plan: DeploymentPlan, spec: ArchSp
           f"{' -> '.join(plan.devices)}, T_const {t_const_ms:g} ms ...", flush=True)
     result = augment(model, dm, cfg.exits, exp.topology, ExitLatency(models=latency_models(exp), spec=spec),
                      t_const_ms=t_const_ms, split=plan, run_dir=choice_dir / EXITS_DIR, seed=seed,
-                     trained_heads=trained_heads)
+                     trained_heads=trained_heads, device=device)
     backbone = result.graph.model.eval()
     segments = list(split_archnet(backbone, plan.boundaries()))
     if backbone is not model:  # fine-tuned with the exits: the quantisers' ranges are measured again
