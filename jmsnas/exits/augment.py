@@ -23,6 +23,7 @@ Accuracy losses are always measured against the original network on the same sam
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ from jmsnas.exits_config import ExitsConfig
 from jmsnas.io import write_json
 from jmsnas.plan.artifact import DeploymentPlan
 from jmsnas.topology import Topology
+
+log = logging.getLogger("jmsnas.exits")
 
 
 def objective_of(cfg: ExitsConfig) -> Objective:
@@ -175,7 +178,7 @@ def augment(model: nn.Module, datamodule: Any, cfg: ExitsConfig, topology: Topol
                               compressors, t_const_ms)
     timings = {"graph_and_candidates": time.perf_counter() - t0}
     if progress:
-        print(f"exits: {len(graph.locations)} locations, {cands.summary()}")
+        log.info(f"exits: {len(graph.locations)} locations, {cands.summary()}")
     training, kept = _train_needed(graph, cands, datamodule, cfg, seed, cache_features, progress, device)
     timings["head_training"] = training.seconds if training is not None else 0.0
     chosen = _choose(graph, cands, kept, datamodule, cfg, seed, timings, device)

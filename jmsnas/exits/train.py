@@ -33,6 +33,7 @@ early exits exactly paper 004's 0.2 / 0.3 / 0.5. Paper 001 fine-tunes for one ep
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,6 +47,8 @@ from torch.utils.data import DataLoader, Dataset
 from jmsnas.devices import DeviceLike, on_device, to_device
 from jmsnas.exits.cascade import EarlyExitNet
 from jmsnas.exits.graph import BlockGraph, block_graph
+
+log = logging.getLogger("jmsnas.exits")
 
 
 @dataclass
@@ -236,7 +239,7 @@ def _train_heads(graph: BlockGraph, heads: Mapping[int, nn.Module], train_set: D
         if epoch == 0 and min_accuracy_gain > 0:
             dropped.update(_drop_useless(active, acc, majority + min_accuracy_gain))
         if progress:
-            print(f"  heads epoch {epoch + 1}/{epochs}: " + ", ".join(f"u{k} {v:.3f}" for k, v in acc.items()))
+            log.info(f"  heads epoch {epoch + 1}/{epochs}: " + ", ".join(f"u{k} {v:.3f}" for k, v in acc.items()))
         if not active:
             break
     for h in heads.values():

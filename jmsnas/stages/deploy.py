@@ -30,6 +30,7 @@ student head.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -77,6 +78,8 @@ DEPLOY_JSON = "deploy.json"
 PLAN_JSON = "plan.json"
 BUNDLE_DIR = "bundle"
 EXITS_DIR = "exits"
+
+log = logging.getLogger("jmsnas.deploy")
 
 
 def load_choice(choice_dir: Path) -> tuple[ArchSpec, nn.Module]:
@@ -232,8 +235,7 @@ def _split_with_exits(exp: Experiment, plan: DeploymentPlan, spec: ArchSpec, mod
     by the second, exact pass).
     """
     cfg = exp.config
-    print(f"exits       enumerating splits with exits on {' -> '.join(plan.devices)}, T_const {t_const_ms:g} ms ...",
-          flush=True)
+    log.info(f"exits       enumerating splits with exits on {' -> '.join(plan.devices)}, T_const {t_const_ms:g} ms ...")
     first = augment(model, dm, cfg.exits, exp.topology, ExitLatency(models=latency_models(exp), spec=spec),
                     t_const_ms=t_const_ms, seed=seed, compressors=compressors, device=device)
     p = first.placement
@@ -254,8 +256,8 @@ def _exits(exp: Experiment, choice_dir: Path, plan: DeploymentPlan, spec: ArchSp
         the exits if that was kept) and that backbone.
     """
     cfg = exp.config
-    print(f"exits       {choice_dir.name}: heads at the boundaries {plan.boundaries()[1:-1]} of "
-          f"{' -> '.join(plan.devices)}, T_const {t_const_ms:g} ms ...", flush=True)
+    log.info(f"exits       {choice_dir.name}: heads at the boundaries {plan.boundaries()[1:-1]} of "
+             f"{' -> '.join(plan.devices)}, T_const {t_const_ms:g} ms ...")
     result = augment(model, dm, cfg.exits, exp.topology, ExitLatency(models=latency_models(exp), spec=spec),
                      t_const_ms=t_const_ms, split=plan, run_dir=choice_dir / EXITS_DIR, seed=seed,
                      trained_heads=trained_heads, device=device)
@@ -307,7 +309,7 @@ def deploy_run(exp: Experiment, run_dir: Path, summary: Summary) -> list[dict]:
         if (choice / DEPLOY_JSON).is_file():
             record = DeployRecord.load(choice / DEPLOY_JSON)
         else:
-            print(f"deploy      {sel.best_dir}: plan, compress, export ...", flush=True)
+            log.info(f"deploy      {sel.best_dir}: plan, compress, export ...")
             record = deploy_choice(exp, choice, t_const_ms=sel.t_const_ms)
         done.append({"t_const_ms": sel.t_const_ms, "dir": sel.best_dir, **record.to_dict()})
     report, plots = run_dir / "report.md", {}
