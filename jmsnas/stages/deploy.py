@@ -42,6 +42,7 @@ from jmsnas.builders import cut_compressors, latency_models, profile_metas
 from jmsnas.builders import datamodule as build_datamodule
 from jmsnas.checks import check_partition
 from jmsnas.compress.fit import LearnedCodecs, fit_learned
+from jmsnas.compress.pricing import codec_compute_ms, codec_ops, with_codec_compute
 from jmsnas.compress.quantize import Compressor
 from jmsnas.compress.registry import COMPRESSORS
 from jmsnas.config import Experiment
@@ -142,6 +143,7 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
     if exp.config.exits is not None:
         exits, plan, segments, model = _exits(exp, choice_dir, plan, ch.spec, ch.model, ch.dm, ch.calib, ch.seed,
                                               t_const_ms, exit_heads, ch.device)
+    plan = _price_codecs(ch, plan, segments, learned)
     plan.to_json(choice_dir / PLAN_JSON)
     record = _record(ch, plan, segments, learned, model, exits)
     if exp.config.export is not None:
@@ -178,6 +180,19 @@ def _fit_compressors(ch: _Choice, plan: DeploymentPlan,
         plan = plan.with_compressor_params([learned.params.get(k, c.compressor_params)
                                             for k, c in enumerate(plan.cuts)])
     return learned, plan
+
+
+def _price_codecs(ch: _Choice, plan: DeploymentPlan, segments: list[nn.Module],
+                  learned: LearnedCodecs) -> DeploymentPlan:
+    """The learned compressors' own layers priced on their devices (``compress.pricing``) and added to the plan."""
+    if not learned.codecs:
+        return plan
+    extra = codec_compute_ms(plan, codec_ops(plan, segments, learned.codecs, ch.calib[0]), ch.models)
+    for k, (enc, dec) in sorted(extra.items()):
+        cut = plan.cuts[k]
+        learned.notes.append(f"{cut.compressor} at {cut.src} -> {cut.dst}: its encoder adds {enc:.4g} ms on {cut.src}, "
+                             f"its decoder {dec:.4g} ms on {cut.dst} (in the plan's latency)")
+    return with_codec_compute(plan, extra)
 
 
 def _record(ch: _Choice, plan: DeploymentPlan, segments: list[nn.Module], learned: LearnedCodecs, model: nn.Module,
