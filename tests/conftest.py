@@ -52,3 +52,20 @@ def write_experiment(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture
+def make_choice(tmp_path: Path):
+    """A choice folder as a search writes it for an experiment's space: arch.json + the subnet's weights."""
+    def make(exp, paths: tuple[int, ...] = (1, 0, 2), name: str = "t5ms") -> Path:
+        from jmsnas.space.supernet import Supernet
+
+        torch.manual_seed(0)
+        supernet = Supernet(exp.search_space, 10, (1, 40))
+        choice = tmp_path / "best" / name
+        choice.mkdir(parents=True)
+        supernet.to_arch_spec(paths=list(paths)).save_json(choice / "arch.json")
+        torch.save(supernet.export_subnet(list(paths)).state_dict(), choice / "model.pt")
+        return choice
+
+    return make

@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
-
-import torch
 
 from jmsnas.config import load_experiment
 from jmsnas.plan.artifact import CutPlan, DeploymentPlan, DeviceSegment
-from jmsnas.space.supernet import Supernet
 from jmsnas.stages.deploy import deploy_choice
 from jmsnas.stages.payload_sweep import compressor_label, payload_sweep
-
-
-def _choice(tmp_path: Path, exp) -> Path:
-    torch.manual_seed(0)
-    supernet = Supernet(exp.search_space, 10, (1, 40))
-    choice = tmp_path / "best" / "t5ms"
-    choice.mkdir(parents=True)
-    supernet.to_arch_spec(paths=[1, 0, 2]).save_json(choice / "arch.json")
-    torch.save(supernet.export_subnet([1, 0, 2]).state_dict(), choice / "model.pt")
-    return choice
 
 
 def _relaying(tiny_experiment: dict) -> dict:
@@ -33,10 +19,10 @@ def _relaying(tiny_experiment: dict) -> dict:
 
 
 def test_each_cut_is_swept_with_bytes_counted_by_hand_and_lossless_points_equal_the_unsplit_network(
-        tiny_experiment, write_experiment, tmp_path: Path) -> None:
+        tiny_experiment, write_experiment, make_choice) -> None:
     _relaying(tiny_experiment).update(partition={"compressors": [{"kind": "quantize", "bits": 4}, {"kind": "none"}]})
     exp = load_experiment(write_experiment(tiny_experiment))
-    choice = _choice(tmp_path, exp)
+    choice = make_choice(exp)
     record = deploy_choice(exp, choice).to_dict()
     assert record["boundaries"] == [0, 0, 0, 5]
     points = record["payload_sweep"]
@@ -55,10 +41,10 @@ def test_each_cut_is_swept_with_bytes_counted_by_hand_and_lossless_points_equal_
     assert json.loads((choice / "deploy.json").read_text())["payload_sweep"] == points
 
 
-def test_the_sweep_can_be_turned_off(tiny_experiment, write_experiment, tmp_path: Path) -> None:
+def test_the_sweep_can_be_turned_off(tiny_experiment, write_experiment, make_choice) -> None:
     _relaying(tiny_experiment).update(partition={"compressors": [], "payload_sweep": False})
     exp = load_experiment(write_experiment(tiny_experiment))
-    choice = _choice(tmp_path, exp)
+    choice = make_choice(exp)
     assert "payload_sweep" not in deploy_choice(exp, choice).to_dict()
     assert "payload_sweep" not in json.loads((choice / "deploy.json").read_text())
 

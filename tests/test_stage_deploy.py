@@ -14,27 +14,14 @@ from jmsnas.plan.artifact import DeploymentPlan
 from jmsnas.runtime.bundle import run_bundle
 from jmsnas.search import main
 from jmsnas.space import morph
-from jmsnas.space.supernet import Supernet
 from jmsnas.stages.deploy import check_partition, deploy_choice, load_choice
 
 
-def _choice(tmp_path: Path, exp) -> Path:
-    """A choice folder as a search writes it: arch.json + the weights of the supernet's exported subnet."""
-    torch.manual_seed(0)
-    supernet = Supernet(exp.search_space, 10, (1, 40))
-    paths = [1, 0, 2]
-    choice = tmp_path / "best" / "t5ms"
-    choice.mkdir(parents=True)
-    supernet.to_arch_spec(paths=paths).save_json(choice / "arch.json")
-    torch.save(supernet.export_subnet(paths).state_dict(), choice / "model.pt")
-    return choice
-
-
 def test_lossless_deployment_reproduces_the_model_and_reports_baselines(tiny_experiment, write_experiment,
-                                                                         tmp_path: Path) -> None:
+                                                                         tmp_path: Path, make_choice) -> None:
     tiny_experiment.update(partition={"compressors": []}, export={"verify": True})
     exp = load_experiment(write_experiment(tiny_experiment))
-    choice = _choice(tmp_path, exp)
+    choice = make_choice(exp)
     result = deploy_choice(exp, choice).to_dict()
     plan = DeploymentPlan.from_json(choice / "plan.json")
     assert plan.devices == ["a", "b", "c"] and result["boundaries"] == plan.boundaries()
@@ -50,7 +37,8 @@ def test_lossless_deployment_reproduces_the_model_and_reports_baselines(tiny_exp
     assert json.loads((choice / "deploy.json").read_text())["plan"] == "plan.json"
 
 
-def test_cut_across_a_skip_connection_sends_both_tensors(tiny_experiment, write_experiment, tmp_path: Path) -> None:
+def test_cut_across_a_skip_connection_sends_both_tensors(tiny_experiment, write_experiment, tmp_path: Path,
+                                                         make_choice) -> None:
     # A morphism-grown net: block 2 adds the stem's output. Device a has fast compute but memory for the
     # stem and block 0 only (720 + 1392 bytes), and b is slower over a fast link, so the cut a -> b falls
     # between blocks 0 and 1, inside the skip.
@@ -61,7 +49,7 @@ def test_cut_across_a_skip_connection_sends_both_tensors(tiny_experiment, write_
     devices[2]["analytic"]["macs_per_s"] = 1.0e4
     tiny_experiment.update(partition={"compressors": [{"kind": "quantize", "bits": 8}]}, export={})
     exp = load_experiment(write_experiment(tiny_experiment))
-    choice = _choice(tmp_path, exp)
+    choice = make_choice(exp)
     spec, model = load_choice(choice)
     spec, model = morph.add_skip(spec, model, 2, 0)
     with torch.no_grad():  # make the skip matter: its zero-initialised BatchNorm gets weight 1
@@ -80,7 +68,7 @@ def test_cut_across_a_skip_connection_sends_both_tensors(tiny_experiment, write_
 
 
 def test_quantize_and_autoencoder_cuts_send_what_the_plan_says(tiny_experiment, write_experiment,
-                                                               tmp_path: Path) -> None:
+                                                               tmp_path: Path, make_choice) -> None:
     # b is too slow to compute and c very fast: a and b relay the input, both cuts carry it compressed
     tiny_experiment["topology"]["devices"][1]["analytic"]["macs_per_s"] = 1.0e4
     tiny_experiment["topology"]["devices"][2]["analytic"]["macs_per_s"] = 1.0e10
@@ -89,7 +77,7 @@ def test_quantize_and_autoencoder_cuts_send_what_the_plan_says(tiny_experiment, 
                                       "train_epochs": 1, "finetune_epochs": 1},
                            export={})
     exp = load_experiment(write_experiment(tiny_experiment))
-    choice = _choice(tmp_path, exp)
+    choice = make_choice(exp)
     result = deploy_choice(exp, choice).to_dict()
     plan = DeploymentPlan.from_json(choice / "plan.json")
     assert [c.compressor for c in plan.cuts] == ["quantize", "autoencoder"] and plan.boundaries() == [0, 0, 0, 5]
@@ -138,12 +126,12 @@ def test_search_command_partitions_compresses_and_exports_the_choice(tiny_experi
 
 
 def test_deploy_command_runs_one_choice_and_refuses_to_overwrite(tiny_experiment, write_experiment, tmp_path: Path,
-                                                                 capsys) -> None:
+                                                                 capsys, make_choice) -> None:
     from jmsnas.deploy import main as deploy_main
 
     tiny_experiment["partition"] = {}
     path = write_experiment(tiny_experiment)
-    choice = _choice(tmp_path, load_experiment(path))
+    choice = make_choice(load_experiment(path))
     assert deploy_main([str(path), str(choice)]) == 0
     assert "baseline  hivemind" in capsys.readouterr().out and (choice / "plan.json").is_file()
     assert deploy_main([str(path), str(choice)]) == 2
@@ -153,7 +141,8 @@ def test_deploy_command_runs_one_choice_and_refuses_to_overwrite(tiny_experiment
 
 
 def test_deploy_json_puts_measured_beside_predicted_for_a_measured_device(tiny_experiment, write_experiment,
-                                                                          tmp_path: Path, monkeypatch) -> None:
+                                                                          tmp_path: Path, monkeypatch,
+                                                                          make_choice) -> None:
     """Device b has a profile measured here: its exported part is timed; a is analytic: labelled."""
     import jmsnas.runtime.measure as measure
     from jmsnas.latency.guard import ContentionGuard
@@ -172,7 +161,7 @@ def test_deploy_json_puts_measured_beside_predicted_for_a_measured_device(tiny_e
     # the suite shares its cores with other work: the guard must not turn this test into a timing test
     monkeypatch.setattr(measure, "ContentionGuard", lambda: ContentionGuard(tolerance=100.0))
     exp = load_experiment(write_experiment(tiny_experiment))
-    choice = _choice(tmp_path, exp)
+    choice = make_choice(exp)
     result = deploy_choice(exp, choice).to_dict()
     plan = DeploymentPlan.from_json(choice / "plan.json")
     m = result["latency_measured"]

@@ -12,7 +12,6 @@ from jmsnas.compress.pricing import describe_layer, with_codec_compute
 from jmsnas.config import load_experiment
 from jmsnas.plan.artifact import CutPlan, DeploymentPlan, DeviceSegment, ExitPlan
 from jmsnas.space.macs import MacCounter
-from jmsnas.space.supernet import Supernet
 from jmsnas.stages.deploy import deploy_choice
 
 
@@ -62,19 +61,14 @@ def test_student_decoder_grouped_conv_and_linear_are_described_with_the_macs_tor
 
 
 def test_an_autoencoder_cut_adds_its_encoder_to_the_sender_and_its_decoder_to_the_receiver(
-        tiny_experiment, write_experiment, tmp_path) -> None:
+        tiny_experiment, write_experiment, make_choice) -> None:
     # a and b relay the input (b is slow, c fast): cut b -> c carries the 40 input values through the autoencoder
     tiny_experiment["topology"]["devices"][1]["analytic"]["macs_per_s"] = 1.0e4
     tiny_experiment["topology"]["devices"][2]["analytic"]["macs_per_s"] = 1.0e10
-    tiny_experiment.update(partition={"compressors": [{"kind": "none"}, {"kind": "autoencoder", "channel_fraction":
-                                                                         0.5}], "train_epochs": 1, "finetune_epochs": 1})
+    ae = {"kind": "autoencoder", "channel_fraction": 0.5}
+    tiny_experiment.update(partition={"compressors": [{"kind": "none"}, ae], "train_epochs": 1, "finetune_epochs": 1})
     exp = load_experiment(write_experiment(tiny_experiment))
-    torch.manual_seed(0)
-    supernet = Supernet(exp.search_space, 10, (1, 40))
-    choice = tmp_path / "best" / "t5ms"
-    choice.mkdir(parents=True)
-    supernet.to_arch_spec(paths=[1, 0, 2]).save_json(choice / "arch.json")
-    torch.save(supernet.export_subnet([1, 0, 2]).state_dict(), choice / "model.pt")
+    choice = make_choice(exp)
     record = deploy_choice(exp, choice).to_dict()
     plan = DeploymentPlan.from_json(choice / "plan.json")
     assert plan.boundaries() == [0, 0, 0, 5] and [c.compressor for c in plan.cuts] == ["none", "autoencoder"]
