@@ -239,7 +239,7 @@ class DeviceServer:
         waited = 0.0
         if self.options.emulated and (left := start + self.predicted_ms / 1e3 - computed) > 0:
             time.sleep(left)
-            waited = left
+            waited = time.monotonic() - computed  # what was really waited (sleep returns no earlier)
         hop = {"device": self.device, "part": self.m, "emulated": self.options.emulated,
                "recv_at": recv_at, "decode_ms": decode_ms, "queue_ms": 1e3 * (start - recv_at) - decode_ms,
                "compute_ms": 1e3 * (computed - start),

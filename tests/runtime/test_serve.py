@@ -88,7 +88,8 @@ def test_local_runtime_answers_as_the_in_process_cascade(exit_bundle, tmp_path: 
     assert [d.label for d in loaded.devices] == ["measured on this CPU", "emulated", "measured on this CPU"]
     d1 = loaded.devices[1]
     assert d1.samples == int((exit_index == 1).sum())
-    assert d1.measured_mean_ms >= d1.predicted_ms  # it waited out its predicted time (a lower bound only)
+    # it waited out its predicted time (a lower bound only; the clock's float rounding is allowed)
+    assert d1.measured_mean_ms >= d1.predicted_ms * (1 - 1e-6)
     assert all(ln.samples == d1.samples for ln in loaded.links)
 
 
