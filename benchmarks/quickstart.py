@@ -5,7 +5,8 @@ Clones this repository (its committed HEAD) into a temporary folder, runs ``make
 ``experiments/quickstart.yaml`` through Ray Tune), and reads the run's ``summary.json``: test
 accuracy and predicted latency of the network chosen for each T_const, and each choice's
 ``deploy.json`` (plan, exits, verification of the exported bundle). Writes
-``benchmarks/results/quickstart.{md,json}``.
+``benchmarks/results/quickstart.{md,json}`` and copies the run's ``report.md`` and plots to
+``benchmarks/results/quickstart_report/``.
 
 Usage::
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
+REPORT = RESULTS / "quickstart_report"
 
 
 def timed(cmd: list[str], cwd: Path, log: Path) -> float:
@@ -48,6 +51,11 @@ def main() -> int:
         run_s = timed(["make", "quickstart"], clone, Path(tmp) / "run.log")
         watch.checkpoint("make quickstart")
         summary = json.loads((clone / "runs" / "quickstart" / "summary.json").read_text())
+        REPORT.mkdir(parents=True, exist_ok=True)  # the run's report and plots, kept to be looked at
+        for old in REPORT.iterdir():
+            old.unlink()
+        for f in [clone / "runs" / "quickstart" / "report.md", *(clone / "runs" / "quickstart").glob("*.png")]:
+            shutil.copy2(f, REPORT / f.name)
         tail = (Path(tmp) / "run.log").read_text().splitlines()[-40:]
         deployed = {}
         for c in summary["selections"]:
