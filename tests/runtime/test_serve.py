@@ -11,6 +11,7 @@ import torch
 from partition_specs import tiny_arch_spec
 from torch import nn
 
+from jmsnas.exits.decision import exit_score
 from jmsnas.export.split import run_segments, split_archnet
 from jmsnas.export.writer import calibrate_plan, export_bundle
 from jmsnas.plan.planners import plan_sequential
@@ -31,8 +32,12 @@ def _chain(n: int):
     return build_topology("chain", [Device(name) for name in names], links)
 
 
-def build_exit_bundle(out: Path, threshold_quantile: float = 0.5) -> tuple[Path, torch.Tensor]:
-    """A tiny ArchNet on three devices, an exit head on d0, an 8-bit cut d1 -> d2; returns the bundle and inputs."""
+def build_exit_bundle(out: Path, threshold_quantile: float = 0.5, unit=None) -> tuple[Path, torch.Tensor]:
+    """A tiny ArchNet on three devices, an exit head on d0, an 8-bit cut d1 -> d2; returns the bundle and inputs.
+
+    With a decision ``unit`` (``jmsnas.exits.decision.DecisionUnit``) the exit compares its certainty, not
+    the top-1 probability, with the threshold (the quantile of what it compares).
+    """
     torch.manual_seed(0)
     spec = tiny_arch_spec()
     model = build_model(spec).eval()
@@ -44,9 +49,10 @@ def build_exit_bundle(out: Path, threshold_quantile: float = 0.5) -> tuple[Path,
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
     x = torch.randn(12, 3, 16, 16)
     with torch.no_grad():
-        conf = torch.softmax(head(run_segments(segments[:1], x)[0]).double(), -1).amax(-1)
+        conf = exit_score(head(run_segments(segments[:1], x)[0]), unit)
     threshold = float(torch.quantile(conf, threshold_quantile))
-    export_bundle(segments, plan, x[:2], out, exits={0: (head, threshold)})
+    export_bundle(segments, plan, x[:2], out, exits={0: (head, threshold) if unit is None else
+                                                     (head, threshold, unit.to_dict())})
     return out, x
 
 
