@@ -39,13 +39,14 @@ def timed(cmd: list[str], cwd: Path, log: Path) -> float:
 def main() -> int:
     from jmsnas.latency.watch import ContentionWatch
 
-    watch = ContentionWatch()  # the wall times are void if anything else ran meanwhile
     with tempfile.TemporaryDirectory() as tmp:
         clone = Path(tmp) / "jmsnas"
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        watch.checkpoint("clone")
+        # the wall times are void if anything else ran meanwhile; watched from here: the clone is not timed,
+        # and its git processes, ended before the watch reads them, would count as someone else's CPU
+        watch = ContentionWatch()
         setup_s = timed(["make", "setup"], clone, Path(tmp) / "setup.log")
         watch.checkpoint("make setup")
         run_s = timed(["make", "quickstart"], clone, Path(tmp) / "run.log")

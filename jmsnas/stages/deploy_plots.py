@@ -14,6 +14,7 @@ Every input is a ``deploy.json`` dict with the choice's ``t_const_ms`` and folde
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,10 +39,13 @@ def _plain_log_ticks(*axes) -> None:
     """Tick labels such as 0.2 and 40 on log axes instead of 2x10^-1 and 4x10^1."""
     from matplotlib.ticker import FuncFormatter
 
-    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    def minor(v: float, _: int) -> str:  # only 2x and 5x of each decade: the others crowd the axis
+        mantissa = round(v / 10 ** math.floor(math.log10(v)), 6) if v > 0 else 0
+        return f"{v:g}" if mantissa in (2.0, 5.0) else ""
+
     for axis in axes:
-        axis.set_major_formatter(fmt)
-        axis.set_minor_formatter(fmt)
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def stacks(plan: DeploymentPlan) -> list[tuple[str, float]]:
@@ -95,10 +99,12 @@ def plot_deploy_breakdown(path: Path, done: Sequence[dict], run_dir: Path) -> bo
                 left += ms
             ax.annotate(f" {left:.3g} ms", (left, y), va="center", fontsize=8)
         ax.axvline(d["t_const_ms"], color="k", ls="--", lw=1)
+        ax.set_xlim(0, 1.15 * max(d["t_const_ms"], *(sum(ms for _, ms in st) for _, st in bars)))
         ax.set_yticks(range(len(bars)), [name for name, _ in bars], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("predicted latency (ms; worst case with exits)")
-        ax.set_title(f"T_const {d['t_const_ms']:g} ms (dashed): {d['arch']}", fontsize=8)
+        arch = d["arch"] if len(d["arch"]) <= 70 else d["arch"][:67] + "..."
+        ax.set_title(f"T_const {d['t_const_ms']:g} ms (dashed): {arch}", fontsize=8)
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles, strict=True))
         ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
@@ -141,8 +147,9 @@ def plot_payload_accuracy(path: Path, done: Sequence[dict]) -> bool:
         for k in cuts:
             pts = sorted((p for p in d["payload_sweep"] if p["cut"] == k), key=lambda p: p["payload_bytes"])
             first = pts[0]
-            line = ax.plot([p["payload_bytes"] for p in pts], [100 * p["test_acc"] for p in pts], "o-",
-                           color=f"C{k % 10}", label=f"cut {k}: {first['src']} -> {first['dst']}")[0]
+            line = ax.plot([p["payload_bytes"] for p in pts], [100 * p["test_acc"] for p in pts],
+                           "os^vD"[k % 5] + ("-" if k % 2 == 0 else "--"), color=f"C{k % 10}",
+                           mfc="none" if k else None, label=f"cut {k}: {first['src']} -> {first['dst']}")[0]
             for p in pts:
                 ax.annotate(p["compressor"], (p["payload_bytes"], 100 * p["test_acc"]), fontsize=7,
                             textcoords="offset points", xytext=(3, 3))
