@@ -20,6 +20,8 @@ Usage::
 
     python benchmarks/mesh_vs_chain.py            # writes benchmarks/results/mesh_vs_chain.{md,json}
     python benchmarks/mesh_vs_chain.py --smoke    # one-epoch runs at one level, nothing written
+    python benchmarks/mesh_vs_chain.py --set dataset.train_split=0.3 --set dataset.val_fraction=0.2 \
+        --out mesh_vs_chain_hard                  # a harder task (fewer training samples)
 """
 
 from __future__ import annotations
@@ -75,12 +77,17 @@ def val_curve(run_dir: Path) -> list[float]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+def _sets() -> list[str]:
+    """The ``--set`` changes every experiment gets (through the environment: worker processes inherit it)."""
+    return json.loads(os.environ.get("JMSNAS_BENCH_SETS", "[]"))
+
+
 def one_run(topology: str, t_const: float, seed: int, smoke: bool, root: str) -> dict:
     torch.set_num_threads(1)  # two runs side by side on two cores
     from jmsnas.config import load_experiment
     from jmsnas.strategies.run import run_proxyless
 
-    exp = load_experiment(experiment_data(topology), base_dir=EXPERIMENT.parent)
+    exp = load_experiment(experiment_data(topology), base_dir=EXPERIMENT.parent, overrides=_sets())
     update: dict = {"t_const_ms": t_const}
     if smoke:
         update.update(epochs=1, warmup_epochs=0, derive_candidates=2,
@@ -128,7 +135,8 @@ def verdict(result: dict) -> list[str]:
 
 def to_markdown(r: dict) -> str:
     lines = ["# Mesh (parallel branches, eq. (2)) vs chain on the same devices (MNIST-1D)", "",
-             f"Command: `{r['command']}` ({r['wall_s'] / 60:.0f} min)", "",
+             f"Command: `{r['command']}` ({r['wall_s'] / 60:.0f} min)"
+             + (f"; every experiment changed by `--set {' --set '.join(r['sets'])}`" if r.get("sets") else ""), "",
              f"Hardware: {r['hardware']}. Seeds {r['seeds']} (mesh_sequential: {r['mesh_sequential']['seeds']}: "
              "on this mesh its best path is the chain's, so it is the chain's search again). Devices and links: "
              "`experiments/quickstart_mesh.yaml` (analytic devices); the chain is UE -> SBS -> MBS1 -> aggregator "
@@ -162,8 +170,12 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--sequential-seeds", type=int, default=1, help="seeds of mesh_sequential (default 1)")
     parser.add_argument("--workers", type=int, default=2, help="runs side by side (one thread each)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="a change to every experiment (as jmsnas search --set), e.g. dataset.train_split=0.3")
+    parser.add_argument("--out", default="mesh_vs_chain", help="results file stem in benchmarks/results/")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
+    os.environ["JMSNAS_BENCH_SETS"] = json.dumps(args.set)
     levels = args.t_const or ([7.0] if args.smoke else [6.0, 7.0, 8.0])
     n = 1 if args.smoke else args.seeds
     seeds = {"mesh": list(range(n)), "chain": list(range(n)),
@@ -183,12 +195,13 @@ def main() -> int:
               "wall_s": time.time() - start,
               "hardware": f"{processor_name()}, {os.cpu_count()} cores, {args.workers} runs side by side at 1 thread",
               "command": "python benchmarks/mesh_vs_chain.py " + " ".join(sys.argv[1:]), "smoke": args.smoke,
+              "sets": args.set,
               "contention": watch.summary()}
     md = to_markdown(result) + "\n" + watch.markdown() + "\n"
     if not args.smoke:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "mesh_vs_chain.json").write_text(json.dumps(result, indent=2) + "\n")
-        (RESULTS / "mesh_vs_chain.md").write_text(md)
+        (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (RESULTS / f"{args.out}.md").write_text(md)
     print(md)
     return 0
 
