@@ -73,8 +73,10 @@ def _parser(prog: str = "python -m jmsnas.serve") -> argparse.ArgumentParser:
     one = p.add_argument_group("one device")
     one.add_argument("--device", help="the device (a name in manifest.json's devices)")
     one.add_argument("--listen", help="HOST:PORT to receive samples on")
-    one.add_argument("--next", nargs="+", default=None, help="HOST:PORT of the next device (none on the last)")
-    one.add_argument("--link", type=_link, default=None, help="emulate the outgoing link: MBPS[,RTT_MS]")
+    one.add_argument("--next", nargs="+", default=None, help="HOST:PORT of the next device (none on the last; the "
+                     "root of parallel branches: one per branch, in the manifest's part order)")
+    one.add_argument("--link", type=_link, nargs="+", default=None,
+                     help="emulate the outgoing link: MBPS[,RTT_MS] (one per --next)")
     one.add_argument("--emulated", action="store_true", help="wait until the plan's predicted compute time")
     one.add_argument("--drop", type=_ids, default=frozenset(), help="fault: samples whose first send is lost: 3,7")
     one.add_argument("--stall", type=_ids, default=frozenset(), help="fault: samples whose first send comes late")
@@ -124,12 +126,14 @@ def _one(args: argparse.Namespace) -> int:
     endpoint(args.listen)
     for address in args.next or ():
         endpoint(address, what="--next")
-    if args.next is not None and len(args.next) > 1:
-        raise ConfigError(f"{len(args.next)} next hops given; a chain bundle has one next device (mesh "
-                          "branches are not served yet)", field="--next")
-    options = ServeOptions(args.backend, args.emulated, args.link, args.timeout_ms, args.attempts, args.drop,
-                           args.stall, stall_ms=int(1.5 * args.timeout_ms))  # after the first resend
-    server = DeviceServer(args.bundle, args.device, args.listen, args.next[0] if args.next else None, options)
+    links = tuple(args.link or ())
+    if links and len(links) not in (1, len(args.next or ())):
+        raise ConfigError(f"{len(links)} --link values for {len(args.next or ())} --next hops; give one per hop",
+                          field="--link")
+    options = ServeOptions(args.backend, args.emulated, links[0] if links else None, args.timeout_ms, args.attempts,
+                           args.drop, args.stall, stall_ms=int(1.5 * args.timeout_ms),  # after the first resend
+                           links=links)
+    server = DeviceServer(args.bundle, args.device, args.listen, args.next, options)
     signal.signal(signal.SIGTERM, lambda *_: server.stop.set())
     if args.parent is not None:
         threading.Thread(target=_watch_parent, args=(args.parent, server.stop), daemon=True).start()

@@ -1,11 +1,11 @@
-"""The local launcher: one process per device on this machine, wired as the plan's chain, fed samples.
+"""The local launcher: one process per device on this machine, wired as the plan (chain or branches), fed samples.
 
 ``serve_local`` is what ``python -m jmsnas.serve BUNDLE --local`` runs. Each device is a
-``python -m jmsnas.serve BUNDLE --device NAME --listen 127.0.0.1:PORT --next ...`` process with its
-outgoing link emulated (``links``); the feeder sends samples to the first device, one at a time
-(``rate=None``: each after the previous answer, the unloaded latency) or at ``rate`` samples per
-second (open loop: devices work on different samples at once), and collects the answers on its
-own port. Every wait is bounded; every process started is ended in ``finally``.
+``python -m jmsnas.serve BUNDLE --device NAME --listen 127.0.0.1:PORT --next ...`` process, its links
+emulated (``links``; a root of parallel branches has one per branch); the feeder sends samples to the
+first device, one at a time (``rate=None``: each after the previous answer, the unloaded latency) or at
+``rate`` samples per second (open loop: devices work on different samples at once), and collects the
+answers on its own port. Every wait is bounded; every process started is ended in ``finally``.
 
 Nothing is lost without being counted: a sample unanswered ``sample_deadline_s`` after it was fed is
 fed again (a new ``attempt``; devices run an attempt once), at most ``refeeds`` times; a second answer
@@ -38,9 +38,10 @@ from jmsnas.errors import JmsnasError
 from jmsnas.export.manifest import MANIFEST, Backend
 from jmsnas.io import write_json
 from jmsnas.runtime.bundle import read_manifest
+from jmsnas.runtime.graph import PartGraph
 from jmsnas.runtime.links import LinkSpec, plan_links
 from jmsnas.runtime.report import Answer, runtime_report
-from jmsnas.runtime.serve import manifest_hash, part_index
+from jmsnas.runtime.serve import manifest_hash
 from jmsnas.runtime.transport import Sender, WireError, endpoint, pack, unpack
 
 log = logging.getLogger("jmsnas.serve")
@@ -144,16 +145,20 @@ class _Device:
         return self.log_path.read_text()[-2000:]
 
 
-def _commands(bundle: Path, devices: list[str], ports: list[int], run: LocalRun, links: Sequence[LinkSpec],
+def _commands(bundle: Path, spec: Any, ports: list[int], run: LocalRun, links: Sequence[LinkSpec],
               log_dir: Path) -> list[_Device]:
-    out = []
+    """One ``jmsnas.serve`` command per part, wired as the bundle's graph (a chain, or parallel branches)."""
+    graph, devices, out = PartGraph.of(spec.parts, bundle / MANIFEST), [p.device for p in spec.parts], []
+    by_cut = {(c.src, c.dst): link for c, link in zip(spec.plan.cuts, links, strict=True)}
     for m, name in enumerate(devices):
         cmd = [sys.executable, "-m", "jmsnas.serve", str(bundle), "--device", name, "--listen",
                f"127.0.0.1:{ports[m]}", "--backend", run.backend, "--timeout-ms", str(run.timeout_ms),
                "--attempts", str(run.attempts), "--parent", str(os.getpid())]
-        if m + 1 < len(devices):
-            link = links[m]
-            cmd += ["--next", f"127.0.0.1:{ports[m + 1]}", "--link", f"{link.bandwidth_mbps!r},{link.rtt_ms!r}"]
+        fed = graph.consumer_parts(m)
+        if fed:
+            hops = [by_cut[(name, devices[j])] for j in fed]
+            cmd += ["--next", *(f"127.0.0.1:{ports[j]}" for j in fed),
+                    "--link", *(f"{link.bandwidth_mbps!r},{link.rtt_ms!r}" for link in hops)]
         if name in run.emulated:
             cmd.append("--emulated")
         for option, faults in (("--drop", run.drop), ("--stall", run.stall)):
@@ -278,13 +283,13 @@ def serve_local(bundle_dir: str | Path, inputs: Sequence[np.ndarray], run: Local
     bundle = Path(bundle_dir)
     spec = read_manifest(bundle)
     devices = [p.device for p in spec.parts]
-    part_index(spec.parts, devices[0], bundle / MANIFEST)  # refuses a branched bundle
+    PartGraph.of(spec.parts, bundle / MANIFEST)  # sources that cannot be served are refused here
     links = list(run.links) if run.links is not None else plan_links(spec.plan)
     token = manifest_hash(bundle)
     log_dir = run.log_dir or (Path(out).parent if out is not None else Path.cwd()) / "runtime_logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     ports = free_ports(len(devices) + 1)
-    procs = _commands(bundle, devices, ports, run, links, log_dir)
+    procs = _commands(bundle, spec, ports, run, links, log_dir)
     ctx = zmq.Context()
     feeder = None
     try:
@@ -322,7 +327,7 @@ def feed_chain(bundle_dir: str | Path, first: str, reply: str, inputs: Sequence[
     run = run or LocalRun()
     bundle = Path(bundle_dir)
     spec = read_manifest(bundle)
-    part_index(spec.parts, spec.parts[0].device, bundle / MANIFEST)
+    PartGraph.of(spec.parts, bundle / MANIFEST)
     links = list(run.links) if run.links is not None else plan_links(spec.plan)
     token = manifest_hash(bundle)
     ctx = zmq.Context()

@@ -25,8 +25,14 @@ class PredictedTimes:
 
 
 def predicted_times(spec: Manifest) -> PredictedTimes:
-    """The plan's predictions for a sequential bundle (one segment per part, one cut between each)."""
+    """The plan's predictions: per part its segment (one per part), per cut its link, per answering device.
+
+    A branched plan (parallel branches, eq. (2)) is answered by its last part only, at the plan's total.
+    """
     plan = spec.plan
+    if any(s.part != "main" for s in plan.segments):
+        return PredictedTimes(tuple(s.compute_ms for s in plan.segments), tuple(c.link_ms for c in plan.cuts),
+                              tuple(plan.total_latency_ms for _ in plan.segments))
     exit_at = {e.device: e for e in plan.exits}
     device_ms, answer_ms = [], []
     elapsed = 0.0

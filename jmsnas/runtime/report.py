@@ -170,10 +170,20 @@ def _devices(spec: Manifest, answers: Sequence[Answer], emulated: frozenset[str]
 
 
 def _links(spec: Manifest, answers: Sequence[Answer], links: Sequence[LinkSpec]) -> list[LinkRow]:
+    """Per cut ``src -> dst``: the hops that part ``src`` sent to part ``dst`` and that ``dst`` received.
+
+    In a chain, a hop record's sender is the part before it and its receiver the part after; with
+    parallel branches the records name them (``from_part``, ``to_part``).
+    """
     rows = []
-    for k, (cut, link) in enumerate(zip(spec.plan.cuts, links, strict=True)):
-        into = [h for a in answers for h in a.hops if h.get("part") == k + 1 and h.get("wire_ms") is not None]
-        sent = [h["wire_bytes"] for a in answers for h in a.hops if h.get("part") == k and "wire_bytes" in h]
+    index = {d: m for m, d in enumerate(spec.devices)}
+    for cut, link in zip(spec.plan.cuts, links, strict=True):
+        a, b = index[cut.src], index[cut.dst]
+        hops = [h for ans in answers for h in ans.hops]
+        into = [h for h in hops if h.get("part") == b and h.get("from_part", b - 1) == a
+                and h.get("wire_ms") is not None]
+        sent = [h["wire_bytes"] for h in hops if h.get("part") == a and h.get("to_part", a + 1) == b
+                and "wire_bytes" in h]
         wire = _mean([h["wire_ms"] for h in into])
         price = link.latency_ms(float(np.mean(sent))) if sent else None
         rows.append(LinkRow(src=cut.src, dst=cut.dst, source=link.source, bandwidth_mbps=link.bandwidth_mbps,

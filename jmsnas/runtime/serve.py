@@ -1,7 +1,8 @@
 """One device of a bundle as a server: receive a sample, run the device's part, exit or send it on.
 
 ``DeviceServer`` is what ``python -m jmsnas.serve BUNDLE --device NAME --listen HOST:PORT --next
-HOST:PORT`` runs. Three threads, each owning its sockets (ZeroMQ sockets are not thread-safe):
+HOST:PORT`` runs. Threads, each owning its sockets (ZeroMQ sockets are not thread-safe); a part that
+feeds parallel branches sends each its tensors on a lane of its own, and a join waits for all (``join``):
 
 - *receive*: the bound ROUTER (``transport.Receiver``). Every message is checked (``check_sample``:
   the sha256 of ``manifest.json`` must be this device's, the tensors the part's inputs by name,
@@ -34,6 +35,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,15 +43,16 @@ from typing import Any
 import torch
 import zmq
 
-from jmsnas.errors import BundleError, ConfigError
+from jmsnas.errors import ConfigError
 from jmsnas.export.manifest import MANIFEST, Backend, PartEntry, sha256_file
 from jmsnas.runtime.bundle import load_bundle
+from jmsnas.runtime.graph import PartGraph
+from jmsnas.runtime.join import BEST, Gather, check_sample, merged_hops, source_part
 from jmsnas.runtime.links import LinkSpec, TokenBucket
 from jmsnas.runtime.plan_times import predicted_times
 from jmsnas.runtime.transport import Message, Pusher, Receiver, Sender, WireError, pack, rehead
 
 log = logging.getLogger("jmsnas.serve")
-BEST = "best.logits"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class ServeOptions:
         backend: the part's file format (``onnx`` or ``torchscript``).
         emulated: wait after each part until the plan's predicted compute time has passed.
         link: the outgoing link to emulate (None: send at once).
+        links: per next hop (a part feeding several: the root of parallel branches), its link; where
+            absent, ``link``.
         timeout_ms: how long one send waits for the next hop's acknowledgement.
         attempts: sends per sample before the device answers alone.
         drop: sample ids whose first send on the outgoing link is lost (a fault to test with).
@@ -75,6 +80,7 @@ class ServeOptions:
     drop: frozenset[int] = field(default_factory=frozenset)
     stall: frozenset[int] = field(default_factory=frozenset)
     stall_ms: int = 2000
+    links: tuple[LinkSpec | None, ...] = ()
 
 
 def manifest_hash(bundle_dir: str | Path) -> str:
@@ -83,74 +89,56 @@ def manifest_hash(bundle_dir: str | Path) -> str:
 
 
 def part_index(parts: list[PartEntry], device: str, file: Path) -> int:
-    """The index of ``device``'s part in a sequential bundle.
+    """The index of ``device``'s part in a bundle.
 
     Raises:
-        BundleError: a branched bundle (parts with ``sources``), or a device the bundle does not name.
+        ConfigError: a device the bundle does not name.
     """
-    if any(p.sources is not None for p in parts):
-        raise BundleError("this bundle is branched (mesh branches); the runtime serves sequential (chain) "
-                          "bundles only", file=file, field="parts[].sources")
     names = [p.device for p in parts]
     if device not in names:
         raise ConfigError(f"device {device!r} is not in this bundle; valid: {names}", file=file, field="--device")
     return names.index(device)
 
 
-def check_sample(msg: Message, part: PartEntry, token: str) -> str | None:
-    """Why ``msg`` is not a sample this part can run, or None when it is."""
-    h = msg.header
-    if h.kind != "sample":
-        return f"kind {h.kind!r}: this device takes 'sample' or 'ping'"
-    if h.manifest != token:
-        return f"manifest sha256 {h.manifest[:12]!r}... is not this device's bundle ({token[:12]}...)"
-    if not h.reply_to or h.sample < 0:
-        return "a sample needs reply_to (the feeder's HOST:PORT) and a sample id >= 0"
-    metas = h.tensors[:-1] if h.best is not None else h.tensors
-    if h.best is not None and (not h.tensors or h.tensors[-1].name != BEST):
-        return f"header.best is set but the last tensor is not {BEST!r}"
-    if [t.name for t in metas] != [t.name for t in part.inputs]:
-        return f"tensors {[t.name for t in metas]}, this part takes {[t.name for t in part.inputs]}"
-    for meta, want in zip(metas, part.inputs, strict=True):
-        fixed = [1 if i == 0 and d is None else d for i, d in enumerate(want.shape)]
-        if meta.dtype != want.dtype or len(meta.shape) != len(fixed) or any(
-                d is not None and d != s for d, s in zip(fixed, meta.shape, strict=True)):
-            return (f"tensor {meta.name!r} is {meta.dtype}{meta.shape}, this part takes {want.dtype}{fixed} "
-                    "(one sample per message)")
-    codec = part.decoder
-    got = None if h.codec is None else (h.codec.compressor, h.codec.params)
-    if got != (None if codec is None else (codec.compressor, codec.params)):
-        return f"codec {got} does not match this part's decoder {None if codec is None else codec.compressor!r}"
-    return None
-
-
 class DeviceServer:
     """One device's part of a bundle, served on ``listen`` and sending on to ``next_hop`` (None: the last).
 
+    ``next_hop`` is one address, or one per part this part feeds (the root of parallel branches feeds
+    each branch), in part order; a part fed by several (the join) waits for all of them (``join.Gather``).
+
     Raises:
-        BundleError: a bad bundle (hashes are checked), or a branched one.
-        ConfigError: a device the bundle does not name, or a next hop on the last device.
+        BundleError: a bad bundle (hashes are checked, sources too).
+        ConfigError: a device the bundle does not name, or next hops that are not one per part fed.
     """
 
-    def __init__(self, bundle_dir: str | Path, device: str, listen: str, next_hop: str | None,
+    def __init__(self, bundle_dir: str | Path, device: str, listen: str, next_hop: str | Sequence[str] | None,
                  options: ServeOptions | None = None) -> None:
         self.options = options or ServeOptions()
         self.bundle = load_bundle(bundle_dir, self.options.backend)
         parts = self.bundle.spec.parts
         self.m = part_index(parts, device, Path(bundle_dir) / MANIFEST)
+        self.graph = PartGraph.of(parts, Path(bundle_dir) / MANIFEST)
         self.part, self.device, self.listen = parts[self.m], device, listen
-        self.last = self.m == len(parts) - 1
-        if self.last == (next_hop is not None):
+        fed = self.graph.consumer_parts(self.m)
+        hops = [] if next_hop is None else [next_hop] if isinstance(next_hop, str) else list(next_hop)
+        self.last = not fed
+        if len(hops) != len(fed):
             raise ConfigError(f"device {device!r} is part {self.m} of {len(parts)}: "
-                              + ("the last part sends no further; drop --next" if self.last else "give --next"),
+                              + ("the last part sends no further; drop --next" if self.last else
+                                 f"give one --next per device it feeds: {[parts[j].device for j in fed]}"),
                               field="--next")
-        self.next_hop, self.token = next_hop, manifest_hash(bundle_dir)
+        self.next_hops, self.token = dict(zip(fed, hops, strict=True)), manifest_hash(bundle_dir)
         self.exit_k = sum(p.exit is not None for p in parts[: self.m])  # this part's exit index, if any
         self.predicted_ms = predicted_times(self.bundle.spec).device_ms[self.m]
         self.work: queue.Queue = queue.Queue(maxsize=256)
         self.out: queue.Queue = queue.Queue(maxsize=256)
         self.stop = threading.Event()
-        self.seen: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+        self.seen: OrderedDict[tuple[str, int, int, int], None] = OrderedDict()
+        wait_s = 3 * self.options.timeout_ms * self.options.attempts / 1e3  # every producer has retried by then
+        self.gather = (Gather([t.name for t in self.part.inputs], wait_s)
+                       if len(self.graph.producers[self.m]) > 1 else None)
+        self._alone: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+        self._alone_lock = threading.Lock()
 
     def serve(self, stop: threading.Event | None = None) -> None:
         """Serve until ``stop`` (or ``self.stop``) is set; every thread is joined and every socket closed."""
@@ -196,7 +184,7 @@ class DeviceServer:
             log.warning("refused sample %d: %s", h.sample, reason)
             receiver.reply(peer, {"kind": "error", "sample": h.sample, "error": reason})
             return
-        key = (h.run, h.sample, h.attempt)
+        key = (h.run, h.sample, h.attempt, source_part(msg))  # a join takes one message per producer
         if key not in self.seen:
             try:
                 self.work.put_nowait((msg, recv_at, receiver.decode_ms))
@@ -212,12 +200,17 @@ class DeviceServer:
 
     def _compute_loop(self) -> None:
         while not self.stop.is_set():
+            for _run, sample, attempt in self.gather.expire() if self.gather is not None else ():
+                log.warning("sample %d (attempt %d): not every branch came; given up (its sender answers, or the "
+                            "feeder feeds it again)", sample, attempt)
             try:
                 msg, recv_at, decode_ms = self.work.get(timeout=0.1)
             except queue.Empty:
                 continue
             try:
-                item = self._run(msg, recv_at, decode_ms)
+                item = self._take(msg, recv_at, decode_ms)
+                if item is None:
+                    continue  # a join waiting for its other branches
             except Exception as e:  # a bug or a broken part: answer the sample, keep serving
                 log.exception("part %d failed on sample %d", self.m, msg.header.sample)
                 hop = {"device": self.device, "part": self.m, "emulated": self.options.emulated}
@@ -229,12 +222,24 @@ class DeviceServer:
                 except queue.Full:
                     continue
 
-    def _run(self, msg: Message, recv_at: float, decode_ms: float) -> tuple[str, Message, dict[str, Any], list]:
+    def _take(self, msg: Message, recv_at: float, decode_ms: float) -> tuple[str, Message, dict[str, Any], list] | None:
+        """Run the part on a sample once all its inputs are in; None while a join still waits."""
+        if self.gather is None:
+            return self._run(msg, recv_at, decode_ms, msg.named())
+        done = self.gather.add(msg, recv_at, decode_ms)
+        if done is None:
+            return None
+        last, at, dec = done.arrivals[-1]
+        joined = Message(last.header.model_copy(update={"hops": merged_hops(done.arrivals, self.device, self.m)}),
+                         last.tensors)
+        return self._run(joined, at, dec, done.arrays)
+
+    def _run(self, msg: Message, recv_at: float, decode_ms: float,
+             arrays: dict[str, Any]) -> tuple[str, Message, dict[str, Any], list]:
         """Run the part on one sample; returns what the send thread does with it."""
         start = time.monotonic()
-        n_in = len(self.part.inputs)
         with torch.no_grad():
-            outs = self.bundle.runners[self.m](tuple(torch.from_numpy(a) for a in msg.tensors[:n_in]))
+            outs = self.bundle.runners[self.m](tuple(torch.from_numpy(arrays[t.name]) for t in self.part.inputs))
         computed = time.monotonic()
         waited = 0.0
         if self.options.emulated and (left := start + self.predicted_ms / 1e3 - computed) > 0:
@@ -244,7 +249,9 @@ class DeviceServer:
                "recv_at": recv_at, "decode_ms": decode_ms, "queue_ms": 1e3 * (start - recv_at) - decode_ms,
                "compute_ms": 1e3 * (computed - start),
                "emulated_wait_ms": 1e3 * waited, "predicted_ms": self.predicted_ms,
-               "wire_ms": None if not msg.header.hops else 1e3 * (recv_at - msg.header.hops[-1]["link_start"])}
+               "from_part": source_part(msg) if self.gather is None else None,
+               "wire_ms": None if not msg.header.hops or self.gather is not None  # a join: its arrival records
+               else 1e3 * (recv_at - msg.header.hops[-1]["link_start"])}
         best = (msg.header.best, msg.tensors[-1]) if msg.header.best is not None else None
         if self.part.exit is not None:
             logits = outs[0].numpy()
@@ -255,13 +262,19 @@ class DeviceServer:
             outs = outs[1:]
         if self.last:
             return "answer", msg, {**_answered(self.device, self.exit_k), "hop": hop}, [("logits", outs[0].numpy())]
-        names = [t.name for t in self.bundle.spec.parts[self.m + 1].inputs]
-        return "forward", msg, {"hop": hop, "best": best}, list(zip(names, (o.numpy() for o in outs), strict=True))
+        parts = self.bundle.spec.parts
+        sends = {j: [(parts[j].inputs[slot].name, outs[k].numpy()) for slot, k in pairs]
+                 for j, pairs in self.graph.consumers[self.m]}
+        return "forward", msg, {"hop": hop, "best": best}, sends
 
     def _send_loop(self, ctx: zmq.Context) -> None:
-        sender = None if self.next_hop is None else Sender(ctx, self.next_hop, self.options.timeout_ms,
-                                                           self.options.attempts)
-        bucket = TokenBucket(self.options.link or LinkSpec(0.0, source="none"))
+        """Answers go out from here; each next hop has a lane of its own (a thread, its sender and its link),
+        so the links of parallel branches carry their copies at the same time."""
+        lanes = {j: queue.Queue(maxsize=256) for j in self.next_hops}
+        threads = [threading.Thread(target=self._lane, args=(ctx, j, i, lanes[j]), daemon=True)
+                   for i, j in enumerate(self.next_hops)]
+        for t in threads:
+            t.start()
         pusher = Pusher(ctx)
         try:
             while not self.stop.is_set():
@@ -269,14 +282,57 @@ class DeviceServer:
                     what, msg, info, tensors = self.out.get(timeout=0.1)
                 except queue.Empty:
                     continue
-                if what == "forward":
-                    assert sender is not None
-                    what, info, tensors = self._forward(sender, bucket, msg, info, tensors)
-                self._answer(pusher, msg, info, tensors)
+                if what != "forward":
+                    self._answer(pusher, msg, info, tensors)
+                    continue
+                for n, (j, sends) in enumerate(tensors.items()):
+                    hop = {**info["hop"], "to_part": j}
+                    if n:  # the part received and ran the sample once: that is in the first copy only
+                        for k in ("decode_ms", "queue_ms", "compute_ms", "emulated_wait_ms", "wire_ms"):
+                            hop.pop(k, None)
+                    self._put(lanes[j], (msg, {**info, "hop": hop}, sends))
         finally:
             pusher.close()
-            if sender is not None:
-                sender.close()
+            for t in threads:
+                t.join(timeout=5)
+
+    def _put(self, lane: queue.Queue, item: tuple) -> None:
+        while not self.stop.is_set():
+            try:
+                lane.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _lane(self, ctx: zmq.Context, j: int, i: int, lane: queue.Queue) -> None:
+        links = self.options.links
+        spec = (links[i] if i < len(links) else None) or self.options.link or LinkSpec(0.0, source="none")
+        sender = Sender(ctx, self.next_hops[j], self.options.timeout_ms, self.options.attempts)
+        bucket, pusher = TokenBucket(spec), Pusher(ctx)
+        try:
+            while not self.stop.is_set():
+                try:
+                    msg, info, tensors = lane.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                what, info, tensors = self._forward(sender, bucket, msg, info, tensors)
+                if what == "answer" and self._first_alone(msg):
+                    self._answer(pusher, msg, info, tensors)
+        finally:
+            pusher.close()
+            sender.close()
+
+    def _first_alone(self, msg: Message) -> bool:
+        """Whether this device has not yet answered ``msg`` alone (a root whose several branch sends failed)."""
+        h = msg.header
+        with self._alone_lock:
+            key = (h.run, h.sample, h.attempt)
+            if key in self._alone:
+                return False
+            self._alone[key] = None
+            while len(self._alone) > 10_000:
+                self._alone.popitem(last=False)
+            return True
 
     def _forward(self, sender: Sender, bucket: TokenBucket, msg: Message, info: dict[str, Any],
                  tensors: list) -> tuple[str, dict[str, Any], list]:

@@ -26,7 +26,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor
     (["--device", "d0", "--listen", "127.0.0.1"], "--listen"),
     (["--device", "d9", "--listen", "127.0.0.1:5999", "--next", "127.0.0.1:6000"], "not in this bundle"),
     (["--device", "d2", "--listen", "127.0.0.1:5999", "--next", "127.0.0.1:6000"], "drop --next"),
-    (["--device", "d0", "--listen", "127.0.0.1:5999", "--next", "a:1", "b:2"], "next hops"),
+    (["--device", "d0", "--listen", "127.0.0.1:5999", "--next", "a:1", "b:2"], "one --next per device it feeds"),
     (["--local", "--device", "d0"], "--local"),
     (["--local", "--rate", "-1"], "--rate"),
     (["--feed", "127.0.0.1:5999"], "--reply"),
