@@ -84,3 +84,18 @@ def test_a_join_runs_once_all_branches_came_and_gives_up_a_sample_past_its_deadl
     assert g.expire() == []
     now[0] = 1.5
     assert g.expire() == [("r", 1, 0)] and not g.pending
+
+
+def test_lost_and_late_branch_sends_are_resent_and_the_join_runs_each_sample_once(branched_bundle,
+                                                                                  tmp_path: Path) -> None:
+    bundle, x = branched_bundle
+    expected = run_bundle(bundle, x, "onnx")[0]
+    run = LocalRun(drop={"root": frozenset({1})}, stall={"b0": frozenset({3})}, **FAST)  # root: both branches
+    report = serve_local(bundle, [xi.numpy() for xi in x], run, out=tmp_path / "runtime.json")
+    assert_gone(report["_pids"])
+    assert report["answered"] == len(x) and report["lost"] == report["failed"] == report["duplicates"] == 0
+    assert report["refed"] == 0  # each lost or late send was resent by its own lane, not re-fed
+    for i in range(len(x)):
+        np.testing.assert_allclose(report["_logits"][i][0], expected[i].numpy(), atol=1e-5)
+    join_log = (tmp_path / "runtime_logs" / "04_join.log").read_text()
+    assert "sample 3 (attempt 0) came again" in join_log  # b0's late copy arrived and was not run again
