@@ -50,7 +50,7 @@ from jmsnas.runtime.graph import PartGraph
 from jmsnas.runtime.join import BEST, Gather, check_sample, merged_hops, source_part
 from jmsnas.runtime.links import LinkSpec, TokenBucket
 from jmsnas.runtime.plan_times import predicted_times
-from jmsnas.runtime.transport import Message, Pusher, Receiver, Sender, WireError, pack, rehead
+from jmsnas.runtime.transport import Message, Pusher, Receiver, Sender, WireError, deliver_late, pack, rehead
 
 log = logging.getLogger("jmsnas.serve")
 
@@ -268,11 +268,13 @@ class DeviceServer:
         return "forward", msg, {"hop": hop, "best": best}, sends
 
     def _send_loop(self, ctx: zmq.Context) -> None:
-        """Answers go out from here; each next hop has a lane of its own (a thread, its sender and its link),
-        so the links of parallel branches carry their copies at the same time."""
-        lanes = {j: queue.Queue(maxsize=256) for j in self.next_hops}
+        """Answers go out from here. A chain's one next hop is sent to from here too; a part feeding several
+        gives each a lane of its own (a thread, its sender and its link), so parallel branches' links carry
+        their copies at the same time."""
+        inline = self._lane_tools(ctx, next(iter(self.next_hops)), 0) if len(self.next_hops) == 1 else None
+        lanes = {j: queue.Queue(maxsize=256) for j in self.next_hops} if inline is None else {}
         threads = [threading.Thread(target=self._lane, args=(ctx, j, i, lanes[j]), daemon=True)
-                   for i, j in enumerate(self.next_hops)]
+                   for i, j in enumerate(lanes)]
         for t in threads:
             t.start()
         pusher = Pusher(ctx)
@@ -290,9 +292,14 @@ class DeviceServer:
                     if n:  # the part received and ran the sample once: that is in the first copy only
                         for k in ("decode_ms", "queue_ms", "compute_ms", "emulated_wait_ms", "wire_ms"):
                             hop.pop(k, None)
-                    self._put(lanes[j], (msg, {**info, "hop": hop}, sends))
+                    if inline is not None:
+                        self._send_on(*inline, pusher, msg, {**info, "hop": hop}, sends)
+                    else:
+                        self._put(lanes[j], (msg, {**info, "hop": hop}, sends))
         finally:
             pusher.close()
+            if inline is not None:
+                inline[0].close()
             for t in threads:
                 t.join(timeout=5)
 
@@ -304,23 +311,30 @@ class DeviceServer:
             except queue.Full:
                 continue
 
-    def _lane(self, ctx: zmq.Context, j: int, i: int, lane: queue.Queue) -> None:
+    def _lane_tools(self, ctx: zmq.Context, j: int, i: int) -> tuple[Sender, TokenBucket]:
         links = self.options.links
         spec = (links[i] if i < len(links) else None) or self.options.link or LinkSpec(0.0, source="none")
-        sender = Sender(ctx, self.next_hops[j], self.options.timeout_ms, self.options.attempts)
-        bucket, pusher = TokenBucket(spec), Pusher(ctx)
+        return Sender(ctx, self.next_hops[j], self.options.timeout_ms, self.options.attempts), TokenBucket(spec)
+
+    def _lane(self, ctx: zmq.Context, j: int, i: int, lane: queue.Queue) -> None:
+        sender, bucket = self._lane_tools(ctx, j, i)
+        pusher = Pusher(ctx)
         try:
             while not self.stop.is_set():
                 try:
                     msg, info, tensors = lane.get(timeout=0.1)
                 except queue.Empty:
                     continue
-                what, info, tensors = self._forward(sender, bucket, msg, info, tensors)
-                if what == "answer" and self._first_alone(msg):
-                    self._answer(pusher, msg, info, tensors)
+                self._send_on(sender, bucket, pusher, msg, info, tensors)
         finally:
             pusher.close()
             sender.close()
+
+    def _send_on(self, sender: Sender, bucket: TokenBucket, pusher: Pusher, msg: Message, info: dict[str, Any],
+                 tensors: list) -> None:
+        what, info, tensors = self._forward(sender, bucket, msg, info, tensors)
+        if what == "answer" and self._first_alone(msg):
+            self._answer(pusher, msg, info, tensors)
 
     def _first_alone(self, msg: Message) -> bool:
         """Whether this device has not yet answered ``msg`` alone (a root whose several branch sends failed)."""
@@ -352,7 +366,7 @@ class DeviceServer:
         frames[0] = rehead(frames[0], hops=[*h.hops, hop])  # the header again, with its own framing time
         first = h.attempt == 0
         if first and h.sample in self.options.stall:
-            threading.Timer(self.options.stall_ms / 1e3, _late, (sender.ctx, sender.address, frames)).start()
+            threading.Timer(self.options.stall_ms / 1e3, deliver_late, (sender.ctx, sender.address, frames)).start()
         lose = first and (h.sample in self.options.drop or h.sample in self.options.stall)
         ok, reason = sender.send(frames, h.sample, drop_first=lose)
         if ok:
@@ -371,19 +385,6 @@ class DeviceServer:
                        "manifest": self.token, "hops": [*h.hops, hop], "answer": info}, tensors)
         if not pusher.push(h.reply_to, frames):
             log.error("sample %d: the feeder at %s takes no answers", h.sample, h.reply_to)
-
-
-def _late(ctx: zmq.Context, address: str, frames: list[bytes]) -> None:
-    """Deliver a stalled message late, on a socket of its own (the sender's is its thread's)."""
-    sock = ctx.socket(zmq.DEALER)
-    try:
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.connect(address)
-        sock.send_multipart(frames)
-    except zmq.ZMQError:  # the context is closing: the server stopped
-        pass
-    finally:
-        sock.close()
 
 
 def _answered(device: str, exit_k: int, fell_back_reason: str | None = None) -> dict[str, Any]:

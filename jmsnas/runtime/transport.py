@@ -317,3 +317,16 @@ class Pusher:
     def close(self) -> None:
         for sock in self.socks.values():
             sock.close()
+
+
+def deliver_late(ctx: zmq.Context, address: str, frames: list[bytes]) -> None:
+    """Deliver a stalled message late, on a socket of its own (the sender's is its thread's)."""
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(address)
+        sock.send_multipart(frames)
+    except zmq.ZMQError:  # the context is closing: the server stopped
+        pass
+    finally:
+        sock.close()
