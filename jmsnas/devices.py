@@ -12,6 +12,7 @@ This module imports torch, so the config modules (``trainer_config``) must not i
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -64,9 +65,8 @@ def as_device(device: DeviceLike) -> torch.device | None:
 
 def module_device(module: nn.Module) -> torch.device | None:
     """The device of ``module``'s first parameter or buffer (None when it has neither)."""
-    for t in (*module.parameters(), *module.buffers()):
-        return t.device
-    return None
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return None if first is None else first.device
 
 
 @contextmanager
