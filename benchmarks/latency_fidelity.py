@@ -102,13 +102,14 @@ def drift(csv_path: Path, n: int, seed: int) -> dict[str, float]:
             "speed_index_profile_ms": report.speed_index_profile_ms, "speed_index_now_ms": report.speed_index_now_ms}
 
 
-def bench_device(name: str, n_nets: int, seed: int) -> dict:
-    csv_path = DEFAULT_PROFILES_DIR / f"{name}.csv"
+def bench_device(name: str, n_nets: int, seed: int, profiles_dir: Path = DEFAULT_PROFILES_DIR) -> dict:
+    csv_path = profiles_dir / f"{name}.csv"
     meta = json.loads(csv_path.with_suffix(".json").read_text())
     rows = read_rows(csv_path)
     model = ProfiledLatencyModel.from_csv(csv_path)
     guard = ContentionGuard()
-    out: dict = {"device": name, "threads": meta["threads"], "profile_rows": len(rows),
+    out: dict = {"device": name, "threads": meta["threads"], "profile_rows": len(rows), "profile": str(csv_path),
+                 "profile_date": meta.get("date"),
                  "ops": held_out_ops(rows, name, seed), "spaces": {}}
     all_pred, all_meas, all_reg = [], [], []
     for space_name in meta["search_spaces"]:
@@ -120,10 +121,10 @@ def bench_device(name: str, n_nets: int, seed: int) -> dict:
         meas, parts = measure_nets(specs, meta, guard)
         again, _ = measure_nets(specs, meta, guard)  # the same networks re-timed: the noise floor of the measure
         n_layers = np.array([len(s.blocks) + 2 for s in specs])
+        scale, overhead = model.calibration.get(space.dims, (model.scale, model.overhead_ms))
         out["spaces"][space_name] = {"n_nets": len(specs), **_errors(pred, meas),
                                      "uncalibrated": _errors(reg, meas), "calibrated": _errors(cal, meas),
-                                     "additivity_same_time": _errors(model.scale * parts + model.overhead_ms * n_layers,
-                                                                     meas),
+                                     "additivity_same_time": _errors(scale * parts + overhead * n_layers, meas),
                                      "additivity_same_time_uncalibrated": _errors(parts, meas),
                                      "retest": _errors(again, meas),
                                      "measured_ms_median": float(np.median(meas))}
@@ -139,15 +140,17 @@ def bench_device(name: str, n_nets: int, seed: int) -> dict:
                 "ops_within_10pct": out["ops"]["within_10pct"], "nets_within_10pct": nets["within_10pct"],
                 "nets_median_abs_rel_err": nets["median_abs_rel_err"], "nets_p95_abs_rel_err": nets["p95_abs_rel_err"],
                 "n_nets": len(meas), "nets_uncalibrated": _errors(reg, meas),
-                "calibration": {"scale": model.scale, "overhead_ms_per_op": model.overhead_ms},
+                "calibration": {"scale": model.scale, "overhead_ms_per_op": model.overhead_ms,
+                                "by_dims": {str(d): {"scale": sc, "overhead_ms_per_op": ov}
+                                            for d, (sc, ov) in model.calibration.items()}},
                 "drift": drift(csv_path, 64, seed)})
     return out
 
 
-def bench_device_or_refusal(name: str, n_nets: int, seed: int) -> dict:
+def bench_device_or_refusal(name: str, n_nets: int, seed: int, profiles_dir: Path = DEFAULT_PROFILES_DIR) -> dict:
     """`bench_device`, or, when the contention guard found no quiet window, an invalid entry saying so."""
     try:
-        return bench_device(name, n_nets, seed)
+        return bench_device(name, n_nets, seed, profiles_dir)
     except ContentionError as exc:
         # None, not NaN: the JSON stays valid for strict parsers
         return {"device": name, "valid": False, "refused": exc.message, "retest": {"within_10pct": None},
@@ -164,6 +167,8 @@ def to_markdown(results: list[dict], env: dict, command: str) -> str:
              f"Run **{'valid' if valid else 'INVALID'}**: the noise floor (the same networks timed twice, share "
              f"within ±10 % of each other) is {floor} "
              f"(needs ≥ {NOISE_FLOOR_MIN:.0%}).", "",
+             "Profiles: " + "; ".join(f"{r['device']}: `{r['profile']}`, measured {r['profile_date']}"
+                                      for r in results if "refused" not in r) + ".", "",
              "| device | ops within ±10 % (held-out rows) | nets within ±10 % | within ±5 % | Spearman ρ | "
              "median abs. rel. err. | p95 abs. rel. err. | nets |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
@@ -173,17 +178,18 @@ def to_markdown(results: list[dict], env: dict, command: str) -> str:
         lines.append(f"| {r['device']} | {r['ops_within_10pct']:.1%} ({r['ops']['n_ops']} rows) | "
                      f"{r['nets_within_10pct']:.1%} | {r['within_5pct']:.1%} | {r['spearman']:.3f} | "
                      f"{r['nets_median_abs_rel_err']:.1%} | {r['nets_p95_abs_rel_err']:.1%} | {r['n_nets']} |")
-    lines += ["", "Per search space (prediction = what the latency model predicts by default: the plain sum of per-op "
-              "predictions; *calibrated*: with the whole-network calibration applied, see `jmsnas.latency.model`):",
+    lines += ["", "Per search space (prediction = what the latency model predicts by default: the sum of per-op "
+              "predictions with the profile's whole-network calibration for the space's dimensionality applied, see "
+              "`jmsnas.latency.model`; *plain sum*: without it):",
               "", "| device | space | nets within ±10 % | within ±5 % | Spearman ρ | "
-              "median err. | p95 err. | mean signed err. | calibrated: within ±10 % / mean signed err. | "
+              "median err. | p95 err. | mean signed err. | plain sum: within ±10 % / mean signed err. | "
               "median measured ms |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         for space, s in r["spaces"].items():
             lines.append(f"| {r['device']} | {space} | {s['within_10pct']:.1%} | {s['within_5pct']:.1%} | "
                          f"{s['spearman']:.3f} | {s['median_abs_rel_err']:.1%} | "
                          f"{s['p95_abs_rel_err']:.1%} | {s['mean_signed_rel_err']:+.1%} | "
-                         f"{s['calibrated']['within_10pct']:.1%} / {s['calibrated']['mean_signed_rel_err']:+.1%} | "
+                         f"{s['uncalibrated']['within_10pct']:.1%} / {s['uncalibrated']['mean_signed_rel_err']:+.1%} | "
                          f"{s['measured_ms_median']:.3f} |")
     lines += ["", "Additivity measured at one time (each network timed together with its own layers, so drift "
               "cancels): share of networks whose calibrated sum of layer times is within ±10 % of the whole, and "
@@ -194,9 +200,10 @@ def to_markdown(results: list[dict], env: dict, command: str) -> str:
             a, u = s["additivity_same_time"], s["additivity_same_time_uncalibrated"]
             lines.append(f"| {r['device']} | {space} | {a['within_10pct']:.1%} | {u['within_10pct']:.1%} / "
                          f"{u['mean_signed_rel_err']:+.1%} |")
-    lines += ["", "Noise floor: the same networks timed a second time in this run, share within ±10 % of the first: "
-              + "; ".join(f"{r['device']} {sp}: {s['retest']['within_10pct']:.0%}" for r in results
-                          for sp, s in r["spaces"].items())]
+    lines += ["", "Noise floor: the same networks timed a second time in this run against the first, share within "
+              "±10 % / within ±5 % / Spearman ρ (what the machine itself supports for each target): "
+              + "; ".join(f"{r['device']} {sp}: {s['retest']['within_10pct']:.0%} / {s['retest']['within_5pct']:.0%} / "
+                          f"{s['retest']['spearman']:.3f}" for r in results for sp, s in r["spaces"].items())]
     results = [r for r in results if "refused" not in r]
     lines += ["", "Contention guard (reference workload timed with every block; see `jmsnas.latency.guard`): "
               + "; ".join(f"{r['device']}: speed index (networks) {r['speed_index_ms']:.4f} ms, "
@@ -206,9 +213,11 @@ def to_markdown(results: list[dict], env: dict, command: str) -> str:
     lines += ["", "Drift: a sample of the profile's op rows re-timed during this run (ratio now / profile): "
               + "; ".join(f"{r['device']}: median ratio {r['drift']['median_ratio_now_vs_profile']:.2f}, "
                           f"{r['drift']['within_10pct']:.0%} within ±10 %" for r in results)]
-    lines += ["", "Calibration (network ≈ scale · Σ op + overhead · #ops, fitted on the profile's random networks): "
-              + "; ".join(f"{r['device']}: scale {r['calibration']['scale']:.3f}, "
-                          f"{r['calibration']['overhead_ms_per_op'] * 1e3:+.1f} µs per op" for r in results)]
+    lines += ["", "Calibration (network ≈ scale · Σ op + overhead · #ops, fitted per dimensionality on the profile's "
+              "random networks): "
+              + "; ".join(f"{r['device']}: " + ", ".join(
+                  f"{d}-D scale {c['scale']:.3f}, {c['overhead_ms_per_op'] * 1e3:+.1f} µs per op"
+                  for d, c in r["calibration"]["by_dims"].items()) for r in results)]
     return "\n".join(lines) + "\n"
 
 
@@ -218,6 +227,10 @@ def main() -> int:
     parser.add_argument("--n-nets", type=int, default=50, help="random networks per search space")
     parser.add_argument("--seed", type=int, default=1, help="seed of the held-out split and the sampled nets")
     parser.add_argument("--smoke", action="store_true", help="3 nets per space: check the script runs")
+    parser.add_argument("--profiles-dir", type=Path, default=DEFAULT_PROFILES_DIR,
+                        help="where NAME.csv is read (default: the shipped latency_profiles/)")
+    parser.add_argument("--out", default="latency_fidelity",
+                        help="results name: benchmarks/results/OUT.{json,md} (default latency_fidelity)")
     args = parser.parse_args()
     if args.smoke:
         args.n_nets = 3
@@ -230,7 +243,7 @@ def main() -> int:
         print(load.warning(), file=sys.stderr)
     results = []
     for name in args.device_name:
-        results.append(bench_device_or_refusal(name, args.n_nets, args.seed))
+        results.append(bench_device_or_refusal(name, args.n_nets, args.seed, args.profiles_dir))
         watch.checkpoint(name)
     env = {**measurement_conditions(1, "cpu"), "date": time.strftime("%Y-%m-%d")}
     command = "python benchmarks/latency_fidelity.py " + " ".join(sys.argv[1:])
@@ -242,8 +255,8 @@ def main() -> int:
                "smoke": args.smoke, "contention": watch.summary()}
     if not args.smoke:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "latency_fidelity.json").write_text(json.dumps(payload, indent=2) + "\n")
-        (RESULTS / "latency_fidelity.md").write_text(to_markdown(results, env, command) + "\n" + watch.markdown()
+        (RESULTS / f"{args.out}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        (RESULTS / f"{args.out}.md").write_text(to_markdown(results, env, command) + "\n" + watch.markdown()
                                                      + "\n")
     print(to_markdown(results, env, command) + "\n" + watch.markdown())
     return 0

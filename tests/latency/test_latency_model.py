@@ -99,7 +99,33 @@ def test_network_calibration_recovers_scale_and_overhead() -> None:
     assert model.scale == pytest.approx(1.2, rel=0.02) and model.overhead_ms == pytest.approx(0.015, abs=2e-3)
     _, _, measured, ops = nets[0]
     assert model.predict(ops, calibrated=True).sum() == pytest.approx(measured, rel=0.02)
-    assert np.array_equal(model.predict(ops), model.predict(ops, calibrated=False))  # not applied by default
+    assert np.array_equal(model.predict(ops), model.predict(ops, calibrated=True))  # applied by default
     assert model.predict(ops, calibrated=False).sum() == pytest.approx(measured / 1.2 - 0.015 * len(ops) / 1.2,
                                                                       rel=0.02)
     assert ProfiledLatencyModel("plain", rows).scale == 1.0  # no networks: no calibration
+
+
+def test_calibration_is_fitted_per_dimensionality() -> None:
+    """1-D networks that take 0.9 x their ops and 2-D ones 1.25 x (+ 10 µs per op) each get back their own
+    calibration; the pooled fit is reported beside them and is right for neither."""
+    from jmsnas.space.arch import ArchSpec
+    from jmsnas.space.macs import arch_descriptors
+
+    rows, nets = [], []
+    rng = np.random.default_rng(2)
+    for space_file, scale, overhead in (("tiny_1d.yaml", 0.9, 0.0), ("tiny_2d.yaml", 1.25, 0.01)):
+        space = load_search_space(REPO / "search_spaces" / space_file)
+        rows += [_row(d, 1, False, _known_latency_ms(d), 0.0, 10) for d in grid_descriptors(space_descriptors(space))]
+        for _ in range(10):
+            choices = [s.candidates[rng.integers(len(s.candidates))] for s in space.layers()]
+            ops = arch_descriptors(ArchSpec.from_choices(space, choices, 10))
+            nets.append((ops, scale * sum(_known_latency_ms(o) for o in ops) + overhead * len(ops)))
+    model = ProfiledLatencyModel("by-dims", rows, networks=nets)
+    assert model.calibration[1] == pytest.approx((0.9, 0.0), abs=0.02)
+    assert model.calibration[2][0] == pytest.approx(1.25, rel=0.02)
+    assert model.calibration[2][1] == pytest.approx(0.01, abs=2e-3)
+    for ops, whole in nets:  # each network's own dimensionality's calibration is what predict applies
+        assert model.predict(ops).sum() == pytest.approx(whole, rel=0.02)
+    pooled_err = [model.scale * model.predict(ops, calibrated=False).sum() + model.overhead_ms * len(ops) - whole
+                  for ops, whole in nets]
+    assert max(abs(e) / whole for e, (_, whole) in zip(pooled_err, nets, strict=True)) > 0.05
