@@ -55,7 +55,7 @@ def _setup(seed: int, args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dic
     pl.seed_everything(seed, verbose=False)
     model = build_model(spec)
     dm = JmsnasDataModule(Mnist1dDataset(name="mnist1d", num_samples=args.samples, batch_size=64,
-                                         val_fraction=0.1), seed=seed)
+                                         val_fraction=args.val_fraction), seed=seed)
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False,
                          enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(Classifier(model, lr=0.05, weight_decay=4e-5, epochs=args.epochs), datamodule=dm)
@@ -75,7 +75,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {"seed": seed}
     trained = None
     for name, (decision, z) in RULES.items():
-        cfg = ExitsConfig(objective="accuracy_budget", accuracy_budget_pp=args.budget_pp, efficiency="latency",
+        cfg = ExitsConfig(objective="accuracy_budget", accuracy_budget_pp=args.budget_pp, efficiency=args.efficiency,
                           result_at="exit", accuracy_z=z, decision=decision, head_epochs=args.head_epochs)
         r = augment_once(model, dm, cfg, topo, ExitLatency(spec=spec, unit_ms=unit_ms), trained, seed, args)
         trained = r.heads if trained is None and r.heads else trained
@@ -114,10 +114,13 @@ def summarise(rows: list[dict], budget: float) -> dict[str, Any]:
 def markdown(result: dict) -> str:
     cfg = result["config"]
     lines = ["# Exits: the accuracy budget on held-out data (issue 16)", "",
-             f"`python benchmarks/exit_budget.py` ({result.get('wall_s', 0) / 60:.1f} min); quickstart's searched "
+             f"`{result.get('command', 'python benchmarks/exit_budget.py')}` ({result.get('wall_s', 0) / 60:.1f} min); "
+             "quickstart's searched "
              "network (T_const 18 ms), "
-             f"{cfg['epochs']} epochs, MNIST-1D {cfg['samples']} samples (10 % of train for validation), "
-             f"quickstart chain, budget {cfg['budget_pp']} pp, T_const {cfg['t_const_ms']} ms; seeds "
+             f"{cfg['epochs']} epochs, MNIST-1D {cfg['samples']} samples "
+             f"({100 * cfg.get('val_fraction', 0.1):g} % of train for validation), quickstart chain, budget "
+             f"{cfg['budget_pp']} pp, efficiency `{cfg.get('efficiency', 'latency')}`, T_const {cfg['t_const_ms']} ms; "
+             "seeds "
              f"{cfg['seeds']}. The heads the first rule chose are reused by the others (the rest retrained, "
              "same seed).", "",
              "| rule | seeds within budget on test | mean / max test loss (pp) | seeds with exits | "
@@ -136,6 +139,10 @@ def main() -> None:
     ap.add_argument("--head-epochs", type=int, default=15)
     ap.add_argument("--budget-pp", type=float, default=1.0)
     ap.add_argument("--t-const-ms", type=float, default=18.0)
+    ap.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out for validation")
+    ap.add_argument("--efficiency", choices=("latency", "macs"), default="latency",
+                    help="what the exits are to save (ExitsConfig.efficiency)")
+    ap.add_argument("--out", default="exit_budget", help="results name: benchmarks/results/OUT.{json,md}")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     if args.smoke:
@@ -145,13 +152,14 @@ def main() -> None:
     torch.set_num_threads(1)
     wall = time.monotonic()
     rows = [run_seed(s, args) for s in args.seeds]
-    result = {"config": {k: v for k, v in vars(args).items() if k != "smoke"},
-              "summary": summarise(rows, args.budget_pp), "seeds": rows, "wall_s": time.monotonic() - wall}
+    result = {"config": {k: v for k, v in vars(args).items() if k not in ("smoke", "out")},
+              "summary": summarise(rows, args.budget_pp), "seeds": rows, "wall_s": time.monotonic() - wall,
+              "command": "python benchmarks/exit_budget.py " + " ".join(sys.argv[1:])}
     text = markdown(result)
     print(text)
     if not args.smoke:
-        (RESULTS / "exit_budget.json").write_text(json.dumps(result, indent=1) + "\n")
-        (RESULTS / "exit_budget.md").write_text(text)
+        (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (RESULTS / f"{args.out}.md").write_text(text)
 
 
 if __name__ == "__main__":

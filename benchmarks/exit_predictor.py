@@ -152,9 +152,27 @@ def _fit_ep(net: EarlyExitNet, data: dict, lam: list[float], source: str, varian
     return train_predictor(ep, x, labels, PredictorTraining(epochs=args.ep_epochs, seed=seed))
 
 
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """ROC AUC of ``scores`` against 0/1 ``labels`` (None where the labels hold one class only)."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores)) if 0 < labels.mean() < 1 else None
+
+
+def _sweep_point(net, data, stats, lam, source: str, args, seed: int, parts_fn) -> dict[str, Any]:
+    """`_compare` at ``lam`` with the EP's labels from ``source``; also those labels' share of positives per exit
+    (eq. (9): how many of the source's samples each exit is confident on)."""
+    ep = _fit_ep(net, data, lam, source, "ours", args, seed, args.ep_width)
+    conf, _ = exit_stats(net, *data[source])
+    return {**_compare(net, ep, data, stats, lam, parts_fn),
+            "label_positive_rate": (conf >= np.asarray(lam)).mean(axis=0).tolist()}
+
+
 def _compare(net, ep, data, stats, lam, parts_fn) -> dict[str, Any]:
-    """EE, EE+EP (γ on validation) and the oracle at ``lam``, on test."""
+    """EE, EE+EP (γ on validation) and the oracle at ``lam``, on test; and how well the EP's scores rank the
+    validation samples by whether each exit is confident on them (AUC)."""
     s_val, s_test = (predictor_scores(ep, data[k][0]).numpy() for k in ("val", "test"))
+    val_auc = [_auc(stats["val"][0][:, k] >= lam[k], s_val[:, k]) for k in range(len(lam))]
     parts = parts_fn(ep)
     gam, _ = choose_gamma(stats["val"][0], s_val, lam, parts)
     c, correct = stats["test"]
@@ -165,7 +183,8 @@ def _compare(net, ep, data, stats, lam, parts_fn) -> dict[str, Any]:
             "oracle_saving_captured": (ee_m - ep_m) / (ee_m - or_m) if ee_m > or_m else None,
             "predictor_macs": parts.predictor, "predictor_overhead": parts.predictor / ep_m,
             "ep_skip_fraction": epr.skip_fraction().tolist(), "oracle_skip_fraction": orc.skip_fraction().tolist(),
-            "ee_final_share": float(ee.reaches_final.mean()), "ep_final_share": float(epr.reaches_final.mean())}
+            "ee_final_share": float(ee.reaches_final.mean()), "ep_final_share": float(epr.reaches_final.mean()),
+            "ep_val_auc": val_auc}
 
 
 def _best_lambda(stats_val: tuple[np.ndarray, np.ndarray]) -> list[float]:
@@ -239,8 +258,8 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     def parts_fn(ep: nn.Module) -> ExitParts:
         return ExitParts(net.segment_macs[:2], net.head_macs, count_macs(ep, (1, 40)))
 
-    sweep = {src: [_compare(net, _fit_ep(net, data, [lam, lam], src, "ours", args, seed, args.ep_width), data, stats,
-                            [lam, lam], parts_fn) for lam in args.lambdas] for src in ("train", "holdout")}
+    sweep = {src: [_sweep_point(net, data, stats, [lam, lam], src, args, seed, parts_fn) for lam in args.lambdas]
+             for src in ("train", "holdout")}
     lam_star = _best_lambda(stats["val"])
     eps = {v: _fit_ep(net, data, lam_star, "train", v, args, seed, args.ep_width) for v in VARIANTS}
     ablation = {v: _compare(net, ep, data, stats, lam_star, parts_fn) for v, ep in eps.items()}
@@ -261,6 +280,11 @@ def summarise(rows: list[dict], args: argparse.Namespace) -> dict[str, Any]:
             "predictor_overhead")
     per_lambda = {src: {k: [_ms([r["sweep"][src][i][k] for r in rows if r["sweep"][src][i][k] is not None] or [0.0])
                             for i in range(len(args.lambdas))] for k in keys} for src in ("train", "holdout")}
+    for src in ("train", "holdout"):
+        for key in ("label_positive_rate", "ep_val_auc"):
+            per_lambda[src][key] = [[_ms([r["sweep"][src][i][key][k] for r in rows
+                                          if r["sweep"][src][i][key][k] is not None] or [float("nan")])
+                                     for k in range(2)] for i in range(len(args.lambdas))]
     ablation = {v: {k: _ms([r["ablation"][v][k] for r in rows if r["ablation"][v][k] is not None] or [0.0])
                     for k in (*keys, "predictor_macs")} for v in VARIANTS}
     methods = ("backbone", "ee_static", "ep_static", "ee_adaptive", "ep_adaptive", "oracle_adaptive")
@@ -319,6 +343,10 @@ def plot(path: Path, result: dict) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _auc_text(s: dict) -> str:
+    return "undefined (one class)" if s["mean"] != s["mean"] else _pm(s, 1.0, 3)
+
+
 def _pm(s: dict, scale: float = 100.0, digits: int = 2) -> str:
     return f"{scale * s['mean']:.{digits}f} ± {scale * s['sd']:.{digits}f}"
 
@@ -330,7 +358,8 @@ def markdown(result: dict) -> str:
              f"{result['iid_noise']}); final-exit test accuracy {_pm(result['final_acc'])} %.", "",
              "## λ sweep (EP labels from the training split, as the paper; γ chosen on validation)", ""]
     header = ["| λ | EE acc. % | EE+EP acc. % | oracle acc. % | EE MMACs | EE+EP MMACs | oracle MMACs | oracle saving "
-              "captured | EP overhead |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "captured | EP overhead | labels positive % (exit 1 / 2) | EP AUC on val (exit 1 / 2) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for src in ("train", "holdout"):
         pl = result["per_lambda"][src]
         if src == "holdout":
@@ -340,7 +369,9 @@ def markdown(result: dict) -> str:
             lines.append(f"| {lam:g} | {_pm(pl['ee_acc'][i])} | {_pm(pl['ep_acc'][i])} | {_pm(pl['oracle_acc'][i])} | "
                          f"{_pm(pl['ee_macs'][i], 1e-6, 3)} | {_pm(pl['ep_macs'][i], 1e-6, 3)} | "
                          f"{_pm(pl['oracle_macs'][i], 1e-6, 3)} | {_pm(pl['oracle_saving_captured'][i], 100, 0)} % | "
-                         f"{_pm(pl['predictor_overhead'][i], 100, 1)} % |")
+                         f"{_pm(pl['predictor_overhead'][i], 100, 1)} % | "
+                         f"{' / '.join(_pm(v, 100, 1) for v in pl['label_positive_rate'][i])} | "
+                         f"{' / '.join(_auc_text(v) for v in pl['ep_val_auc'][i])} |")
     lines += ["", "## Predictor variants at λ* (Table II analogue)", "",
               "| variant | EP MACs | EE+EP acc. % | EE+EP MMACs | oracle saving captured |",
               "| --- | --- | --- | --- | --- |"]
