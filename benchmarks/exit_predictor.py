@@ -142,11 +142,17 @@ def _data(samples: int, seed: int, **knobs: float) -> dict[str, tuple[torch.Tens
     return {**data, "train": (x[:cut], y[:cut]), "holdout": (x[cut:], y[cut:])}
 
 
+def _labels(net: EarlyExitNet, data: dict, lam: list[float], source: str) -> torch.Tensor:
+    """Eq. (9) labels of ``source``'s samples at ``lam``."""
+    conf, _ = exit_stats(net, *data[source])
+    return exit_labels(torch.from_numpy(conf), lam)
+
+
 def _fit_ep(net: EarlyExitNet, data: dict, lam: list[float], source: str, variant: str, args, seed: int,
-            width: float) -> ExitPredictor:
-    x, y = data[source]
-    conf, _ = exit_stats(net, x, y)
-    labels = exit_labels(torch.from_numpy(conf), lam)
+            width: float, labels: torch.Tensor | None = None) -> ExitPredictor:
+    """An EP trained on ``source`` with eq. (9) labels at ``lam`` (``labels``: those, computed already)."""
+    x = data[source][0]
+    labels = _labels(net, data, lam, source) if labels is None else labels
     torch.manual_seed(seed)
     ep = ExitPredictor((1, 40), 2, variant, width=width)
     return train_predictor(ep, x, labels, PredictorTraining(epochs=args.ep_epochs, seed=seed))
@@ -162,10 +168,9 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 def _sweep_point(net, data, stats, lam, source: str, args, seed: int, parts_fn) -> dict[str, Any]:
     """`_compare` at ``lam`` with the EP's labels from ``source``; also those labels' share of positives per exit
     (eq. (9): how many of the source's samples each exit is confident on)."""
-    ep = _fit_ep(net, data, lam, source, "ours", args, seed, args.ep_width)
-    conf, _ = exit_stats(net, *data[source])
-    return {**_compare(net, ep, data, stats, lam, parts_fn),
-            "label_positive_rate": (conf >= np.asarray(lam)).mean(axis=0).tolist()}
+    labels = _labels(net, data, lam, source)
+    ep = _fit_ep(net, data, lam, source, "ours", args, seed, args.ep_width, labels)
+    return {**_compare(net, ep, data, stats, lam, parts_fn), "label_positive_rate": labels.mean(dim=0).tolist()}
 
 
 def _compare(net, ep, data, stats, lam, parts_fn) -> dict[str, Any]:

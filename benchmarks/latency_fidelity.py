@@ -121,7 +121,7 @@ def bench_device(name: str, n_nets: int, seed: int, profiles_dir: Path = DEFAULT
         meas, parts = measure_nets(specs, meta, guard)
         again, _ = measure_nets(specs, meta, guard)  # the same networks re-timed: the noise floor of the measure
         n_layers = np.array([len(s.blocks) + 2 for s in specs])
-        scale, overhead = model.calibration.get(space.dims, (model.scale, model.overhead_ms))
+        scale, overhead = model.calibration_for(space.dims)
         out["spaces"][space_name] = {"n_nets": len(specs), **_errors(pred, meas),
                                      "uncalibrated": _errors(reg, meas), "calibrated": _errors(cal, meas),
                                      "additivity_same_time": _errors(scale * parts + overhead * n_layers, meas),

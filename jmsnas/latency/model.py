@@ -135,9 +135,11 @@ class ProfiledLatencyModel:
         #: pooled over every calibration network (reported; used for ops of a dimensionality without its own)
         self.scale, self.overhead_ms = self._calibrate([s for _, s in sums])
         #: ``dims -> (scale, overhead ms)``, one calibration per dimensionality (1-D, 2-D) of the networks
+        groups: dict[int, list[tuple[float, int, float]]] = {}
+        for d, s in sums:
+            groups.setdefault(d, []).append(s)
         self.calibration: dict[int, tuple[float, float]] = {
-            d: self._calibrate([s for dd, s in sums if dd == d]) for d in sorted({d for d, _ in sums})
-            if sum(dd == d for dd, _ in sums) >= MIN_CALIBRATION_NETS}
+            d: self._calibrate(g) for d, g in sorted(groups.items()) if len(g) >= MIN_CALIBRATION_NETS}
 
     @staticmethod
     def _calibrate(networks: Sequence[tuple[float, int, float]]) -> tuple[float, float]:
@@ -176,8 +178,12 @@ class ProfiledLatencyModel:
             calibrated = self.apply_calibration
         if not calibrated:
             return est
-        scale, overhead = np.array([self.calibration.get(o.dims, (self.scale, self.overhead_ms)) for o in ops]).T
+        scale, overhead = np.array([self.calibration_for(o.dims) for o in ops]).T
         return scale * est + overhead
+
+    def calibration_for(self, dims: int) -> tuple[float, float]:
+        """``(scale, overhead ms)`` applied to an op of ``dims`` dimensions: its own fit, else the pooled one."""
+        return self.calibration.get(dims, (self.scale, self.overhead_ms))
 
     @classmethod
     def from_csv(cls, csv_path: str | Path) -> ProfiledLatencyModel:
