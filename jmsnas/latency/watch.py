@@ -76,17 +76,18 @@ def own_cpu_s(pid: int | None = None, proc: Path = Path("/proc")) -> float:
     return total
 
 
-def _tree_rows(proc: Path) -> list[tuple[int, int, int, float]]:
-    """(pid, parent pid, start time in ticks, own user + system seconds) of every process."""
+def _tree_rows(proc: Path) -> list[tuple[int, int, int, float, float]]:
+    """(pid, parent pid, start time in ticks, own user + system seconds, reaped children's seconds) of every process."""
     rows = []
+    tick = os.sysconf("SC_CLK_TCK")
     for path in proc.glob("[0-9]*/stat"):
         try:
             text = path.read_text()
         except OSError:
             continue
         rest = text[text.rindex(")") + 2:].split()
-        rows.append((int(path.parent.name), int(rest[1]), int(rest[19]),
-                     (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")))
+        rows.append((int(path.parent.name), int(rest[1]), int(rest[19]), (int(rest[11]) + int(rest[12])) / tick,
+                     (int(rest[13]) + int(rest[14])) / tick))
     return rows
 
 
@@ -94,15 +95,20 @@ class TreeCpu:
     """CPU seconds of a process tree, keeping the time of members that ended or were reparented.
 
     Every ``interval_s`` (in a daemon thread) and at each call it records, for each process descending
-    from ``root`` by parent pid (or seen so before: a reparented one stays ours), its user + system
-    seconds; a call returns the sum over every process ever recorded. Time reaped into ``cutime`` is not
-    used, so nothing is counted twice.
+    from ``root`` by parent pid (or seen so before: a reparented one stays ours), its own user + system
+    seconds and those of the children it reaped (``cutime + cstime``). A call returns the live members'
+    own and reaped time, plus, for each member that ended, what it had when last seen unless the parent
+    it had then is still alive: that parent reaped it, so its whole time (since the last look too) is in
+    the parent's reaped time already. A member last seen reparented (an orphan: nobody of ours reaps
+    it) keeps what was recorded. The figure never goes down.
     """
 
     def __init__(self, root: int | None = None, proc: Path = Path("/proc"), interval_s: float = 0.5,
                  thread: bool = True) -> None:
         self.root, self.proc, self.interval_s = os.getpid() if root is None else root, proc, interval_s
-        self._seen: dict[tuple[int, int], float] = {}  # (pid, start ticks) -> last own seconds
+        self._seen: dict[tuple[int, int], tuple[float, tuple[int, int] | None]] = {}  # key -> (seconds, parent key)
+        self._ended = 0.0  # time of members that ended and that no live member of ours reaped
+        self._last = 0.0
         self._lock = threading.Lock()
         self.sample()
         if thread:
@@ -114,23 +120,31 @@ class TreeCpu:
             self.sample()
 
     def sample(self) -> float:
-        """Record the tree now; the CPU seconds of every process ever recorded."""
+        """Record the tree now; the CPU seconds of the tree since ``root`` started, ended members included."""
         rows = _tree_rows(self.proc)
-        children: dict[int, list[tuple[int, int, float]]] = {}
-        for pid, parent, start, seconds in rows:
-            children.setdefault(parent, []).append((pid, start, seconds))
+        key_of = {pid: (pid, start) for pid, _, start, _, _ in rows}
+        children: dict[int, list[tuple[int, int, int, float, float]]] = {}
+        for row in rows:
+            children.setdefault(row[1], []).append(row)
         with self._lock:  # the root, every process recorded before (reparented ones too) and their descendants
-            todo = [(pid, start, seconds) for pid, _, start, seconds in rows
-                    if pid == self.root or (pid, start) in self._seen]
-            members: dict[tuple[int, int], float] = {}
+            todo = [r for r in rows if r[0] == self.root or (r[0], r[2]) in self._seen]
+            live: dict[tuple[int, int], float] = {}
             while todo:
-                pid, start, seconds = todo.pop()
-                if (pid, start) not in members:
-                    members[(pid, start)] = seconds
-                    todo += children.get(pid, [])
-            for key, seconds in members.items():
-                self._seen[key] = max(seconds, self._seen.get(key, 0.0))
-            return sum(self._seen.values())
+                pid, parent, start, own, reaped = todo.pop()
+                if (pid, start) in live:
+                    continue
+                live[(pid, start)] = own + reaped
+                parent_key = key_of.get(parent)
+                ours = parent_key is not None and (parent_key in self._seen or parent == self.root
+                                                   or (parent_key in live))
+                self._seen[(pid, start)] = (own + reaped, parent_key if ours else None)
+                todo += children.get(pid, [])
+            for key in [k for k in self._seen if k not in live]:  # ended since the last look
+                seconds, parent_key = self._seen.pop(key)
+                if parent_key is None or parent_key not in live:  # an orphan, or its parent ended too
+                    self._ended += seconds
+            self._last = max(self._last, sum(live.values()) + self._ended)
+            return self._last
 
     __call__ = sample
 

@@ -86,3 +86,18 @@ def test_tree_cpu_keeps_an_orphaned_grandchild_that_nobody_of_ours_reaps(tmp_pat
     assert done.exists()
     assert tracker() - before_tree >= 0.45
     assert own_cpu_s() - before_own < 0.45  # what the old reading lost
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux /proc")
+def test_tree_cpu_counts_a_child_killed_and_reaped_between_two_looks() -> None:
+    """A device process that spins, is killed and is waited for between two samples (as the runtime
+    benchmark's fault runs do) is ours: its time is in our reaped time, not lost to contention."""
+    from jmsnas.latency.watch import TreeCpu
+
+    tracker = TreeCpu(thread=False)
+    before = tracker()
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    time.sleep(0.6)
+    child.kill()
+    child.wait(timeout=30)
+    assert tracker() - before >= 0.4
