@@ -6,7 +6,12 @@ One device of a real deployment (run one per machine, each with the same bundle 
 
 All devices on this machine, fed samples, measured against the plan (writes ``runtime.json``)::
 
-    python -m jmsnas.serve BUNDLE --local [--samples N --rate R] [--experiment EXPERIMENT.yaml]
+    python -m jmsnas.serve BUNDLE --local [--samples N --rate R] [--experiment EXPERIMENT.yaml] [--overhead FILE]
+
+The runtime's own cost on this machine (framing, hand-offs, loopback trips; not in a plan), measured on
+pass-through chains and fitted per sample, per device and per timed link (``runtime.overhead``)::
+
+    python -m jmsnas.serve --calibrate-overhead [--samples N] [--out runtime_overhead.json]
 
 With ``--local`` the links are emulated from the experiment's topology (bandwidth, round trip),
 and the devices it describes analytically are **emulated** (they run on this CPU, then wait until
@@ -55,6 +60,8 @@ EXAMPLES = """examples:
   jmsnas serve BUNDLE --device phone --listen 0.0.0.0:5601                    the last device, on its machine
   jmsnas serve BUNDLE --device m4f --listen 0.0.0.0:5600 --next phone-host:5601 --link 0.1,15
   jmsnas serve BUNDLE --feed m0plus-host:5599 --reply this-host:5700 --samples 100
+  jmsnas serve --calibrate-overhead --out runtime_overhead.json               the runtime's own cost here
+  jmsnas serve runs/quickstart/best/t18ms/bundle --local --overhead runtime_overhead.json
 
 exit status: 0 served (or stopped by a signal), 2 bad input (one 'error:' line names the option or file)"""
 
@@ -66,7 +73,8 @@ def _parser(prog: str = "python -m jmsnas.serve") -> argparse.ArgumentParser:
                                 description="Serve a bundle: one device (--device, --listen, --next) or every "
                                 "device on this machine (--local).")
     add_verbosity(p)
-    p.add_argument("bundle", help="bundle folder (manifest.json and one .pt/.onnx pair per device)")
+    p.add_argument("bundle", nargs="?", default=None,
+                   help="bundle folder (manifest.json and one .pt/.onnx pair per device)")
     p.add_argument("--backend", choices=("onnx", "torchscript"), default="onnx")
     p.add_argument("--timeout-ms", type=int, default=1000, help="wait for the next hop's acknowledgement")
     p.add_argument("--attempts", type=int, default=3, help="sends per sample before answering alone")
@@ -91,6 +99,12 @@ def _parser(prog: str = "python -m jmsnas.serve") -> argparse.ArgumentParser:
     loc.add_argument("--out", type=Path, default=None, help="runtime.json path (default: beside the bundle)")
     loc.add_argument("--warmup", type=int, default=5, help="samples fed first and left out of the figures")
     loc.add_argument("--seed", type=int, default=0)
+    loc.add_argument("--overhead", type=Path, default=None, metavar="FILE", help="the runtime's own cost on this "
+                     "machine (from --calibrate-overhead), added to the plan's prediction")
+    cal = p.add_argument_group("the runtime's own cost (no bundle)")
+    cal.add_argument("--calibrate-overhead", action="store_true", help="serve pass-through chains of 2-4 devices "
+                     "here and fit the runtime's cost per sample, per device and per timed link; writes --out "
+                     "(default runtime_overhead.json); run it on a quiet machine")
     feed = p.add_argument_group("feed devices serving elsewhere (the --samples, --rate, --inputs, --out options apply)")
     feed.add_argument("--feed", default=None, help="HOST:PORT of the first device")
     feed.add_argument("--reply", default=None, help="HOST:PORT of this machine the devices answer to")
@@ -106,6 +120,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m jmsnas.ser
         if args.timeout_ms < 1 or args.attempts < 1:
             raise ConfigError(f"--timeout-ms and --attempts must be >= 1, got {args.timeout_ms} and {args.attempts}",
                               field="--timeout-ms")
+        if args.calibrate_overhead:
+            return _calibrate(args)
+        if args.bundle is None:
+            raise ConfigError("give a BUNDLE folder (or --calibrate-overhead)", field="bundle")
         if args.feed:
             return _feed(args)
         if args.local:
@@ -183,6 +201,25 @@ def _inputs(args: argparse.Namespace, shape: Sequence[int]) -> list[np.ndarray]:
     return [rng.standard_normal(shape).astype(np.float32) for _ in range(args.samples)]
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from jmsnas.runtime.overhead import measure_overhead  # noqa: PLC0415
+
+    if args.samples < 10:
+        raise ConfigError(f"--samples must be >= 10 for a calibration, got {args.samples}", field="--samples")
+    out = args.out or Path("runtime_overhead.json")
+    fit = measure_overhead(args.samples, max(0, args.warmup), progress=lambda line: print(f"calibrate   {line}"))
+    print(f"overhead    {fit.base_ms:.3f} ms per sample + {fit.device_ms:.3f} ms per device + "
+          f"{fit.timed_link_ms:.3f} ms per timed link (fit RMS {fit.residual_ms:.3f} ms)")
+    print(f"written     {fit.save(out)}")
+    return 0
+
+
+def _overhead(args: argparse.Namespace):  # noqa: ANN202
+    from jmsnas.runtime.overhead import RuntimeOverhead  # noqa: PLC0415
+
+    return None if args.overhead is None else RuntimeOverhead.load(args.overhead)
+
+
 def _local(args: argparse.Namespace) -> int:
     from jmsnas.runtime.bundle import read_manifest  # noqa: PLC0415
 
@@ -191,7 +228,8 @@ def _local(args: argparse.Namespace) -> int:
     spec = read_manifest(args.bundle)
     links, emulated = _topology(args)
     run = LocalRun(backend=args.backend, rate=args.rate, links=tuple(plan_links(spec.plan, links)),
-                   emulated=emulated, timeout_ms=args.timeout_ms, attempts=args.attempts, warmup=max(0, args.warmup))
+                   emulated=emulated, timeout_ms=args.timeout_ms, attempts=args.attempts, warmup=max(0, args.warmup),
+                   overhead=_overhead(args))
     out = args.out or Path(args.bundle).resolve().parent / "runtime.json"
     report = serve_local(args.bundle, _inputs(args, spec.parts[0].inputs[0].example_shape[1:]), run, out)
     _print(report)
@@ -210,7 +248,8 @@ def _feed(args: argparse.Namespace) -> int:
     endpoint(args.reply, what="--reply")
     spec = read_manifest(args.bundle)
     run = LocalRun(backend=args.backend, rate=args.rate, emulated=frozenset(args.emulate or ()),
-                   timeout_ms=args.timeout_ms, attempts=args.attempts, warmup=max(0, args.warmup))
+                   timeout_ms=args.timeout_ms, attempts=args.attempts, warmup=max(0, args.warmup),
+                   overhead=_overhead(args))
     out = args.out or Path(args.bundle).resolve().parent / "runtime.json"
     port = args.reply.rpartition(":")[2]
     report = feed_chain(args.bundle, args.feed, args.reply, _inputs(args, spec.parts[0].inputs[0].example_shape[1:]),
@@ -228,6 +267,10 @@ def _print(r: dict) -> None:
         print(f"end to end  mean {e['measured_mean_ms']:.3f} ms, p50 {e['measured_p50_ms']:.3f}, p95 "
               f"{e['measured_p95_ms']:.3f}, p99 {e['measured_p99_ms']:.3f}; predicted mean "
               f"{e['predicted_mean_ms']:.3f} ms; {e['throughput_sps']:.1f} samples/s")
+    if e.get("predicted_with_overhead_mean_ms") is not None:
+        print(f"  with the runtime's own cost: predicted {e['predicted_with_overhead_mean_ms']:.3f} ms, measured/"
+              f"predicted {e['measured_over_predicted_with_overhead']:.3f} (plan alone "
+              f"{e['measured_over_predicted']:.3f})")
     for d in r["devices"]:
         measured = "-" if d["measured_mean_ms"] is None else f"{d['measured_mean_ms']:.3f}"
         print(f"  device    {d['device']:<10} {d['label']:<20} predicted {d['predicted_ms']:.3f} ms, "

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,9 +39,10 @@ from jmsnas.io import write_json
 from jmsnas.runtime.bundle import read_manifest
 from jmsnas.runtime.graph import PartGraph
 from jmsnas.runtime.links import LinkSpec, plan_links
+from jmsnas.runtime.overhead import RuntimeOverhead
 from jmsnas.runtime.report import Answer, runtime_report
 from jmsnas.runtime.serve import manifest_hash
-from jmsnas.runtime.transport import Sender, WireError, endpoint, pack, unpack
+from jmsnas.runtime.transport import Sender, WireError, endpoint, free_ports, pack, unpack
 
 log = logging.getLogger("jmsnas.serve")
 
@@ -76,6 +76,7 @@ class LocalRun:
             stall: per device, samples whose first send is delivered late (after the sender resent it).
         warmup: samples fed first and left out of the report (connections, first runs of each part).
         log_dir: where each device's log goes (None: a temporary folder beside ``runtime.json`` or cwd).
+        overhead: the runtime's own cost on this machine (``overhead.measure_overhead``), added to the plan.
     """
 
     backend: Backend = "onnx"
@@ -93,18 +94,7 @@ class LocalRun:
     stall: dict[str, frozenset[int]] = field(default_factory=dict)
     warmup: int = 0
     log_dir: Path | None = None
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` loopback ports free now (held open together, so they differ)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    overhead: RuntimeOverhead | None = None
 
 
 class _Device:

@@ -40,6 +40,7 @@ from jmsnas.errors import ArtifactError
 from jmsnas.export.manifest import Manifest
 from jmsnas.io import load_artifact
 from jmsnas.runtime.links import LinkSpec
+from jmsnas.runtime.overhead import RuntimeOverhead, timed_links_passed
 from jmsnas.runtime.plan_times import predicted_times
 
 RUNTIME_VERSION = 1
@@ -76,6 +77,9 @@ class EndToEnd(_M):
     wall_s: float
     feed_mean_ms: float | None
     return_mean_ms: float | None
+    predicted_with_overhead_mean_ms: float | None = None
+    measured_over_predicted_with_overhead: float | None = None
+    overhead: dict[str, Any] | None = None
 
 
 class DeviceRow(_M):
@@ -136,7 +140,16 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b <= 0 else a / b
 
 
-def _end_to_end(spec: Manifest, answers: Sequence[Answer], wall: float) -> EndToEnd:
+def _with_overhead(spec: Manifest, links: Sequence[LinkSpec], overhead: RuntimeOverhead | None) -> list[float] | None:
+    """Per answering part, the runtime's own cost for a sample answered there (None without a fit)."""
+    if overhead is None:
+        return None
+    payload = [c.payload_bytes for c in spec.plan.cuts]
+    return [overhead.predict(m + 1, timed_links_passed(links, payload, m)) for m in range(len(spec.devices))]
+
+
+def _end_to_end(spec: Manifest, answers: Sequence[Answer], wall: float, extra: list[float] | None,
+                overhead: RuntimeOverhead | None) -> EndToEnd:
     pred = predicted_times(spec)
     index = {d: m for m, d in enumerate(spec.devices)}
     lat = [a.latency_ms for a in answers]
@@ -144,6 +157,8 @@ def _end_to_end(spec: Manifest, answers: Sequence[Answer], wall: float) -> EndTo
     p_ms = [pred.answer_ms[index[a.answer["device"]]] for a in planned]
     q = (lambda p: float(np.percentile(lat, p))) if lat else (lambda p: None)
     measured_planned = _mean([a.latency_ms for a in planned])
+    with_oh = None if extra is None else _mean([pred.answer_ms[index[a.answer["device"]]]
+                                                + extra[index[a.answer["device"]]] for a in planned])
     return EndToEnd(measured_mean_ms=_mean(lat), measured_p50_ms=q(50), measured_p95_ms=q(95),
                     measured_p99_ms=q(99), measured_max_ms=max(lat) if lat else None,
                     predicted_mean_ms=_mean(p_ms), plan_mean_ms=spec.plan.mean_latency_ms,
@@ -151,7 +166,10 @@ def _end_to_end(spec: Manifest, answers: Sequence[Answer], wall: float) -> EndTo
                     measured_over_predicted=_ratio(measured_planned, _mean(p_ms)),
                     throughput_sps=len(answers) / wall if wall > 0 else 0.0, wall_s=wall,
                     feed_mean_ms=_mean([a.feed_ms for a in answers]),
-                    return_mean_ms=_mean([a.return_ms for a in answers]))
+                    return_mean_ms=_mean([a.return_ms for a in answers]),
+                    predicted_with_overhead_mean_ms=with_oh,
+                    measured_over_predicted_with_overhead=_ratio(measured_planned, with_oh),
+                    overhead=None if overhead is None else overhead.to_dict())
 
 
 def _devices(spec: Manifest, answers: Sequence[Answer], emulated: frozenset[str]) -> list[DeviceRow]:
@@ -198,12 +216,17 @@ def runtime_report(bundle: str, spec: Manifest, token: str, run: Any, links: Seq
     """The ``runtime.json`` data of a served run (``run`` is the ``local.LocalRun`` it ran with)."""
     done = [answers[i] for i in sorted(answers)]
     pred = predicted_times(spec)
+    overhead = getattr(run, "overhead", None)
+    extra = _with_overhead(spec, links, overhead)
     index = {d: m for m, d in enumerate(spec.devices)}
     ok = [a for a in done if not a.answer.get("failed")]
     per_sample = [{"sample": a.sample, "device": a.answer.get("device"), "exit": a.answer.get("exit"),
                    "fell_back": bool(a.answer.get("fell_back")), "failed": bool(a.answer.get("failed")),
                    "reason": a.answer.get("reason"), "latency_ms": a.latency_ms,
                    "predicted_ms": pred.answer_ms[index[a.answer["device"]]] if a.answer.get("device") else None,
+                   "predicted_with_overhead_ms": (pred.answer_ms[index[a.answer["device"]]]
+                                                  + extra[index[a.answer["device"]]])
+                   if a.answer.get("device") and extra is not None else None,
                    "refeeds": int(counts.get("refeeds", {}).get(a.sample, 0)),
                    "duplicates": int(counts.get("duplicated", {}).get(a.sample, 0))}
                   for a in done]
@@ -213,6 +236,6 @@ def runtime_report(bundle: str, spec: Manifest, token: str, run: Any, links: Seq
         samples=samples, answered=len(done), lost=samples - len(done), failed=len(done) - len(ok),
         fell_back=sum(bool(a.answer.get("fell_back")) for a in ok), duplicates=counts["duplicates"],
         refed=counts["refed"], answered_at=dict(Counter(a.answer["device"] for a in ok)),
-        restarts=dict(counts["restarts"]), end_to_end=_end_to_end(spec, ok, wall),
+        restarts=dict(counts["restarts"]), end_to_end=_end_to_end(spec, ok, wall, extra, overhead),
         devices=_devices(spec, done, run.emulated), links=_links(spec, done, links), per_sample=per_sample)
     return report.model_dump(mode="json")

@@ -22,6 +22,7 @@ PUSH socket (``Pusher``) to the address the sample names (``reply_to``).
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -172,6 +173,18 @@ def endpoint(address: str, *, what: str = "--listen") -> str:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise WireError(f"{address!r} is not HOST:PORT (e.g. 127.0.0.1:5601)", field=what)
     return f"tcp://{host}:{int(port)}"
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` loopback ports free now (held open together, so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
