@@ -103,8 +103,8 @@ def _parser(prog: str = "python -m jmsnas.serve") -> argparse.ArgumentParser:
                      "machine (from --calibrate-overhead), added to the plan's prediction")
     cal = p.add_argument_group("the runtime's own cost (no bundle)")
     cal.add_argument("--calibrate-overhead", action="store_true", help="serve pass-through chains of 2-4 devices "
-                     "here and fit the runtime's cost per sample, per device and per timed link; writes --out "
-                     "(default runtime_overhead.json); run it on a quiet machine")
+                     "here (each three times) and fit the runtime's cost per sample, per device and per timed "
+                     "link; writes --out (default runtime_overhead.json); run it on a quiet machine")
     feed = p.add_argument_group("feed devices serving elsewhere (the --samples, --rate, --inputs, --out options apply)")
     feed.add_argument("--feed", default=None, help="HOST:PORT of the first device")
     feed.add_argument("--reply", default=None, help="HOST:PORT of this machine the devices answer to")

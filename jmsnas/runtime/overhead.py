@@ -137,37 +137,46 @@ def calibration_bundle(out: Path, devices: int, timed: bool) -> tuple[Path, tupl
 
 
 def measure_overhead(samples: int = 60, warmup: int = 10, chains: Sequence[tuple[int, bool]] = CHAINS,
-                     work_dir: str | Path | None = None,
-                     progress: Callable[[str], None] = lambda _: None) -> RuntimeOverhead:
+                     work_dir: str | Path | None = None, progress: Callable[[str], None] = lambda _: None,
+                     repeats: int = 3) -> RuntimeOverhead:
     """Serve each calibration chain closed loop on this machine and fit the runtime's cost (module docstring).
 
-    Run it on a quiet machine, as any timing.
+    Each chain is served ``repeats`` times, in rounds over all chains (so a slow spell of the machine
+    does not land on one chain only), and its row is the median of its runs' mean excess: on a 2-core VM
+    one run's mean moves by up to 1 ms from the next. Run it on a quiet machine, as any timing.
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     from jmsnas.latency.profiler import measurement_conditions  # noqa: PLC0415
     from jmsnas.runtime.local import LocalRun, serve_local  # noqa: PLC0415
 
-    rows, measured = [], []
+    runs: dict[tuple[int, bool], list[tuple[float, float, dict[str, Any], int]]] = {c: [] for c in chains}
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         rng = np.random.default_rng(0)
         inputs = [rng.standard_normal((1, 40)).astype(np.float32) for _ in range(samples)]
-        for devices, timed in chains:
-            bundle, links, emulated = calibration_bundle(Path(tmp) / f"chain{devices}{'t' if timed else ''}",
-                                                         devices, timed)
-            report = serve_local(bundle, inputs, LocalRun(links=links, emulated=emulated, warmup=warmup,
-                                                          log_dir=Path(tmp) / "logs"))
-            excess = [s["latency_ms"] - s["predicted_ms"] for s in report["per_sample"]
-                      if s["predicted_ms"] is not None]
-            if report["lost"] or not excess:
-                raise ArtifactError(f"calibration chain of {devices} devices lost {report['lost']} samples; "
-                                    f"see its logs in {Path(tmp) / 'logs'}")
-            t = devices - 1 if timed else 0
-            rows.append((devices, t, float(np.mean(excess))))
-            measured.append({"devices": devices, "timed_links": t, "samples": len(excess),
-                             "excess_mean_ms": float(np.mean(excess)), "excess_p50_ms": float(np.median(excess)),
-                             "measured_mean_ms": report["end_to_end"]["measured_mean_ms"],
-                             "plan_ms": report["end_to_end"]["predicted_mean_ms"]})
-            progress(f"chain of {devices} devices, {'timed' if timed else 'instant'} links: "
-                     f"{np.mean(excess):.3f} ms beyond the plan")
+        built = {(d, t): calibration_bundle(Path(tmp) / f"chain{d}{'t' if t else ''}", d, t) for d, t in chains}
+        for r in range(repeats):
+            for (devices, timed), (bundle, links, emulated) in built.items():
+                report = serve_local(bundle, inputs, LocalRun(links=links, emulated=emulated, warmup=warmup,
+                                                              log_dir=Path(tmp) / "logs"))
+                excess = [s["latency_ms"] - s["predicted_ms"] for s in report["per_sample"]
+                          if s["predicted_ms"] is not None]
+                if report["lost"] or not excess:
+                    raise ArtifactError(f"calibration chain of {devices} devices lost {report['lost']} samples; "
+                                        f"see its logs in {Path(tmp) / 'logs'}")
+                runs[(devices, timed)].append((float(np.mean(excess)), float(np.median(excess)), report, len(excess)))
+                progress(f"round {r + 1}/{repeats}: chain of {devices} devices, {'timed' if timed else 'instant'} "
+                         f"links: {np.mean(excess):.3f} ms beyond the plan")
+    rows, measured = [], []
+    for (devices, timed), got in runs.items():
+        t = devices - 1 if timed else 0
+        means = [g[0] for g in got]
+        mid = sorted(got, key=lambda g: g[0])[len(got) // 2]  # the median run (by its mean)
+        rows.append((devices, t, float(np.median(means))))
+        measured.append({"devices": devices, "timed_links": t, "samples": mid[3], "runs": len(got),
+                         "excess_mean_ms": float(np.median(means)), "excess_mean_ms_per_run": means,
+                         "excess_p50_ms": mid[1], "measured_mean_ms": mid[2]["end_to_end"]["measured_mean_ms"],
+                         "plan_ms": mid[2]["end_to_end"]["predicted_mean_ms"]})
     base, device, timed_link, rms = fit_overhead(rows)
     machine = {**measurement_conditions(1, "cpu"), "platform": platform.platform(),
                "measured_at": datetime.now(UTC).isoformat(timespec="seconds")}

@@ -79,13 +79,16 @@ def test_the_report_adds_the_runtimes_cost_up_to_the_answering_device(tmp_path: 
 
 
 def test_calibration_serves_chains_whose_plans_are_known(tmp_path: Path) -> None:
-    """Three small chains, a few samples each (processes started and ended by ``serve_local``)."""
-    fit = measure_overhead(samples=4, warmup=1, chains=((2, False), (3, False), (2, True)), work_dir=tmp_path)
+    """Three small chains, a few samples each, served twice (processes started and ended by ``serve_local``)."""
+    fit = measure_overhead(samples=4, warmup=1, chains=((2, False), (3, False), (2, True)), work_dir=tmp_path,
+                           repeats=2)
     plans = [c["plan_ms"] for c in fit.chains]
     assert plans[0] == pytest.approx(LAST_DEVICE_MS, abs=1e-3) and plans[1] == pytest.approx(LAST_DEVICE_MS, abs=1e-3)
     assert plans[2] == pytest.approx(LAST_DEVICE_MS + TIMED_RTT_MS / 2, abs=1e-3)  # plus the timed link's half trip
     assert [(c["devices"], c["timed_links"], c["samples"]) for c in fit.chains] == [(2, 0, 4), (3, 0, 4), (2, 1, 4)]
     assert all(np.isfinite([fit.base_ms, fit.device_ms, fit.timed_link_ms]))
+    for c in fit.chains:  # a chain's row is the median of its runs' means (of two: their mean)
+        assert c["runs"] == 2 and c["excess_mean_ms"] == pytest.approx(np.mean(c["excess_mean_ms_per_run"]))
     assert fit.residual_ms == pytest.approx(0.0, abs=1e-9)  # three chains, three coefficients: an exact fit
     assert fit.machine["processor"]
 
