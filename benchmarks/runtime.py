@@ -136,6 +136,11 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _hop_ratio(predicted: float | None, ratio: float | None) -> str:
+    """A hop priced at (about) nothing has no meaningful ratio: its measured time is all runtime cost."""
+    return "- (priced ~0)" if predicted is not None and predicted < 0.01 else _fmt(ratio)
+
+
 def _spread(c: dict[str, Any], key: str) -> str:
     vals = [r[key] for r in c.get("closed_loop_repeats", []) if r.get(key) is not None]
     return f"{min(vals):.3f}-{max(vals):.3f}" if vals else "-"
@@ -176,11 +181,13 @@ def render(results: dict[str, Any]) -> str:
     for c in results["choices"]:
         for d in c["closed_loop"]["per_device"]:
             lines.append(f"| {c['bundle']} | {d['device']} | {d['label']} | {_fmt(d['predicted_ms'])} | "
-                         f"{_fmt(d['measured_mean_ms'])} | {_fmt(d['measured_over_predicted'])} |")
+                         f"{_fmt(d['measured_mean_ms'])} | "
+                         f"{_hop_ratio(d['predicted_ms'], d['measured_over_predicted'])} |")
         for ln in c["closed_loop"]["per_link"]:
             lines.append(f"| {c['bundle']} | {ln['src']} -> {ln['dst']} | link ({ln['source']}, "
                          f"{ln['bandwidth_mbps']:g} Mbit/s, {ln['rtt_ms']:g} ms) | {_fmt(ln['predicted_ms'])} | "
-                         f"{_fmt(ln['measured_wire_mean_ms'])} | {_fmt(ln['measured_over_predicted'])} |")
+                         f"{_fmt(ln['measured_wire_mean_ms'])} | "
+                         f"{_hop_ratio(ln['predicted_ms'], ln['measured_over_predicted'])} |")
     if "contention" in results:
         from jmsnas.latency.watch import contention_markdown
 
