@@ -135,8 +135,7 @@ class TreeCpu:
                     continue
                 live[(pid, start)] = own + reaped
                 parent_key = key_of.get(parent)
-                ours = parent_key is not None and (parent_key in self._seen or parent == self.root
-                                                   or (parent_key in live))
+                ours = parent_key is not None and (parent_key in self._seen or parent == self.root)
                 self._seen[(pid, start)] = (own + reaped, parent_key if ours else None)
                 todo += children.get(pid, [])
             for key in [k for k in self._seen if k not in live]:  # ended since the last look

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from jmsnas.errors import ArtifactError
+from jmsnas.io import write_json
 from jmsnas.runtime.links import LinkSpec
 
 #: A link whose price for a sample is at least this is "timed": its sender sleeps in the token bucket.
@@ -61,8 +62,6 @@ class RuntimeOverhead:
         return asdict(self)
 
     def save(self, path: str | Path) -> Path:
-        from jmsnas.io import write_json  # noqa: PLC0415
-
         write_json(path, self.to_dict(), newline=True)
         return Path(path)
 

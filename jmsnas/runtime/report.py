@@ -140,15 +140,16 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b <= 0 else a / b
 
 
-def _with_overhead(spec: Manifest, links: Sequence[LinkSpec], overhead: RuntimeOverhead | None) -> list[float] | None:
-    """Per answering part, the runtime's own cost for a sample answered there (None without a fit)."""
+def _with_overhead(spec: Manifest, links: Sequence[LinkSpec], answer_ms: Sequence[float],
+                   overhead: RuntimeOverhead | None) -> list[float] | None:
+    """Per answering part, the plan's ``answer_ms`` plus the runtime's own cost there (None without a fit)."""
     if overhead is None:
         return None
     payload = [c.payload_bytes for c in spec.plan.cuts]
-    return [overhead.predict(m + 1, timed_links_passed(links, payload, m)) for m in range(len(spec.devices))]
+    return [ms + overhead.predict(m + 1, timed_links_passed(links, payload, m)) for m, ms in enumerate(answer_ms)]
 
 
-def _end_to_end(spec: Manifest, answers: Sequence[Answer], wall: float, extra: list[float] | None,
+def _end_to_end(spec: Manifest, answers: Sequence[Answer], wall: float, with_oh_ms: list[float] | None,
                 overhead: RuntimeOverhead | None) -> EndToEnd:
     pred = predicted_times(spec)
     index = {d: m for m, d in enumerate(spec.devices)}
@@ -157,8 +158,7 @@ def _end_to_end(spec: Manifest, answers: Sequence[Answer], wall: float, extra: l
     p_ms = [pred.answer_ms[index[a.answer["device"]]] for a in planned]
     q = (lambda p: float(np.percentile(lat, p))) if lat else (lambda p: None)
     measured_planned = _mean([a.latency_ms for a in planned])
-    with_oh = None if extra is None else _mean([pred.answer_ms[index[a.answer["device"]]]
-                                                + extra[index[a.answer["device"]]] for a in planned])
+    with_oh = None if with_oh_ms is None else _mean([with_oh_ms[index[a.answer["device"]]] for a in planned])
     return EndToEnd(measured_mean_ms=_mean(lat), measured_p50_ms=q(50), measured_p95_ms=q(95),
                     measured_p99_ms=q(99), measured_max_ms=max(lat) if lat else None,
                     predicted_mean_ms=_mean(p_ms), plan_mean_ms=spec.plan.mean_latency_ms,
@@ -216,17 +216,15 @@ def runtime_report(bundle: str, spec: Manifest, token: str, run: Any, links: Seq
     """The ``runtime.json`` data of a served run (``run`` is the ``local.LocalRun`` it ran with)."""
     done = [answers[i] for i in sorted(answers)]
     pred = predicted_times(spec)
-    overhead = getattr(run, "overhead", None)
-    extra = _with_overhead(spec, links, overhead)
+    with_oh_ms = _with_overhead(spec, links, pred.answer_ms, run.overhead)
     index = {d: m for m, d in enumerate(spec.devices)}
     ok = [a for a in done if not a.answer.get("failed")]
     per_sample = [{"sample": a.sample, "device": a.answer.get("device"), "exit": a.answer.get("exit"),
                    "fell_back": bool(a.answer.get("fell_back")), "failed": bool(a.answer.get("failed")),
                    "reason": a.answer.get("reason"), "latency_ms": a.latency_ms,
                    "predicted_ms": pred.answer_ms[index[a.answer["device"]]] if a.answer.get("device") else None,
-                   "predicted_with_overhead_ms": (pred.answer_ms[index[a.answer["device"]]]
-                                                  + extra[index[a.answer["device"]]])
-                   if a.answer.get("device") and extra is not None else None,
+                   "predicted_with_overhead_ms": with_oh_ms[index[a.answer["device"]]]
+                   if a.answer.get("device") and with_oh_ms is not None else None,
                    "refeeds": int(counts.get("refeeds", {}).get(a.sample, 0)),
                    "duplicates": int(counts.get("duplicated", {}).get(a.sample, 0))}
                   for a in done]
@@ -236,6 +234,6 @@ def runtime_report(bundle: str, spec: Manifest, token: str, run: Any, links: Seq
         samples=samples, answered=len(done), lost=samples - len(done), failed=len(done) - len(ok),
         fell_back=sum(bool(a.answer.get("fell_back")) for a in ok), duplicates=counts["duplicates"],
         refed=counts["refed"], answered_at=dict(Counter(a.answer["device"] for a in ok)),
-        restarts=dict(counts["restarts"]), end_to_end=_end_to_end(spec, ok, wall, extra, overhead),
+        restarts=dict(counts["restarts"]), end_to_end=_end_to_end(spec, ok, wall, with_oh_ms, run.overhead),
         devices=_devices(spec, done, run.emulated), links=_links(spec, done, links), per_sample=per_sample)
     return report.model_dump(mode="json")
