@@ -42,7 +42,11 @@ def reference_optimum(stats: CascadeStats, grids: list, objective: Objective) ->
             cost += c
         n = stats.num_samples
         loss = float(np.mean(diffs))
-        bound = loss + objective.accuracy_z * float(np.std(diffs)) / np.sqrt(n)  # population std, as the margin
+        # Agresti-Min: half a sample in each discordant cell (b: only the original right, c: only the cascade)
+        b, c = diffs.count(1), diffs.count(-1)
+        adj_loss, adj_dis = (b - c) / (n + 2), (b + c + 1) / (n + 2)
+        bound = adj_loss + objective.accuracy_z * np.sqrt((adj_dis - adj_loss**2) / (n + 2)) if objective.accuracy_z \
+            else loss
         value, _ = objective_value(1.0 - cost / n / stats.reference_cost, loss, objective, bound)
         best = min(best, value)
     return best
