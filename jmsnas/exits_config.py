@@ -30,6 +30,9 @@ class DecisionUnitConfig(Strict):
     lr: PositiveFloat = 1e-3
     weight_decay: float = Field(1e-4, ge=0)
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="share of the validation split for early stopping")
+    cross_fit_folds: int = Field(5, ge=0, description="the threshold search sees each calibration sample's certainty "
+                                 "from a unit fitted on the other folds (0 or 1: the deployed unit's own, fitted on "
+                                 "the same samples, which it rates too surely)")
     gbm_max_iter: PositiveInt = 200
     gbm_learning_rate: PositiveFloat = 0.05
 

@@ -41,7 +41,7 @@ from jmsnas.errors import ConfigError
 from jmsnas.exits.candidates import Placement, enumerate_placements, feasible
 from jmsnas.exits.cascade import EarlyExitNet
 from jmsnas.exits.costs import ExitLatency
-from jmsnas.exits.decision import DecisionUnit, exit_score, fit_exit_units
+from jmsnas.exits.decision import DecisionUnit, exit_score, exit_units
 from jmsnas.exits.graph import BlockGraph, block_graph
 from jmsnas.exits.heads import ExitHead, build_exit_head
 from jmsnas.exits.result import ExitsResult, evaluate_eenn, heads_info
@@ -62,10 +62,14 @@ def objective_of(cfg: ExitsConfig) -> Objective:
 
 def cascade_stats(outs: ExitOutputs, exits: Sequence[int], exit_cost: Sequence[float], final_cost: float,
                   reference_cost: float, reference_correct: np.ndarray | None = None,
-                  units: Mapping[int, DecisionUnit] | None = None) -> CascadeStats:
+                  units: Mapping[int, DecisionUnit] | None = None,
+                  scores: Mapping[int, np.ndarray] | None = None) -> CascadeStats:
     """The calibration statistics of the cascade with ``exits`` from every head's logits (the exit's score:
-    top-1 probability, or its decision unit's certainty where ``units`` has one)."""
-    conf = np.stack([exit_score(outs.heads[loc], (units or {}).get(loc)).numpy() for loc in exits])
+    ``scores`` where given (cross-fitted certainties), else its decision unit's certainty where ``units`` has
+    one, else the top-1 probability)."""
+    scores = scores or {}
+    conf = np.stack([scores[loc] if loc in scores else exit_score(outs.heads[loc], (units or {}).get(loc)).numpy()
+                     for loc in exits])
     right = np.stack([(outs.heads[loc].argmax(1) == outs.labels).numpy() for loc in exits])
     final = (outs.final.argmax(1) == outs.labels).numpy()
     return CascadeStats(conf, right, final, np.asarray(exit_cost, dtype=float), float(final_cost),
@@ -100,8 +104,9 @@ class _Searcher:
 
     def __init__(self, graph: BlockGraph, outs: ExitOutputs, head_macs: Mapping[int, int], cfg: ExitsConfig,
                  reference_latency_ms: float, reference_correct: np.ndarray | None,
-                 units: Mapping[int, DecisionUnit] | None = None) -> None:
-        self.graph, self.outs, self.head_macs, self.cfg, self.units = graph, outs, head_macs, cfg, dict(units or {})
+                 units: tuple[dict[int, DecisionUnit], dict[int, np.ndarray]] = ({}, {})) -> None:
+        self.graph, self.outs, self.head_macs, self.cfg = graph, outs, head_macs, cfg
+        self.units, self.scores = units
         self.reference_latency_ms = reference_latency_ms
         self.reference_correct = reference_correct
         self.cache: dict[tuple, ThresholdSearch] = {}
@@ -112,7 +117,7 @@ class _Searcher:
             costs, final, ref = list(p.exit_latency_ms), p.worst_latency_ms, self.reference_latency_ms
         else:
             (costs, final), ref = exit_costs(self.graph, self.head_macs, p.exits), float(self.graph.total_macs)
-        return cascade_stats(self.outs, p.exits, costs, final, ref, self.reference_correct, self.units)
+        return cascade_stats(self.outs, p.exits, costs, final, ref, self.reference_correct, self.units, self.scores)
 
     def search(self, p: Placement, thresholds_per_exit: int, compare: bool = True) -> ThresholdSearch:
         stats = self.stats(p)
@@ -286,8 +291,8 @@ def _choose(graph: BlockGraph, cands: _Candidates, kept: dict[int, ExitHead], dm
         ok.append(cands.original)  # the original network is always an option (even if it breaks T_const)
     outs = exit_outputs(graph, kept, _calibration_set(dm, cfg), dm.cfg.batch_size, device)
     ref_correct = (outs.final.argmax(1) == outs.labels).numpy()
-    units = fit_exit_units(outs.heads, outs.labels, cfg.du, seed, device) if cfg.decision == "decision_unit" else {}
-    searcher = _Searcher(graph, outs, cands.head_macs, cfg, cands.original.worst_latency_ms, ref_correct, units)
+    searcher = _Searcher(graph, outs, cands.head_macs, cfg, cands.original.worst_latency_ms, ref_correct,
+                         exit_units(outs.heads, outs.labels, cfg, seed, device))
     scored = sorted(((searcher.score(p), i) for i, p in enumerate(ok)), key=lambda s: s[0])
     chosen = ok[scored[0][1]]
     timings["threshold_search"] = searcher.seconds
@@ -329,9 +334,8 @@ def _finetune(graph: BlockGraph, chosen: Placement, heads: list[nn.Module], sear
                                                  batch_size=dm.cfg.batch_size, seed=seed, device=device)
     calib = _calibration_set(dm, cfg)
     outs = exit_outputs(tuned, dict(zip(chosen.exits, tuned_heads, strict=True)), calib, dm.cfg.batch_size, device)
-    units = fit_exit_units(outs.heads, outs.labels, cfg.du, seed, device) if cfg.decision == "decision_unit" else {}
     searcher = _Searcher(tuned, outs, frozen.head_macs, cfg, frozen.reference_latency_ms, frozen.reference_correct,
-                         units)
+                         exit_units(outs.heads, outs.labels, cfg, seed, device))
     again = searcher.search(chosen, cfg.final_thresholds_per_exit, compare=len(chosen.exits) <= 2)
     keep = again.best.objective < search.best.objective
     info = {"seconds": seconds, "weights": list(weights), "kept": keep, "objective_frozen": search.best.objective,

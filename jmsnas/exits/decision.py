@@ -39,10 +39,10 @@ from torch import nn
 
 from jmsnas.devices import DeviceLike, on_device, to_device
 from jmsnas.exits.meta import FEATURES, meta_features, softmax64
-from jmsnas.exits_config import DecisionUnitConfig
+from jmsnas.exits_config import DecisionUnitConfig, ExitsConfig
 
-__all__ = ["EPS", "DecisionUnit", "du_metrics", "exit_score", "fit_decision_unit", "fit_exit_units",
-           "load_decision_units"]
+__all__ = ["EPS", "DecisionUnit", "cross_fitted_scores", "du_metrics", "exit_score", "exit_units",
+           "fit_decision_unit", "fit_exit_units", "load_decision_units"]
 
 EPS = 1e-9
 
@@ -231,12 +231,51 @@ def fit_exit_units(logits: Mapping[int, torch.Tensor], labels: torch.Tensor, cfg
                    seed: int = 0, device: DeviceLike = None) -> dict[int, DecisionUnit]:
     """One decision unit per exit, fitted on its calibration ``logits`` against ``labels`` (the ``exits.du``
     settings; CPU tensors); MLP units train on ``device`` (None: the CPU)."""
-    settings = {"model": cfg.model, "hidden": cfg.hidden, "epochs": cfg.epochs, "lr": cfg.lr,
-                "weight_decay": cfg.weight_decay, "holdout_fraction": cfg.holdout_fraction,
-                "gbm_max_iter": cfg.gbm_max_iter, "gbm_learning_rate": cfg.gbm_learning_rate, "seed": seed,
-                "device": device}
+    settings = _settings(cfg, seed, device)
     return {loc: fit_decision_unit(softmax64(z), (z.argmax(1) == labels).numpy(), **settings)
             for loc, z in logits.items()}
+
+
+def exit_units(logits: Mapping[int, torch.Tensor], labels: torch.Tensor, cfg: ExitsConfig, seed: int = 0,
+               device: DeviceLike = None) -> tuple[dict[int, DecisionUnit], dict[int, np.ndarray]]:
+    """What the exits stage searches with: with ``exits.decision: decision_unit``, each exit's unit (fitted on
+    every calibration sample) and the cross-fitted scores; with the max-softmax rule, nothing."""
+    if cfg.decision != "decision_unit":
+        return {}, {}
+    return (fit_exit_units(logits, labels, cfg.du, seed, device),
+            cross_fitted_scores(logits, labels, cfg.du, seed, device))
+
+
+def _settings(cfg: DecisionUnitConfig, seed: int, device: DeviceLike) -> dict[str, Any]:
+    return {"model": cfg.model, "hidden": cfg.hidden, "epochs": cfg.epochs, "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay, "holdout_fraction": cfg.holdout_fraction,
+            "gbm_max_iter": cfg.gbm_max_iter, "gbm_learning_rate": cfg.gbm_learning_rate, "seed": seed,
+            "device": device}
+
+
+def cross_fitted_scores(logits: Mapping[int, torch.Tensor], labels: torch.Tensor, cfg: DecisionUnitConfig,
+                        seed: int = 0, device: DeviceLike = None) -> dict[int, np.ndarray]:
+    """Per exit, every calibration sample's certainty from a unit fitted on the other ``cfg.cross_fit_folds``
+    folds (cross-fitting; empty with fewer than 2 folds).
+
+    Why: a unit scores the samples it was fitted on too surely (it has learnt which of them the exit got
+    wrong), so thresholds searched on its own certainties promise less accuracy loss than unseen samples
+    show; ``benchmarks/exit_budget.py`` measured it. The deployed unit is still the one fitted on every
+    sample (``fit_exit_units``); the search only judges thresholds on scores no unit was fitted on.
+    """
+    if cfg.cross_fit_folds < 2:
+        return {}
+    settings = _settings(cfg, seed, device)
+    out = {}
+    for loc, z in logits.items():
+        probs, correct = softmax64(z), (z.argmax(1) == labels).numpy()
+        n = len(correct)
+        scores = np.empty(n, dtype=np.float64)
+        for held in np.array_split(np.random.default_rng(seed).permutation(n), min(cfg.cross_fit_folds, n)):
+            rest = np.setdiff1d(np.arange(n), held)
+            scores[held] = fit_decision_unit(probs[rest], correct[rest], **settings).certainty(probs[held])
+        out[loc] = scores
+    return out
 
 
 def load_decision_units(run_dir: str | Path) -> dict[int, DecisionUnit]:

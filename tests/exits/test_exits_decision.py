@@ -170,3 +170,28 @@ def test_experiment_decision_options_validate(tiny_experiment, write_experiment)
         with pytest.raises(ConfigError) as info:
             load_experiment(write_experiment(tiny_experiment))
         assert where in str(info.value) and "exp" in str(info.value)
+
+
+@pytest.mark.parametrize("model", ["mlp", "gbm"])
+def test_cross_fitted_scores_do_not_see_their_own_sample(model: str) -> None:
+    """A sample's cross-fitted certainty comes from a unit fitted without it: flipping whether the exit got that
+    sample right leaves its own score unchanged and moves the scores of the samples in the other folds."""
+    import torch
+
+    from jmsnas.exits.decision import cross_fitted_scores
+    from jmsnas.exits_config import DecisionUnitConfig
+
+    rng = np.random.default_rng(3)
+    z = torch.as_tensor(rng.normal(size=(120, 5)) * rng.uniform(0.5, 3.0, size=(120, 1)))
+    labels = torch.as_tensor(np.where(rng.random(120) < 0.7, z.argmax(1).numpy(), (z.argmax(1).numpy() + 1) % 5))
+    cfg = DecisionUnitConfig(model=model, epochs=40, gbm_max_iter=20, cross_fit_folds=4)
+    before = cross_fitted_scores({3: z}, labels, cfg, seed=0)[3]
+    flipped = labels.clone()
+    i = 7
+    flipped[i] = (z[i].argmax() + 1) % 5 if labels[i] == z[i].argmax() else z[i].argmax()
+    after = cross_fitted_scores({3: z}, flipped, cfg, seed=0)[3]
+    assert after[i] == before[i]
+    assert (after != before).sum() > 0
+    own = fit_decision_unit(softmax64(z), (z.argmax(1) == labels).numpy(), model=model, epochs=40, gbm_max_iter=20)
+    assert before.shape == (120,) and not np.array_equal(before, own.certainty(softmax64(z)))
+    assert cross_fitted_scores({3: z}, labels, cfg.model_copy(update={"cross_fit_folds": 1})) == {}
