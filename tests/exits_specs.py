@@ -94,3 +94,53 @@ def digits_dm() -> JmsnasDataModule:
 def trained_tiny_resnet() -> TinyResNet:
     torch.manual_seed(0)
     return _fit(TinyResNet(), digits_dm(), epochs=4, lr=0.01)
+
+
+def two_exit_cascade(thresholds: list[float]):
+    """``trained_tiny_1d`` with exit heads at its first two block locations (untrained heads, fixed seed)."""
+    from jmsnas.exits.cascade import EarlyExitNet
+    from jmsnas.exits.graph import block_graph
+    from jmsnas.exits.heads import build_exit_head
+
+    torch.manual_seed(0)
+    g = block_graph(trained_tiny_1d(), (1, 40))
+    locs = g.locations[:2]
+    heads = [build_exit_head(g.feature_shapes[b], g.blueprint, 0.05 * g.total_macs).eval() for b in locs]
+    return EarlyExitNet.build(g, locs, heads, thresholds)
+
+
+def predictor_bundle(out, samples: int = 60) -> dict:
+    """A two-exit cascade on three devices ``d0 -> d1 -> d2`` with an Exit Predictor, exported to ``out``.
+
+    λs and γs are quantiles of the samples' own confidences and scores, so every path of Algorithm 1 is
+    taken. Returns the inputs ``x``, the predictor's scores ``s``, the γs, and what ``SkippingCascade``
+    answers: ``logits``, ``exit_index``, ``computed``.
+    """
+    from jmsnas.exits.predictor import ExitPredictor
+    from jmsnas.exits.skip import SkippingCascade
+    from jmsnas.exits.thresholds import confidence
+    from jmsnas.export.writer import export_bundle
+    from jmsnas.plan.artifact import CutPlan, DeploymentPlan, DeviceSegment
+
+    x = torch.stack([mnist1d_dm().test_set[i][0] for i in range(samples)])
+    probe = two_exit_cascade([2.0, 2.0])  # outside no_grad: the first call trains the backbone
+    with torch.no_grad():
+        every = probe.all_exits(x)
+    lam = [float(confidence(every[0]).median()), float(confidence(every[1]).quantile(0.3))]
+    net = two_exit_cascade(lam).eval()
+    torch.manual_seed(1)
+    ep = ExitPredictor((1, 40), 2, "ours", width=0.5).eval()
+    with torch.no_grad():
+        last = [m for m in ep.modules() if isinstance(m, nn.Linear)][-1]  # untrained: spread its scores
+        last.weight.mul_(1000.0)
+        last.bias.sub_(ep(x).mean(0))
+        s = torch.sigmoid(ep(x))
+        gam = [float(s[:, 0].median()), float(s[:, 1].quantile(0.4))]
+        logits, idx, computed = SkippingCascade(net, ep, gam).eval()(x)
+    names = ["d0", "d1", "d2"]
+    plan = DeploymentPlan("chain", tuple(DeviceSegment(n, "main", m, m + 1, 1.0) for m, n in enumerate(names)),
+                          tuple(CutPlan(a, b, 4.0, 1.0) for a, b in zip(names, names[1:], strict=False)), 3.0)
+    export_bundle(list(net.segments), plan, x[:2], out, exits={0: (net.heads[0], lam[0]), 1: (net.heads[1], lam[1])},
+                  predictor=(ep, gam))
+    return {"bundle": out, "x": x, "s": s, "gammas": gam, "logits": logits, "exit_index": idx, "computed": computed,
+            "predictor": ep, "net": net, "plan": plan}

@@ -7,7 +7,7 @@ early exits, and the plan. It stays plain JSON (``json.load`` reads it without j
 ``Manifest.load`` validates it (``extra="forbid"``, a ``version`` key), raising
 `jmsnas.errors.BundleError` naming the file and the field.
 
-The entry builders (``part_entry``, ``part_files``, ``tensor_entry``, ``codec_entry``,
+The entry builders (``part_files``, ``tensor_entry``, ``codec_entry``,
 ``wire_names``) are shared by ``writer.export_bundle`` (sequential plans) and
 ``branched.export_branched_bundle``; ``write_manifest`` checks the result against ``Manifest``
 and writes it atomically.
@@ -95,6 +95,22 @@ class PartExit(_Entry):
     logits: str
     confidence: Literal["max_softmax", "decision_unit"]
     decision_unit: dict[str, Any] | None = None
+    skip_files: PartFiles | None = None
+
+
+class PredictorEntry(_Entry):
+    """Paper 004's Exit Predictor, its own part of the first device: it runs on the network ``input`` first and
+    returns one logit per early exit; exit k is computed for a sample only where ``sigmoid(logit_k) >=
+    gammas[k]``. Each exit part then has ``skip_files``: the same part without its head, for the samples
+    that skip it."""
+
+    device: str
+    files: PartFiles
+    inputs: list[TensorEntry]
+    outputs: list[TensorEntry]
+    onnx_max_abs_diff: float
+    gammas: list[float]
+    macs: int
 
 
 class ExitEntry(_Entry):
@@ -138,6 +154,7 @@ class Manifest(_Entry):
     parts: list[PartEntry]
     plan: DeploymentPlan
     exits: list[ExitEntry] | None = None
+    predictor: PredictorEntry | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
@@ -211,18 +228,8 @@ def part_files(out: Path, stem: str, device: str, ins: NamedTensors, outs: Named
     }
 
 
-def part_entry(out: Path, stem: str, plan: DeploymentPlan, m: int, ins: NamedTensors,
-               outs: NamedTensors) -> dict[str, Any]:
-    """The entry of part ``m`` of a sequential plan: ``part_files`` plus the codecs of its two cuts."""
-    return {
-        **part_files(out, stem, plan.segments[m].device, ins, outs),
-        "decoder": None if m == 0 else codec_entry(plan, m - 1),
-        "encoder": None if m == len(plan.cuts) else codec_entry(plan, m),
-    }
-
-
 def write_manifest(out: Path, plan: DeploymentPlan, parts: list[dict[str, Any]],
-                   exits: list[dict[str, Any]] | None = None) -> Path:
+                   exits: list[dict[str, Any]] | None = None, predictor: dict[str, Any] | None = None) -> Path:
     """Write ``out/manifest.json`` (indented, trailing newline, atomically) and return its path.
 
     The data is checked against ``Manifest`` first, so what is written is what ``Manifest.load`` reads.
@@ -230,13 +237,16 @@ def write_manifest(out: Path, plan: DeploymentPlan, parts: list[dict[str, Any]],
     Args:
         out: the bundle folder.
         plan: the exported plan (its devices, and a copy of it).
-        parts: one entry per part, in order (``part_entry`` or ``part_files`` plus codecs).
+        parts: one entry per part, in order (``part_files`` plus codecs).
         exits: the manifest-level exit entries (``ExitEntry``); the key is left out without exits.
+        predictor: the Exit Predictor's ``PredictorEntry``; left out without one.
     """
     manifest = {"format": FORMAT, "version": MANIFEST_VERSION, "devices": plan.devices, "parts": parts,
                 "plan": plan.to_dict()}
     if exits:
         manifest["exits"] = exits
+    if predictor is not None:
+        manifest["predictor"] = predictor
     Manifest.model_validate(manifest)  # an exporter bug, not the user's: a plain ValidationError
     path = out / MANIFEST
     write_json(path, manifest, newline=True)

@@ -20,6 +20,11 @@ Early exits (``exits``, from ``jmsnas.exits``): a device with an exit returns it
 first (named ``e{m}.logits``), then what goes on the wire. The graph has no data-dependent control
 flow; the manifest records each exit's threshold and logits name, and the runtime decides which
 samples leave (``bundle.Bundle.run_exits``).
+
+An Exit Predictor (``predictor``, paper 004) is exported as its own part of the first device
+(``predictor_{device}.pt`` / ``.onnx``: network input in, one logit per early exit out) with its γs in
+the manifest; each exit part then also has a second pair of files, ``{stem}_skip``, the same part
+without its head, so a sample the predictor lets skip an exit does not compute the head (Algorithm 1).
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ from torch import nn
 from jmsnas.compress.quantize import LEARNED, build_codec, calibrate
 from jmsnas.errors import BundleError
 from jmsnas.export.formats import onnx_max_abs_diff, save_onnx, save_torchscript
-from jmsnas.export.manifest import part_entry, wire_names, write_manifest
+from jmsnas.export.manifest import codec_entry, part_files, wire_names, write_manifest
 from jmsnas.export.split import run_segments
 from jmsnas.plan.artifact import DeploymentPlan
 from jmsnas.runtime.bundle import load_bundle, run_bundle, verify_bundle
+from jmsnas.space.macs import count_macs
 
 __all__ = [
     "BundleError",
@@ -126,6 +132,7 @@ def export_bundle(
     out_dir: str | Path,
     codecs: Mapping[int, tuple[nn.Module, nn.Module]] | None = None,
     exits: Mapping[int, tuple[nn.Module, float] | tuple[nn.Module, float, dict | None]] | None = None,
+    predictor: tuple[nn.Module, Sequence[float]] | None = None,
 ) -> Path:
     """Write ``out_dir`` (a bundle) for a calibrated sequential ``plan`` and its ``segments``.
 
@@ -138,6 +145,8 @@ def export_bundle(
         exits: per device index (not the last), ``(exit head, confidence threshold)`` or ``(exit head,
             threshold, decision unit data)``: that device's part also returns the head's logits, first
             (see the module docstring); a decision unit (``DecisionUnit.to_dict()``) goes into the manifest.
+        predictor: ``(Exit Predictor, gammas)``, one γ per exit in order (needs ``exits``): exported as its
+            own part of the first device, and every exit part also without its head.
 
     Returns:
         The path of ``manifest.json``.
@@ -145,32 +154,77 @@ def export_bundle(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     exits = dict(exits or {})
-    if any(not 0 <= m < len(segments) - 1 for m in exits):
-        raise ValueError(f"exits go on devices 0..{len(segments) - 2} (not the last), got {sorted(exits)}")
+    _check_exits(exits, predictor, len(segments))
     values: tuple[torch.Tensor, ...] = (example_input,)
     entries = []
     heads = {m: spec[0] for m, spec in exits.items()}
+    bare = device_parts(plan, segments, codecs) if predictor is not None else []
     for m, part in enumerate(device_parts(plan, segments, codecs, heads)):
         with torch.no_grad():
-            outputs = part(*values)
+            n_out = len(part(*values))
         in_names = ["input"] if m == 0 else wire_names(plan, m - 1, len(values))
         last = m == len(segments) - 1
-        n_wire = len(outputs) - (m in exits)
-        out_names = [f"output{j}" for j in range(len(outputs))] if last else wire_names(plan, m, n_wire)
-        if m in exits:
-            out_names = [f"e{m}.logits", *out_names]
-        stem = f"{m:02d}_{plan.segments[m].device}"
-        save_torchscript(part, values, out / f"{stem}.pt")
-        save_onnx(part, values, in_names, out_names, out / f"{stem}.onnx")
-        entry = part_entry(out, stem, plan, m, (in_names, values), (out_names, outputs))
-        entry["onnx_max_abs_diff"] = onnx_max_abs_diff(out / f"{stem}.onnx", values, outputs)
+        out_names = [f"output{j}" for j in range(n_out)] if last else wire_names(plan, m, n_out - (m in exits))
+        out_names = [f"e{m}.logits", *out_names] if m in exits else out_names
+        stem = out / f"{m:02d}_{plan.segments[m].device}"
+        entry, outputs = _export_part(part, values, (in_names, out_names), stem, plan, m)
+        entry |= {"decoder": None if m == 0 else codec_entry(plan, m - 1),
+                  "encoder": None if last else codec_entry(plan, m)}
         if m in exits:
             entry["exit"] = _exit_entry(m, exits[m])
+            if predictor is not None:  # the part without its head, for the samples that skip the exit
+                skip, _ = _export_part(bare[m], values, (in_names, out_names[1:]), stem.with_name(f"{stem.name}_skip"),
+                                       plan, m)
+                entry["exit"]["skip_files"] = skip["files"]
+                entry["onnx_max_abs_diff"] = max(entry["onnx_max_abs_diff"], skip["onnx_max_abs_diff"])
         entries.append(entry)
         values = outputs[1:] if m in exits else outputs
     exit_entries = [{"part": m, "device": plan.segments[m].device,
-                     **{k: v for k, v in entries[m]["exit"].items() if k != "decision_unit"}} for m in sorted(exits)]
-    return write_manifest(out, plan, entries, exit_entries)
+                     **{k: v for k, v in entries[m]["exit"].items() if k not in ("decision_unit", "skip_files")}}
+                    for m in sorted(exits)]
+    pred = None if predictor is None else _predictor_entry(out, plan, example_input, *predictor)
+    return write_manifest(out, plan, entries, exit_entries, pred)
+
+
+def _check_exits(exits: Mapping[int, tuple], predictor: tuple | None, devices: int) -> None:
+    if any(not 0 <= m < devices - 1 for m in exits):
+        raise ValueError(f"exits go on devices 0..{devices - 2} (not the last), got {sorted(exits)}")
+    if predictor is not None and len(predictor[1]) != len(exits):
+        raise ValueError(f"need one gamma per exit ({len(exits)}), got {len(predictor[1])}")
+
+
+def _export_part(part: nn.Module, values: tuple[torch.Tensor, ...], names: tuple[list[str], list[str]],
+                 stem: Path, plan: DeploymentPlan, m: int) -> tuple[dict, tuple[torch.Tensor, ...]]:
+    """Write ``stem``.pt and .onnx for ``part`` on ``values``; its ``part_files`` entry with the ONNX check, and
+    its outputs."""
+    with torch.no_grad():
+        got = part(*values)
+    outputs = tuple(got) if isinstance(got, (tuple, list)) else (got,)
+    save_torchscript(part, values, stem.with_suffix(".pt"))
+    save_onnx(part, values, names[0], names[1], stem.with_suffix(".onnx"))
+    entry = part_files(stem.parent, stem.name, plan.segments[m].device, (names[0], values), (names[1], outputs))
+    return entry | {"onnx_max_abs_diff": onnx_max_abs_diff(stem.with_suffix(".onnx"), values, outputs)}, outputs
+
+
+class _OneInput(nn.Module):
+    """A one-input module in the parts' calling convention (``forward(*xs)``, which ``save_onnx`` exports)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self.module(xs[0])
+
+
+def _predictor_entry(out: Path, plan: DeploymentPlan, example_input: torch.Tensor, predictor: nn.Module,
+                     gammas: Sequence[float]) -> dict:
+    predictor = predictor.eval()
+    device = plan.segments[0].device
+    entry, _ = _export_part(_OneInput(predictor), (example_input,), (["input"], ["predictor.logits"]),
+                         out / f"predictor_{device}", plan, 0)
+    macs = count_macs(predictor, tuple(example_input.shape[1:]))
+    return entry | {"gammas": [float(g) for g in gammas], "macs": int(macs)}
 
 
 def _exit_entry(m: int, spec: tuple) -> dict:

@@ -16,14 +16,16 @@ aside), ``Bundle.run_exits`` is the runtime's decision: after each exit the samp
 softmax probability (float64) reaches its threshold leave with its logits, and only the others go
 on to the next device. An exit whose manifest entry carries a decision unit (paper 000,
 ``confidence: decision_unit``) compares the unit's certainty on the logits' softmax meta-features instead
-(``jmsnas.exits.decision``, the same code as in-process).
+(``jmsnas.exits.decision``, the same code as in-process). With an Exit Predictor (the manifest's
+``predictor``, paper 004) ``run_exits`` runs it first and computes exit k's head only for the samples whose
+score reaches its γ; the others run the part's ``skip_files`` (the part without its head).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,10 @@ class Bundle:
 
     spec: Manifest
     runners: tuple[Runner, ...]
+    #: The Exit Predictor's runner (the manifest's ``predictor``), and per part with an exit the part
+    #: without its head (its ``skip_files``); None and empty without a predictor.
+    predictor: Runner | None = None
+    skip_runners: Mapping[int, Runner] = field(default_factory=dict)
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -107,8 +113,17 @@ class Bundle:
         """The manifest's ``exit`` entry of part ``part`` (threshold, logits name), or None."""
         return self.spec.parts[part].exit
 
-    def run_exits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def exit_scores(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``[B, K]``: the Exit Predictor's sigmoid scores on network input ``x`` (None without a predictor)."""
+        return None if self.predictor is None else torch.sigmoid(self.predictor((x,))[0].float())
+
+    def run_exits(self, x: torch.Tensor, computed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run with early exits; returns ``(logits [B, P], exit index [B])``, the final classifier last.
+
+        With an Exit Predictor in the manifest it runs first (Algorithm 1 of paper 004): at exit k only the
+        samples whose score reaches ``gammas[k]`` run the part with its head (and may leave); the others run
+        the part without it (``skip_files``). ``computed`` ([B, K] bool, when given) is set where a sample
+        ran exit k's head.
 
         Raises:
             BundleError: a wire tensor without the batch as its first axis (exited samples cannot be dropped).
@@ -118,19 +133,30 @@ class Bundle:
         exit_index = torch.full((batch,), -1, dtype=torch.long)
         logits: torch.Tensor | None = None
         values: tuple[torch.Tensor, ...] = (x,)
+        scores = self.exit_scores(x)
         k = 0
         for m, runner in enumerate(self.runners):
-            outputs = runner(values)
             exit_ = self.exit_of(m)
             if exit_ is None and m < len(self.runners) - 1:
-                values = outputs
+                values = runner(values)
                 continue
-            leave = torch.ones(len(active), dtype=torch.bool)
-            if exit_ is not None:
-                leave = self.exit_confidence(m, outputs[0]) >= exit_.threshold
-            if logits is None:
+            run = torch.ones(len(active), dtype=torch.bool)  # the rows that compute this exit's head
+            if exit_ is None:  # the final classifier: everyone left leaves
+                outputs, leave = runner(values), run
+            else:
+                if scores is not None:
+                    assert self.spec.predictor is not None
+                    run = scores[active, k] >= self.spec.predictor.gammas[k]
+                outputs, leave = self._exit_part(m, values, run), torch.zeros(len(active), dtype=torch.bool)
+                if run.any():
+                    leave[run] = self.exit_confidence(m, outputs[0]) >= exit_.threshold
+                if computed is not None:
+                    computed[active[run], k] = True
+            if logits is None and outputs[0].shape[0]:
                 logits = outputs[0].new_zeros((batch, outputs[0].shape[-1]))
-            logits[active[leave]] = outputs[0][leave]
+            if leave.any():
+                assert logits is not None
+                logits[active[leave]] = outputs[0][leave[run]]
             exit_index[active[leave]] = k
             k += 1
             keep = ~leave
@@ -140,6 +166,22 @@ class Bundle:
             active = active[keep]
         assert logits is not None
         return logits, exit_index
+
+    def _exit_part(self, m: int, values: tuple[torch.Tensor, ...], run: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Part ``m`` (with an exit) on ``values``: the head's logits for the ``run`` rows first, then the wire
+        tensors of every row (the ``~run`` rows from the part without its head)."""
+        if bool(run.all()):
+            return self.runners[m](values)
+        with_head = self.runners[m](tuple(self._rows(v, run, m) for v in values)) if run.any() else None
+        bare = self.skip_runners[m](tuple(self._rows(v, ~run, m) for v in values))
+        if with_head is None:
+            return (torch.empty(0), *bare)
+        wire = []
+        for a, b in zip(with_head[1:], bare, strict=True):
+            full = a.new_empty((len(run), *a.shape[1:]))
+            full[run], full[~run] = a, b
+            wire.append(full)
+        return (with_head[0], *wire)
 
     def _rows(self, value: torch.Tensor, keep: torch.Tensor, part: int) -> torch.Tensor:
         if value.dim() == 0 or value.shape[0] != keep.shape[0]:
@@ -168,8 +210,23 @@ def load_bundle(bundle_dir: str | Path, backend: Backend = "torchscript") -> Bun
     for part in manifest.parts:
         for entry in (part.files.torchscript, part.files.onnx):
             _verify_file(root, entry)
+    skips = {m: part.exit.skip_files for m, part in enumerate(manifest.parts)
+             if part.exit is not None and part.exit.skip_files is not None}
+    if manifest.predictor is not None:
+        for files in (manifest.predictor.files, *skips.values()):
+            for entry in (files.torchscript, files.onnx):
+                _verify_file(root, entry)
+        missing = [m for m, part in enumerate(manifest.parts) if part.exit is not None and m not in skips]
+        if missing or len(manifest.predictor.gammas) != len(skips):
+            raise BundleError(f"a bundle with an Exit Predictor needs one gamma ({len(manifest.predictor.gammas)} "
+                              f"given) and skip_files per exit part (missing on parts {missing})",
+                              file=root / MANIFEST, field="predictor")
     load = _load_torchscript if backend == "torchscript" else _load_onnx
-    return Bundle(manifest, tuple(load(root / part.files.of(backend).path) for part in manifest.parts))
+    runners = tuple(load(root / part.files.of(backend).path) for part in manifest.parts)
+    if manifest.predictor is None:
+        return Bundle(manifest, runners)
+    return Bundle(manifest, runners, load(root / manifest.predictor.files.of(backend).path),
+                  {m: load(root / files.of(backend).path) for m, files in skips.items()})
 
 
 def read_manifest(root: str | Path) -> Manifest:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from jmsnas.errors import BundleError
+from jmsnas.errors import BundleError, ConfigError
 from jmsnas.export.manifest import PartEntry
 
 
@@ -56,3 +56,15 @@ class PartGraph:
     def consumer_parts(self, m: int) -> list[int]:
         """The parts part ``m`` sends to, in part order."""
         return [j for j, _ in self.consumers[m]]
+
+
+def part_index(parts: list[PartEntry], device: str, file: Path) -> int:
+    """The index of ``device``'s part in a bundle.
+
+    Raises:
+        ConfigError: a device the bundle does not name.
+    """
+    names = [p.device for p in parts]
+    if device not in names:
+        raise ConfigError(f"device {device!r} is not in this bundle; valid: {names}", file=file, field="--device")
+    return names.index(device)

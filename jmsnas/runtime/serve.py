@@ -15,7 +15,9 @@ feeds parallel branches sends each its tensors on a lane of its own, and a join 
   device (an analytic one: no measured profile) runs its part on this CPU and then waits until its
   predicted compute time (the plan's) has passed. An exit decides as ``Bundle.run_exits`` does
   (``Bundle.exit_confidence``: the top-1 softmax probability in float64, or the manifest's decision
-  unit, against the threshold): a sample that leaves is answered here.
+  unit, against the threshold): a sample that leaves is answered here. With an Exit Predictor in the
+  bundle the first device runs it on the input; the sample carries its per-exit ``skip`` flags, and a
+  device whose exit it skips runs the part without the head (Algorithm 1, as ``run_exits``).
 - *send*: the next hop's DEALER (``transport.Sender``) behind the link emulator
   (``links.TokenBucket``); answers go to the feeder's address (``reply_to``). When the next hop
   does not acknowledge within its attempts, the device answers alone from the best exit the
@@ -44,9 +46,9 @@ import torch
 import zmq
 
 from jmsnas.errors import ConfigError
-from jmsnas.export.manifest import MANIFEST, Backend, PartEntry, sha256_file
+from jmsnas.export.manifest import MANIFEST, Backend, sha256_file
 from jmsnas.runtime.bundle import load_bundle
-from jmsnas.runtime.graph import PartGraph
+from jmsnas.runtime.graph import PartGraph, part_index
 from jmsnas.runtime.join import BEST, Gather, check_sample, merged_hops, source_part
 from jmsnas.runtime.links import LinkSpec, TokenBucket
 from jmsnas.runtime.plan_times import predicted_times
@@ -86,18 +88,6 @@ class ServeOptions:
 def manifest_hash(bundle_dir: str | Path) -> str:
     """The sha256 of a bundle's ``manifest.json``: the token every message carries."""
     return sha256_file(Path(bundle_dir) / MANIFEST)
-
-
-def part_index(parts: list[PartEntry], device: str, file: Path) -> int:
-    """The index of ``device``'s part in a bundle.
-
-    Raises:
-        ConfigError: a device the bundle does not name.
-    """
-    names = [p.device for p in parts]
-    if device not in names:
-        raise ConfigError(f"device {device!r} is not in this bundle; valid: {names}", file=file, field="--device")
-    return names.index(device)
 
 
 class DeviceServer:
@@ -238,8 +228,14 @@ class DeviceServer:
              arrays: dict[str, Any]) -> tuple[str, Message, dict[str, Any], list]:
         """Run the part on one sample; returns what the send thread does with it."""
         start = time.monotonic()
+        inputs = tuple(torch.from_numpy(arrays[t.name]) for t in self.part.inputs)
+        skips = msg.header.skip
+        if self.m == 0 and self.bundle.spec.predictor is not None:  # the Exit Predictor decides, once
+            scores = self.bundle.exit_scores(inputs[0])
+            skips = [bool(s < g) for s, g in zip(scores[0].tolist(), self.bundle.spec.predictor.gammas, strict=True)]
+        skipped = self.part.exit is not None and skips is not None and skips[self.exit_k]
         with torch.no_grad():
-            outs = self.bundle.runners[self.m](tuple(torch.from_numpy(arrays[t.name]) for t in self.part.inputs))
+            outs = (self.bundle.skip_runners if skipped else self.bundle.runners)[self.m](inputs)
         computed = time.monotonic()
         waited = 0.0
         if self.options.emulated and (left := start + self.predicted_ms / 1e3 - computed) > 0:
@@ -253,7 +249,7 @@ class DeviceServer:
                "wire_ms": None if not msg.header.hops or self.gather is not None  # a join: its arrival records
                else 1e3 * (recv_at - msg.header.hops[-1]["link_start"])}
         best = (msg.header.best, msg.tensors[-1]) if msg.header.best is not None else None
-        if self.part.exit is not None:
+        if self.part.exit is not None and not skipped:
             logits = outs[0].numpy()
             conf = float(self.bundle.exit_confidence(self.m, outs[0]).max())  # as run_exits decides
             if conf >= self.part.exit.threshold:
@@ -265,7 +261,7 @@ class DeviceServer:
         parts = self.bundle.spec.parts
         sends = {j: [(parts[j].inputs[slot].name, outs[k].numpy()) for slot, k in pairs]
                  for j, pairs in self.graph.consumers[self.m]}
-        return "forward", msg, {"hop": hop, "best": best}, sends
+        return "forward", msg, {"hop": hop, "best": best, "skip": skips}, sends
 
     def _send_loop(self, ctx: zmq.Context) -> None:
         """Answers go out from here. A chain's one next hop is sent to from here too; a part feeding several
@@ -360,6 +356,7 @@ class DeviceServer:
         codec = self.part.encoder
         head = {"kind": "sample", "run": h.run, "sample": h.sample, "attempt": h.attempt, "manifest": self.token,
                 "reply_to": h.reply_to, "hops": [*h.hops, hop], "best": None if best is None else best[0],
+                "skip": info.get("skip"),
                 "codec": None if codec is None else {"compressor": codec.compressor, "params": codec.params}}
         frames = pack(head, tensors + extra)
         hop["encode_ms"], hop["wire_bytes"] = 1e3 * (time.monotonic() - start), wire

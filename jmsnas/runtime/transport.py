@@ -70,7 +70,8 @@ class Header(_Strict):
     ``hops`` holds one timing record per device a sample went through (``serve.hop_record``);
     ``best`` names the exit (``device``, ``exit``) of a sample's last tensor ``best.logits``, the
     answer a device falls back on when its next hop is gone; ``answer`` where and how a sample was
-    answered; ``error`` why a message was refused.
+    answered; ``error`` why a message was refused; ``skip`` the Exit Predictor's per-exit flags (a bundle
+    with one: the first device sets them, a device whose exit is skipped runs the part without its head).
     """
 
     v: int
@@ -84,6 +85,7 @@ class Header(_Strict):
     reply_to: str | None = None
     hops: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
+    skip: list[bool] | None = None
     answer: dict[str, Any] | None = None
     error: str | None = None
 

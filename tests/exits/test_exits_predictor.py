@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from exits_specs import mnist1d_dm, trained_tiny_1d
+from exits_specs import mnist1d_dm, predictor_bundle, two_exit_cascade
 
-from jmsnas.exits.cascade import EarlyExitNet, MacCounter
-from jmsnas.exits.graph import block_graph
-from jmsnas.exits.heads import build_exit_head
+from jmsnas.exits.cascade import MacCounter
 from jmsnas.exits.predictor import ExitPredictor, PredictorTraining, exit_labels, train_predictor
 from jmsnas.exits.skip import ExitParts, SkippingCascade, choose_gamma, route
 from jmsnas.exits.thresholds import confidence
@@ -81,21 +79,13 @@ def test_route_matches_eq4_written_out() -> None:
     assert np.allclose(got, want)
 
 
-def _cascade(thresholds: list[float]) -> EarlyExitNet:
-    torch.manual_seed(0)
-    g = block_graph(trained_tiny_1d(), (1, 40))
-    locs = g.locations[:2]
-    heads = [build_exit_head(g.feature_shapes[b], g.blueprint, 0.05 * g.total_macs).eval() for b in locs]
-    return EarlyExitNet.build(g, locs, heads, thresholds)
-
-
 def test_batched_algorithm1_equals_a_per_sample_loop_and_counts_eq4_macs() -> None:
     x = torch.stack([mnist1d_dm().test_set[i][0] for i in range(60)])
-    probe = _cascade([2.0, 2.0])  # outside no_grad: the first call trains the backbone
+    probe = two_exit_cascade([2.0, 2.0])  # outside no_grad: the first call trains the backbone
     with torch.no_grad():
         every = probe.all_exits(x)
     lam = [float(confidence(every[0]).median()), float(confidence(every[1]).quantile(0.3))]
-    net = _cascade(lam)
+    net = two_exit_cascade(lam)
     torch.manual_seed(1)
     ep = ExitPredictor((1, 40), 2, "ours", width=0.5).eval()
     with torch.no_grad():
@@ -141,3 +131,48 @@ def test_choose_gamma_meets_the_criterion_and_never_costs_more_than_no_skipping(
     assert chosen.reaches_final.mean() - base.reaches_final.mean() < 0.02
     assert cost == pytest.approx(chosen.device_cost(parts).mean())
     assert cost < base.device_cost(parts).mean()  # an informative predictor pays for itself here
+
+
+@pytest.mark.parametrize("backend", ["torchscript", "onnx"])
+def test_exported_predictor_bundle_runs_algorithm1_as_the_in_processtwo_exit_cascade(backend: str, tmp_path) -> None:
+    """A bundle exported with the Exit Predictor decides, sample by sample, as ``SkippingCascade``: same exits,
+    same logits, the same heads computed; a skipped head is not run (the skip part has no head)."""
+    from jmsnas.runtime.bundle import load_bundle
+
+    b = predictor_bundle(tmp_path)
+    x, s, gam, idx, computed = b["x"], b["s"], b["gammas"], b["exit_index"], b["computed"]
+    bundle = load_bundle(tmp_path, backend)
+    assert bundle.spec.predictor is not None and bundle.spec.predictor.macs == count_macs(b["predictor"], (1, 40))
+    got_computed = torch.zeros_like(computed)
+    got, got_idx = bundle.run_exits(x, got_computed)
+    tol = 1e-5 if backend == "torchscript" else 1e-4
+    sure = ((s - torch.tensor(gam)).abs() > 1e-4).all(1)  # ONNX's float32 may flip a score sitting on its gamma
+    assert sure.sum() >= 50
+    assert (got_idx[sure] == idx[sure]).all() and (got_computed[sure] == computed[sure]).all()
+    assert torch.allclose(got[sure], b["logits"][sure], atol=tol)
+    assert 0 < int(computed[:, 0].sum()) < len(x) and set(idx.tolist()) == {0, 1, 2}
+    skip = bundle.skip_runners[0]((x[:3],))
+    assert len(skip) == len(bundle.runners[0]((x[:3],))) - 1  # no logits: the head is not in the skip part
+    torch.testing.assert_close(skip[0], bundle.runners[0]((x[:3],))[1], atol=tol, rtol=0)
+
+
+def test_predictor_bundle_without_skip_parts_is_refused(tmp_path) -> None:
+    """A manifest whose predictor has no skip part for an exit fails to load, naming the field."""
+    import json
+
+    from jmsnas.errors import BundleError
+    from jmsnas.export.writer import export_bundle
+    from jmsnas.runtime.bundle import load_bundle
+
+    b = predictor_bundle(tmp_path / "b", samples=8)
+    net, plan, ep = b["net"], b["plan"], b["predictor"]
+    with pytest.raises(ValueError, match="one gamma per exit"):
+        export_bundle(list(net.segments), plan, b["x"][:2], tmp_path / "a", exits={0: (net.heads[0], 0.5)},
+                      predictor=(ep, [0.1, 0.2]))
+    path = tmp_path / "b" / "manifest.json"
+    data = json.loads(path.read_text())
+    del data["parts"][1]["exit"]["skip_files"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="skip_files") as info:
+        load_bundle(tmp_path / "b")
+    assert "predictor" in str(info.value)

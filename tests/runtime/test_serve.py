@@ -107,3 +107,26 @@ def test_a_device_refuses_a_bundle_it_does_not_hold(exit_bundle, tmp_path: Path)
         DeviceServer(exit_bundle[0], "phone", "127.0.0.1:1", None)
     with pytest.raises(ConfigError, match="--next"):
         DeviceServer(exit_bundle[0], "d0", "127.0.0.1:1", None)
+
+
+def test_served_exit_predictor_skips_as_run_exits(tmp_path: Path) -> None:
+    """With an Exit Predictor in the bundle, the first device runs it and the sample carries its skip flags:
+    every sample is answered where ``run_exits`` answers it, with its logits, and the devices whose exit
+    it skips run the part without the head."""
+    from exits_specs import predictor_bundle
+
+    b = predictor_bundle(tmp_path / "bundle", samples=24)
+    x, s, gam = b["x"], b["s"], torch.tensor(b["gammas"])
+    computed = torch.zeros((len(x), 2), dtype=torch.bool)
+    expected, exit_index = load_bundle(b["bundle"], "onnx").run_exits(x, computed)
+    sure = ((s - gam).abs() > 1e-4).all(1)  # a score on its gamma may be skipped by one backend, not the other
+    assert sure.sum() >= 20
+    assert set(exit_index.tolist()) == {0, 1, 2} and not computed.all()
+    report = serve_local(b["bundle"], [xi.numpy() for xi in x], LocalRun(**FAST), out=tmp_path / "runtime.json")
+    assert_gone(report["_pids"])
+    assert report["answered"] == len(x) and report["fell_back"] == 0 and report["lost"] == 0
+    for row in report["per_sample"]:
+        i = row["sample"]
+        if sure[i]:
+            assert row["exit"] == int(exit_index[i]) and row["device"] == ["d0", "d1", "d2"][int(exit_index[i])]
+            np.testing.assert_allclose(report["_logits"][i][0], expected[i].numpy(), atol=1e-5)
