@@ -441,9 +441,9 @@ def _notes(r: dict) -> list[str]:
             if over > 0:
                 out.append(f"- {name}, {setting}: the test-split loss ({row['test_loss_pp']:.2f} ± "
                            f"{row['test_loss_se_pp']:.2f} pp) exceeds the budget by {over:.2f} pp; on the "
-                           f"calibration split the loss was {row['calib_loss_pp']:.2f} pp (plus one standard error: "
-                           f"{row['calib_loss_bound_pp']:.2f} pp). Thresholds picked on 1-2 thousand samples do not "
-                           "carry their budget exactly to unseen ones.")
+                           f"calibration split the loss was {row['calib_loss_pp']:.2f} pp (with its margin, "
+                           f"`accuracy_z` errors: {row['calib_loss_bound_pp']:.2f} pp). Thresholds picked on 1-2 "
+                           "thousand samples do not carry their budget exactly to unseen ones.")
         first = _pick(c, "budget 1 pp")["per_exit"][0]
         if first["location"] is not None and first["termination"] >= 0.999:
             out.append(f"- {name}: every test sample leaves at the first exit (unit {first['location']}), whose head "
