@@ -37,6 +37,22 @@ class DecisionUnitConfig(Strict):
     gbm_learning_rate: PositiveFloat = 0.05
 
 
+class PredictorConfig(Strict):
+    """Paper 004's Exit Predictor (``jmsnas/exits/predictor_fit.py``): a tiny network on the raw input, run first
+    on the first device, that says which exits to compute for this sample; exported with the bundle and
+    applied by the bundle runtime and ``serve`` (Algorithm 1)."""
+
+    variant: Literal["ours", "plain", "fcs", "lenet"] = Field(
+        "ours", description="paper 004 Fig. 6, without concatenation and SE, FCs only, LeNet-5")
+    width: PositiveFloat = Field(1.0, description="scales every channel count (0.5: 8/16/32/64)")
+    labels: Literal["train", "calibration"] = Field(
+        "train", description="split whose eq. (9) labels it learns: the training split (paper) or the calibration "
+        "split (then its gammas are chosen on its own training samples)")
+    epochs: PositiveInt = 40
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = Field(0.1, description="SGD with cosine annealing, as paper 004")
+
+
 class ExitsConfig(Strict):
     """Early-exit augmentation of a trained network (paper 001's flow; ``jmsnas/exits/``)."""
 
@@ -73,5 +89,7 @@ class ExitsConfig(Strict):
         "(paper 000)")
     du: DecisionUnitConfig = Field(default_factory=DecisionUnitConfig, description="decision unit settings "
                                    "(used with decision: decision_unit)")
+    predictor: PredictorConfig | None = Field(None, description="an Exit Predictor in front of the exits (paper 004); "
+                                              "absent: every exit is computed for every sample that reaches it")
     result_at: Literal["exit", "sink"] = Field(
         "exit", description="where an exited sample's answer is needed: on the exiting device, or at the last one")

@@ -52,9 +52,12 @@ from jmsnas.errors import ConfigError
 from jmsnas.exits import augment, plan_with_exits
 from jmsnas.exits.costs import ExitLatency
 from jmsnas.exits.export import exit_heads_by_device
+from jmsnas.exits.predictor_fit import FittedPredictor, fit_exit_predictor
 from jmsnas.exits.result import ExitsResult
+from jmsnas.exits.skip import SkippingCascade
 from jmsnas.export.split import cut_tensors, split_archnet
 from jmsnas.export.writer import calibrate_plan, device_parts, export_bundle
+from jmsnas.io import write_json
 from jmsnas.latency.model import LatencyModel
 from jmsnas.plan.artifact import DeploymentPlan
 from jmsnas.plan.baselines import baselines
@@ -108,6 +111,7 @@ class _Choice:
     device: torch.device  # where exits and learned compressors train: the experiment's trainer.accelerator
     train_x: list[torch.Tensor] = field(default_factory=list)  # loaded after the exit split (batch order)
     test: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    predictor: FittedPredictor | None = None  # exits.predictor, fitted to the chosen EENN
 
     @property
     def calib(self) -> list[torch.Tensor]:
@@ -143,6 +147,7 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
     if exp.config.exits is not None:
         exits, plan, segments, model = _exits(exp, choice_dir, plan, ch.spec, ch.model, ch.dm, ch.calib, ch.seed,
                                               t_const_ms, exit_heads, ch.device)
+        ch.predictor = _fit_predictor(ch, exits)
     plan = _price_codecs(ch, plan, segments, learned)
     plan.to_json(choice_dir / PLAN_JSON)
     record = _record(ch, plan, segments, learned, model, exits)
@@ -220,16 +225,40 @@ def _export(ch: _Choice, plan: DeploymentPlan, segments: list[nn.Module], learne
     """``bundle/`` written, verified against the unsplit model and timed on this machine, as configured."""
     cfg, bundle, test = ch.exp.config.export, ch.dir / BUNDLE_DIR, ch.test
     heads = exit_heads_by_device(exits, plan) if exits is not None and exits.exits else None
-    export_bundle(segments, plan, ch.calib[0], bundle, codecs=learned.codecs, exits=heads)
+    pred = None if ch.predictor is None else (ch.predictor.predictor, ch.predictor.gammas)
+    export_bundle(segments, plan, ch.calib[0], bundle, codecs=learned.codecs, exits=heads, predictor=pred)
     update: dict = {"bundle": BUNDLE_DIR}
     if cfg.verify:
         update["verify"] = verify_parts(bundle, model, test[:4],
                                         lossless=all(COMPRESSORS[c.compressor].lossless for c in plan.cuts))
         if heads:
-            update["verify"]["exits"] = verify_exit_decisions(bundle, exits.net, test[:4])
+            cascade = exits.net if pred is None else SkippingCascade(exits.net, *pred)
+            update["verify"]["exits"] = verify_exit_decisions(bundle, cascade, test[:4])
     if cfg.measure:
         update["latency_measured"] = measure_parts(bundle, plan, test[0][0], profile_metas(ch.exp))
     return record.model_copy(update=update)
+
+
+def _fit_predictor(ch: _Choice, exits: ExitsResult) -> FittedPredictor | None:
+    """``exits.predictor`` fitted to the chosen EENN (``exits/predictor.json`` says what it buys), or None."""
+    cfg = ch.exp.config.exits
+    if cfg.predictor is None:
+        return None
+    if not exits.exits:
+        log.info("exits       no exit chosen: no Exit Predictor to fit")
+        return None
+    calib = ch.dm.val_set if cfg.calibration == "val" else ch.dm.train_set
+    labels = ch.dm.train_set if cfg.predictor.labels == "train" else calib
+    log.info(f"exits       Exit Predictor ({cfg.predictor.variant}) on {cfg.predictor.labels} labels, "
+             f"{cfg.predictor.epochs} epochs ...")
+    fitted = fit_exit_predictor(exits.net, labels, calib, tuple(ch.spec.input_shape), cfg.predictor, ch.seed,
+                                ch.device)
+    write_json(ch.dir / EXITS_DIR / "predictor.json", fitted.info, newline=True)
+    i = fitted.info
+    log.info(f"exits       Exit Predictor: gammas {[round(g, 3) for g in fitted.gammas]}, on-device MACs "
+             f"{i['ee_macs']:,.0f} -> {i['ep_macs']:,.0f} (oracle {i['oracle_macs']:,.0f}) on calibration"
+             + ("" if i["pays_off"] else "; it does not pay off here (every exit kept costs its MACs on top)"))
+    return fitted
 
 
 def _t_const(exp: Experiment, choice_dir: Path, t_const_ms: float | None) -> float:

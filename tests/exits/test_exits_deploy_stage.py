@@ -101,3 +101,36 @@ def test_exits_move_the_split_when_the_best_plan_without_them_has_no_boundary(ex
     assert e["units"] and result["boundaries"] != [0, 0, 0, 6]
     assert set(e["units"]) <= set(result["boundaries"][1:-1])
     assert e["mean_latency_ms"] < without.total_latency_ms < e["worst_latency_ms"] + 1e-9
+
+
+def test_deployed_exit_predictor_is_fitted_exported_and_applied(exits_experiment, write_experiment,
+                                                               tmp_path: Path) -> None:
+    """``exits.predictor``: the predictor is trained on the chosen EENN's labels, its gammas chosen on the
+    calibration split (the paper's criterion, so at most 2 pp more samples reach the final exit there), and
+    the bundle's runtime skips heads as the in-process ``SkippingCascade`` does."""
+    exits_experiment.update(export={})
+    exits_experiment["exits"]["predictor"] = {"variant": "fcs", "epochs": 3, "labels": "calibration"}
+    exp = load_experiment(write_experiment(exits_experiment))
+    choice = _choice(tmp_path)
+    result = deploy_choice(exp, choice, datamodule=mnist1d_dm()).to_dict()
+    info = json.loads((choice / "exits" / "predictor.json").read_text())
+    manifest = json.loads((choice / "bundle" / "manifest.json").read_text())
+    k = len(result["exits"]["units"])
+    assert k >= 1 and manifest["predictor"]["gammas"] == info["gammas"] and len(info["gammas"]) == k
+    assert manifest["predictor"]["macs"] == info["macs"] > 0 and info["variant"] == "fcs"
+    assert all(p["exit"]["skip_files"] for p in manifest["parts"] if p.get("exit"))
+    # eq. (4) with the chosen gammas is never above eq. (4) at gamma = 0, which is eq. (3) plus the predictor
+    assert info["ep_macs"] <= info["ee_macs"] + info["macs"] + 1e-6
+    assert info["pays_off"] == (info["ep_macs"] < info["ee_macs"])
+    for backend in ("torchscript", "onnx"):
+        assert result["verify"]["exits"][backend]["same_exit"] >= 0.99
+    x = next(iter(mnist1d_dm().test_dataloader()))[0]
+    logits, index = load_bundle(choice / "bundle").run_exits(x)
+    assert logits.shape == (len(x), 10) and set(index.tolist()) <= set(range(k + 1))
+
+
+def test_predictor_options_are_checked(exits_experiment, write_experiment) -> None:
+    exits_experiment["exits"]["predictor"] = {"variant": "resnet"}
+    with pytest.raises(ConfigError) as info:
+        load_experiment(write_experiment(exits_experiment))
+    assert "exits.predictor.variant" in str(info.value) and "lenet" in str(info.value)

@@ -1,0 +1,88 @@
+"""The Exit Predictor fitted to a chosen EENN (paper 004 §III, for the deploy stage's ``exits.predictor``).
+
+``fit_exit_predictor`` takes the early-exit network ``augment`` chose (frozen: its heads, thresholds λ and
+decision units), computes eq. (9)'s labels ``u(c_n - lambda_n)`` on the label split (the training split,
+as the paper, or the calibration split), trains the predictor by eq. (6), and picks its γs by the paper's
+criterion (``skip.choose_gamma``: the lowest eq. (4) MACs with under 2 pp more samples at the final exit)
+on the calibration split. It also reports what the predictor buys there: the mean on-device MACs of the
+cascade without it (eq. (3)), with it (eq. (4)) and of the oracle, and the share of the oracle's saving
+captured, so a predictor that does not pay off says so.
+
+With ``labels: calibration`` the γs are chosen on the samples the predictor was trained on, which
+flatters it; ``labels: train`` (the default, the paper's) labels samples the EENN has fitted, which it
+is confident on nearly always (``benchmarks/results/exit_predictor.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from jmsnas.devices import DeviceLike, on_device, to_device
+from jmsnas.exits.cascade import EarlyExitNet
+from jmsnas.exits.decision import exit_score
+from jmsnas.exits.predictor import ExitPredictor, PredictorTraining, exit_labels, predictor_scores, train_predictor
+from jmsnas.exits.skip import ExitParts, choose_gamma, route
+from jmsnas.exits_config import PredictorConfig
+from jmsnas.space.macs import count_macs
+
+__all__ = ["FittedPredictor", "exit_confidences", "fit_exit_predictor"]
+
+
+@dataclass(frozen=True)
+class FittedPredictor:
+    """The trained predictor, its γs (one per early exit) and what it buys on the calibration split."""
+
+    predictor: ExitPredictor
+    gammas: list[float]
+    info: dict[str, Any]
+
+
+def _inputs(data: Dataset, batch_size: int) -> torch.Tensor:
+    return torch.cat([x for x, _ in DataLoader(data, batch_size=batch_size)])
+
+
+@torch.no_grad()
+def exit_confidences(net: EarlyExitNet, x: torch.Tensor, batch_size: int = 512,
+                     device: DeviceLike = None) -> np.ndarray:
+    """``c`` [B, K]: what each early exit compares with its threshold (every exit run for every sample)."""
+    net.eval()
+    out = []
+    with on_device(device, net) as dev:
+        for xb in x.split(batch_size):
+            logits = net.all_exits(to_device(xb, dev))[:-1]
+            out.append(torch.stack([exit_score(z.cpu(), net.decision_units[k]) for k, z in enumerate(logits)], 1))
+    return torch.cat(out).numpy()
+
+
+def fit_exit_predictor(net: EarlyExitNet, label_set: Dataset, calib_set: Dataset, input_shape: tuple[int, ...],
+                       cfg: PredictorConfig, seed: int = 0, device: DeviceLike = None) -> FittedPredictor:
+    """Train the Exit Predictor on ``net``'s eq. (9) labels over ``label_set``; γs chosen on ``calib_set``."""
+    if net.num_exits == 0:
+        raise ValueError("the EENN has no early exit for a predictor to skip")
+    torch.manual_seed(seed)
+    predictor = ExitPredictor(input_shape, net.num_exits, cfg.variant, width=cfg.width)
+    lam = [float(t) for t in net.thresholds]
+    x_label = _inputs(label_set, 512)
+    labels = exit_labels(torch.as_tensor(exit_confidences(net, x_label, device=device)), lam)
+    training = PredictorTraining(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
+    train_predictor(predictor, x_label, labels, training, device)
+    x_cal = _inputs(calib_set, 512)
+    conf, scores = exit_confidences(net, x_cal, device=device), predictor_scores(predictor, x_cal, device=device)
+    macs = count_macs(predictor, tuple(input_shape))
+    parts = ExitParts(net.segment_macs[:-1], net.head_macs, macs)
+    gammas, ep_macs = choose_gamma(conf, scores.numpy(), lam, parts)
+    ee = float(route(conf, lam).device_cost(parts).mean())
+    oracle = float(route(conf, lam, mode="oracle").device_cost(parts).mean())
+    routed = route(conf, lam, mode="ep", scores=scores.numpy(), gammas=gammas)
+    info = {"variant": cfg.variant, "width": cfg.width, "macs": int(macs), "labels": cfg.labels,
+            "label_samples": len(x_label), "label_positive_share": labels.mean(0).tolist(),
+            "calibration_samples": len(x_cal), "gammas": gammas, "ee_macs": ee, "ep_macs": float(ep_macs),
+            "oracle_macs": oracle,
+            "oracle_saving_captured": (ee - float(ep_macs)) / (ee - oracle) if ee > oracle else None,
+            "skip_fraction": routed.skip_fraction().tolist(), "pays_off": float(ep_macs) < ee}
+    return FittedPredictor(predictor.eval(), gammas, info)
