@@ -15,7 +15,8 @@ is confident on nearly always (``benchmarks/results/exit_predictor.md``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,11 +27,12 @@ from jmsnas.devices import DeviceLike, on_device, to_device
 from jmsnas.exits.cascade import EarlyExitNet
 from jmsnas.exits.decision import exit_score
 from jmsnas.exits.predictor import ExitPredictor, PredictorTraining, exit_labels, predictor_scores, train_predictor
-from jmsnas.exits.skip import ExitParts, choose_gamma, route
+from jmsnas.exits.skip import ExitParts, Routing, choose_gamma, route
 from jmsnas.exits_config import PredictorConfig
+from jmsnas.plan.artifact import DeploymentPlan
 from jmsnas.space.macs import count_macs
 
-__all__ = ["FittedPredictor", "exit_confidences", "fit_exit_predictor"]
+__all__ = ["FittedPredictor", "exit_confidences", "fit_exit_predictor", "plan_with_predictor"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,24 @@ class FittedPredictor:
     predictor: ExitPredictor
     gammas: list[float]
     info: dict[str, Any]
+    routing: Routing  # Algorithm 1 on the calibration split with these gammas
+
+
+def plan_with_predictor(plan: DeploymentPlan, routing: Routing, head_ms: Sequence[float],
+                        predictor_ms: float) -> DeploymentPlan:
+    """The EENN's plan with the predictor priced: every sample pays ``predictor_ms`` on the first device and
+    saves the ``head_ms`` of each exit it skips; the termination rates and the mean latency are Algorithm 1's
+    on calibration (``routing``); the worst case (every head computed) gains ``predictor_ms``. Each exit's
+    ``latency_ms`` stays that of a sample that computed every head before it."""
+    lat = [e.latency_ms for e in plan.exits]
+    if any(v is None for v in lat) or len(lat) != routing.num_exits:
+        raise ValueError(f"need a plan with the {routing.num_exits} priced exits of the routing, got {lat}")
+    ends = np.asarray([*lat, plan.total_latency_ms], dtype=np.float64)
+    saved = (routing.alive & ~routing.computed) @ np.asarray(head_ms, dtype=np.float64)
+    per_sample = ends[routing.exit_index] - saved + predictor_ms
+    rates = np.bincount(routing.exit_index, minlength=routing.num_exits + 1) / len(routing.exit_index)
+    exits = [replace(e, termination_rate=float(rates[k])) for k, e in enumerate(plan.exits)]
+    return plan.with_exits(exits, plan.total_latency_ms + predictor_ms, float(per_sample.mean()))
 
 
 def _inputs(data: Dataset, batch_size: int) -> torch.Tensor:
@@ -85,4 +105,4 @@ def fit_exit_predictor(net: EarlyExitNet, label_set: Dataset, calib_set: Dataset
             "oracle_macs": oracle,
             "oracle_saving_captured": (ee - float(ep_macs)) / (ee - oracle) if ee > oracle else None,
             "skip_fraction": routed.skip_fraction().tolist(), "pays_off": float(ep_macs) < ee}
-    return FittedPredictor(predictor.eval(), gammas, info)
+    return FittedPredictor(predictor.eval(), gammas, info, routed)

@@ -122,6 +122,9 @@ def test_deployed_exit_predictor_is_fitted_exported_and_applied(exits_experiment
     # eq. (4) with the chosen gammas is never above eq. (4) at gamma = 0, which is eq. (3) plus the predictor
     assert info["ep_macs"] <= info["ee_macs"] + info["macs"] + 1e-6
     assert info["pays_off"] == (info["ep_macs"] < info["ee_macs"])
+    plan = DeploymentPlan.from_json(choice / "plan.json")  # priced with the predictor
+    assert plan.mean_latency_ms == pytest.approx(info["mean_latency_ms_with"]) and info["predictor_ms"] > 0
+    assert plan.total_latency_ms == pytest.approx(result["exits"]["worst_latency_ms"] + info["predictor_ms"])
     for backend in ("torchscript", "onnx"):
         assert result["verify"]["exits"][backend]["same_exit"] >= 0.99
     x = next(iter(mnist1d_dm().test_dataloader()))[0]

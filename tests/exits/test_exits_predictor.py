@@ -176,3 +176,25 @@ def test_predictor_bundle_without_skip_parts_is_refused(tmp_path) -> None:
     with pytest.raises(BundleError, match="skip_files") as info:
         load_bundle(tmp_path / "b")
     assert "predictor" in str(info.value)
+
+
+def test_plan_with_predictor_prices_skipped_heads_and_the_predictor_by_hand() -> None:
+    """Two exits (latency 3 and 7 ms, heads 1 and 2 ms), worst 10 ms, predictor 0.5 ms; four samples:
+    leave at exit 0; skip exit 0 and leave at exit 1 (saves 1 ms); skip both (saves 3 ms); compute both
+    and reach the final classifier."""
+    from jmsnas.exits.predictor_fit import plan_with_predictor
+    from jmsnas.plan.artifact import DeploymentPlan, DeviceSegment, ExitPlan
+
+    conf = np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.9], [0.1, 0.1]])
+    scores = np.array([[0.9, 0.9], [0.1, 0.9], [0.1, 0.1], [0.9, 0.9]])
+    r = route(conf, [0.5, 0.5], mode="ep", scores=scores, gammas=[0.5, 0.5])
+    assert r.exit_index.tolist() == [0, 1, 2, 2]
+    segs = tuple(DeviceSegment(n, "main", m, m + 1, 1.0) for m, n in enumerate(["a", "b", "c"]))
+    plan = DeploymentPlan("chain", segs, (), 10.0).with_exits(
+        [ExitPlan("a", 1, 0.5, 10, 3.0, 0.5), ExitPlan("b", 2, 0.5, 10, 7.0, 0.25)], 10.0, 6.0)
+    priced = plan_with_predictor(plan, r, [1.0, 2.0], 0.5)
+    expected = np.mean([3.0, 7.0 - 1.0, 10.0 - 3.0, 10.0]) + 0.5
+    assert priced.mean_latency_ms == pytest.approx(expected)
+    assert priced.total_latency_ms == pytest.approx(10.5)
+    assert [e.termination_rate for e in priced.exits] == [0.25, 0.25]
+    assert [e.latency_ms for e in priced.exits] == [3.0, 7.0]
