@@ -109,12 +109,14 @@ def two_exit_cascade(thresholds: list[float]):
     return EarlyExitNet.build(g, locs, heads, thresholds)
 
 
-def predictor_bundle(out, samples: int = 60) -> dict:
+def predictor_bundle(out, samples: int = 60, adaptive: bool = False) -> dict:
     """A two-exit cascade on three devices ``d0 -> d1 -> d2`` with an Exit Predictor, exported to ``out``.
 
     λs and γs are quantiles of the samples' own confidences and scores, so every path of Algorithm 1 is
     taken. Returns the inputs ``x``, the predictor's scores ``s``, the γs, and what ``SkippingCascade``
-    answers: ``logits``, ``exit_index``, ``computed``.
+    answers: ``logits``, ``exit_index``, ``computed``. With ``adaptive``, the bundle also has adaptive
+    thresholds fitted on the same samples (hand-set part times: segments 2.5 / 2.5 ms, heads 0.5 ms, predictor
+    0.2 ms; 80,000 bits over the last cut; τ the deployed point's latency at 10 Mbit/s), under ``"adaptive"``.
     """
     from jmsnas.exits.predictor import ExitPredictor
     from jmsnas.exits.skip import SkippingCascade
@@ -140,7 +142,18 @@ def predictor_bundle(out, samples: int = 60) -> dict:
     names = ["d0", "d1", "d2"]
     plan = DeploymentPlan("chain", tuple(DeviceSegment(n, "main", m, m + 1, 1.0) for m, n in enumerate(names)),
                           tuple(CutPlan(a, b, 4.0, 1.0) for a, b in zip(names, names[1:], strict=False)), 3.0)
+    entry = None
+    if adaptive:
+        from torch.utils.data import Subset
+
+        from jmsnas.exits.adaptive_fit import adaptive_entry, exit_stats, fit_adaptive, part_ms_of, tau_at
+
+        stats = exit_stats(net, Subset(mnist1d_dm().test_set, range(samples)), ep)
+        parts = part_ms_of([3.0, 6.0], [0.5, 0.5], 0.2)
+        tau = tau_at(stats, parts, 80_000.0, 10.0, lam, gam)
+        rule, _ = fit_adaptive(stats, parts, 80_000.0, tau, [0.5, 1, 2, 5, 10, 20, 50, 100], 2)
+        entry = adaptive_entry(rule, stats, parts, 80_000.0, tau, 1)
     export_bundle(list(net.segments), plan, x[:2], out, exits={0: (net.heads[0], lam[0]), 1: (net.heads[1], lam[1])},
-                  predictor=(ep, gam))
+                  predictor=(ep, gam), adaptive=entry)
     return {"bundle": out, "x": x, "s": s, "gammas": gam, "logits": logits, "exit_index": idx, "computed": computed,
-            "predictor": ep, "net": net, "plan": plan}
+            "predictor": ep, "net": net, "plan": plan, "adaptive": entry}

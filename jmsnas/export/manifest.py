@@ -123,6 +123,19 @@ class ExitEntry(_Entry):
     confidence: Literal["max_softmax", "decision_unit"]
 
 
+class AdaptiveEntry(_Entry):
+    """Paper 004's bandwidth-adaptive thresholds (``jmsnas.exits.adaptive_fit``): told the bandwidth of cut
+    ``cut`` (the link after the last exit), the runtime takes the exits' λ (and the predictor's γ) from
+    ``regressors`` and repairs a point that would break ``tau_ms`` on the calibration ``stats``."""
+
+    cut: int
+    payload_bits: float
+    tau_ms: float
+    regressors: dict[str, Any]
+    part_ms: dict[str, Any]
+    stats: dict[str, Any]
+
+
 class PartEntry(_Entry):
     """What one device runs.
 
@@ -155,6 +168,7 @@ class Manifest(_Entry):
     plan: DeploymentPlan
     exits: list[ExitEntry] | None = None
     predictor: PredictorEntry | None = None
+    adaptive: AdaptiveEntry | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
@@ -229,7 +243,8 @@ def part_files(out: Path, stem: str, device: str, ins: NamedTensors, outs: Named
 
 
 def write_manifest(out: Path, plan: DeploymentPlan, parts: list[dict[str, Any]],
-                   exits: list[dict[str, Any]] | None = None, predictor: dict[str, Any] | None = None) -> Path:
+                   exits: list[dict[str, Any]] | None = None, predictor: dict[str, Any] | None = None,
+                   adaptive: dict[str, Any] | None = None) -> Path:
     """Write ``out/manifest.json`` (indented, trailing newline, atomically) and return its path.
 
     The data is checked against ``Manifest`` first, so what is written is what ``Manifest.load`` reads.
@@ -240,6 +255,7 @@ def write_manifest(out: Path, plan: DeploymentPlan, parts: list[dict[str, Any]],
         parts: one entry per part, in order (``part_files`` plus codecs).
         exits: the manifest-level exit entries (``ExitEntry``); the key is left out without exits.
         predictor: the Exit Predictor's ``PredictorEntry``; left out without one.
+        adaptive: the adaptive thresholds' ``AdaptiveEntry``; left out without them.
     """
     manifest = {"format": FORMAT, "version": MANIFEST_VERSION, "devices": plan.devices, "parts": parts,
                 "plan": plan.to_dict()}
@@ -247,6 +263,8 @@ def write_manifest(out: Path, plan: DeploymentPlan, parts: list[dict[str, Any]],
         manifest["exits"] = exits
     if predictor is not None:
         manifest["predictor"] = predictor
+    if adaptive is not None:
+        manifest["adaptive"] = adaptive
     Manifest.model_validate(manifest)  # an exporter bug, not the user's: a plain ValidationError
     path = out / MANIFEST
     write_json(path, manifest, newline=True)

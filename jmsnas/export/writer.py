@@ -133,6 +133,7 @@ def export_bundle(
     codecs: Mapping[int, tuple[nn.Module, nn.Module]] | None = None,
     exits: Mapping[int, tuple[nn.Module, float] | tuple[nn.Module, float, dict | None]] | None = None,
     predictor: tuple[nn.Module, Sequence[float]] | None = None,
+    adaptive: dict | None = None,
 ) -> Path:
     """Write ``out_dir`` (a bundle) for a calibrated sequential ``plan`` and its ``segments``.
 
@@ -147,6 +148,7 @@ def export_bundle(
             (see the module docstring); a decision unit (``DecisionUnit.to_dict()``) goes into the manifest.
         predictor: ``(Exit Predictor, gammas)``, one γ per exit in order (needs ``exits``): exported as its
             own part of the first device, and every exit part also without its head.
+        adaptive: bandwidth-adaptive thresholds (``exits.adaptive_fit.adaptive_entry``), for the runtime.
 
     Returns:
         The path of ``manifest.json``.
@@ -183,7 +185,7 @@ def export_bundle(
                      **{k: v for k, v in entries[m]["exit"].items() if k not in ("decision_unit", "skip_files")}}
                     for m in sorted(exits)]
     pred = None if predictor is None else _predictor_entry(out, plan, example_input, *predictor)
-    return write_manifest(out, plan, entries, exit_entries, pred)
+    return write_manifest(out, plan, entries, exit_entries, pred, adaptive)
 
 
 def _check_exits(exits: Mapping[int, tuple], predictor: tuple | None, devices: int) -> None:

@@ -117,13 +117,34 @@ class Bundle:
         """``[B, K]``: the Exit Predictor's sigmoid scores on network input ``x`` (None without a predictor)."""
         return None if self.predictor is None else torch.sigmoid(self.predictor((x,))[0].float())
 
-    def run_exits(self, x: torch.Tensor, computed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def operating_point(self, bandwidth_mbps: float | None) -> tuple[list[float], list[float] | None, Any]:
+        """The exits' thresholds and the predictor's γs to use: the manifest's, or with ``bandwidth_mbps`` (Mbit/s on
+        the adaptive cut) the adaptive thresholds' repaired prediction, returned third (an ``OperatingPoint``).
+
+        Raises:
+            BundleError: a bandwidth for a bundle without adaptive thresholds.
+        """
+        lams = [p.exit.threshold for p in self.spec.parts if p.exit is not None]
+        gams = None if self.spec.predictor is None else list(self.spec.predictor.gammas)
+        if bandwidth_mbps is None:
+            return lams, gams, None
+        if self.spec.adaptive is None:
+            raise BundleError("this bundle has no adaptive thresholds (exits.adaptive); serve it without a "
+                              "bandwidth", field="adaptive")
+        from jmsnas.exits.adaptive_fit import operating_point  # noqa: PLC0415  (jmsnas.exits imports jmsnas.export)
+
+        point = operating_point(self.spec.adaptive.model_dump(), bandwidth_mbps)
+        return point.thresholds, point.gammas if point.gammas is not None else gams, point
+
+    def run_exits(self, x: torch.Tensor, computed: torch.Tensor | None = None,
+                  bandwidth_mbps: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run with early exits; returns ``(logits [B, P], exit index [B])``, the final classifier last.
 
         With an Exit Predictor in the manifest it runs first (Algorithm 1 of paper 004): at exit k only the
         samples whose score reaches ``gammas[k]`` run the part with its head (and may leave); the others run
         the part without it (``skip_files``). ``computed`` ([B, K] bool, when given) is set where a sample
-        ran exit k's head.
+        ran exit k's head. With ``bandwidth_mbps`` the thresholds and γs are the adaptive ones
+        (``operating_point``).
 
         Raises:
             BundleError: a wire tensor without the batch as its first axis (exited samples cannot be dropped).
@@ -134,6 +155,7 @@ class Bundle:
         logits: torch.Tensor | None = None
         values: tuple[torch.Tensor, ...] = (x,)
         scores = self.exit_scores(x)
+        lams, gams, _ = self.operating_point(bandwidth_mbps)
         k = 0
         for m, runner in enumerate(self.runners):
             exit_ = self.exit_of(m)
@@ -145,11 +167,11 @@ class Bundle:
                 outputs, leave = runner(values), run
             else:
                 if scores is not None:
-                    assert self.spec.predictor is not None
-                    run = scores[active, k] >= self.spec.predictor.gammas[k]
+                    assert gams is not None
+                    run = scores[active, k] >= gams[k]
                 outputs, leave = self._exit_part(m, values, run), torch.zeros(len(active), dtype=torch.bool)
                 if run.any():
-                    leave[run] = self.exit_confidence(m, outputs[0]) >= exit_.threshold
+                    leave[run] = self.exit_confidence(m, outputs[0]) >= lams[k]
                 if computed is not None:
                     computed[active[run], k] = True
             if logits is None and outputs[0].shape[0]:
