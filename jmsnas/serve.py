@@ -3,6 +3,7 @@
 One device of a real deployment (run one per machine, each with the same bundle folder)::
 
     python -m jmsnas.serve BUNDLE --device NAME --listen HOST:PORT [--next HOST:PORT] [--link MBPS,RTT_MS]
+        [--bandwidth-mbps MBPS]   (a bundle with adaptive thresholds: the exits' thresholds at that bandwidth)
 
 All devices on this machine, fed samples, measured against the plan (writes ``runtime.json``)::
 
@@ -78,6 +79,8 @@ def _parser(prog: str = "python -m jmsnas.serve") -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("onnx", "torchscript"), default="onnx")
     p.add_argument("--timeout-ms", type=int, default=1000, help="wait for the next hop's acknowledgement")
     p.add_argument("--attempts", type=int, default=3, help="sends per sample before answering alone")
+    p.add_argument("--bandwidth-mbps", type=float, default=None, help="the adaptive cut's current bandwidth: use the "
+                   "bundle's adaptive thresholds (exits.adaptive) there; with --local its link is emulated at it")
     one = p.add_argument_group("one device")
     one.add_argument("--device", help="the device (a name in manifest.json's devices)")
     one.add_argument("--listen", help="HOST:PORT to receive samples on")
@@ -117,6 +120,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m jmsnas.ser
     level = logging.DEBUG if args.verbose else {0: logging.INFO, 1: logging.WARNING}.get(args.quiet, logging.ERROR)
     logging.basicConfig(level=level, format=f"%(asctime)s {args.device or 'local'} %(levelname)s %(message)s")
     try:
+        if args.bandwidth_mbps is not None and not args.bandwidth_mbps > 0:
+            raise ConfigError(f"--bandwidth-mbps must be > 0, got {args.bandwidth_mbps}", field="--bandwidth-mbps")
         if args.timeout_ms < 1 or args.attempts < 1:
             raise ConfigError(f"--timeout-ms and --attempts must be >= 1, got {args.timeout_ms} and {args.attempts}",
                               field="--timeout-ms")
@@ -150,7 +155,7 @@ def _one(args: argparse.Namespace) -> int:
                           field="--link")
     options = ServeOptions(args.backend, args.emulated, links[0] if links else None, args.timeout_ms, args.attempts,
                            args.drop, args.stall, stall_ms=int(1.5 * args.timeout_ms),  # after the first resend
-                           links=links)
+                           links=links, bandwidth_mbps=args.bandwidth_mbps)
     server = DeviceServer(args.bundle, args.device, args.listen, args.next, options)
     signal.signal(signal.SIGTERM, lambda *_: server.stop.set())
     if args.parent is not None:
@@ -227,9 +232,13 @@ def _local(args: argparse.Namespace) -> int:
         raise ConfigError(f"--rate must be > 0 samples/s, got {args.rate}", field="--rate")
     spec = read_manifest(args.bundle)
     links, emulated = _topology(args)
-    run = LocalRun(backend=args.backend, rate=args.rate, links=tuple(plan_links(spec.plan, links)),
-                   emulated=emulated, timeout_ms=args.timeout_ms, attempts=args.attempts, warmup=max(0, args.warmup),
-                   overhead=_overhead(args))
+    cut_links = list(plan_links(spec.plan, links))
+    if args.bandwidth_mbps is not None and spec.adaptive is not None:  # the adaptive cut runs at the told bandwidth
+        told = cut_links[spec.adaptive.cut]
+        cut_links[spec.adaptive.cut] = LinkSpec(args.bandwidth_mbps, told.rtt_ms, told.burst_bytes, "cli")
+    run = LocalRun(backend=args.backend, rate=args.rate, links=tuple(cut_links), emulated=emulated,
+                   timeout_ms=args.timeout_ms, attempts=args.attempts, warmup=max(0, args.warmup),
+                   overhead=_overhead(args), bandwidth_mbps=args.bandwidth_mbps)
     out = args.out or Path(args.bundle).resolve().parent / "runtime.json"
     report = serve_local(args.bundle, _inputs(args, spec.parts[0].inputs[0].example_shape[1:]), run, out)
     _print(report)
@@ -249,7 +258,7 @@ def _feed(args: argparse.Namespace) -> int:
     spec = read_manifest(args.bundle)
     run = LocalRun(backend=args.backend, rate=args.rate, emulated=frozenset(args.emulate or ()),
                    timeout_ms=args.timeout_ms, attempts=args.attempts, warmup=max(0, args.warmup),
-                   overhead=_overhead(args))
+                   overhead=_overhead(args), bandwidth_mbps=args.bandwidth_mbps)
     out = args.out or Path(args.bundle).resolve().parent / "runtime.json"
     port = args.reply.rpartition(":")[2]
     report = feed_chain(args.bundle, args.feed, args.reply, _inputs(args, spec.parts[0].inputs[0].example_shape[1:]),

@@ -135,7 +135,8 @@ def export_bundle(
     predictor: tuple[nn.Module, Sequence[float]] | None = None,
     adaptive: dict | None = None,
 ) -> Path:
-    """Write ``out_dir`` (a bundle) for a calibrated sequential ``plan`` and its ``segments``.
+    """Write ``out_dir`` (a bundle) for a calibrated sequential ``plan`` and its ``segments``; returns the path of
+    its ``manifest.json``.
 
     Args:
         segments: one module per device in plan order, in the calling convention of ``split``.
@@ -149,9 +150,6 @@ def export_bundle(
         predictor: ``(Exit Predictor, gammas)``, one γ per exit in order (needs ``exits``): exported as its
             own part of the first device, and every exit part also without its head.
         adaptive: bandwidth-adaptive thresholds (``exits.adaptive_fit.adaptive_entry``), for the runtime.
-
-    Returns:
-        The path of ``manifest.json``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ when it arrives. ``schedule`` returns the delivery time; the sender sleeps until
 A plan records each cut's ``link_ms`` and ``payload_bytes`` but not the link's bandwidth and round
 trip; ``plan_links`` takes them from a topology where one is given, and otherwise derives a link
 without propagation whose bandwidth prices the planned payload at exactly ``link_ms`` (labelled
-``"derived"``).
+``"derived"``). ``serve --local --bandwidth-mbps`` sets the adaptive cut's bandwidth (``"cli"``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Literal
 from jmsnas.errors import ConfigError
 from jmsnas.plan.artifact import DeploymentPlan
 
-Source = Literal["topology", "derived", "none"]
+Source = Literal["topology", "derived", "none", "cli"]
 
 
 @dataclass(frozen=True)

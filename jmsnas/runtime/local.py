@@ -77,6 +77,7 @@ class LocalRun:
         warmup: samples fed first and left out of the report (connections, first runs of each part).
         log_dir: where each device's log goes (None: a temporary folder beside ``runtime.json`` or cwd).
         overhead: the runtime's own cost on this machine (``overhead.measure_overhead``), added to the plan.
+        bandwidth_mbps: told every device: the bundle's adaptive thresholds at this bandwidth of the adaptive cut.
     """
 
     backend: Backend = "onnx"
@@ -95,6 +96,7 @@ class LocalRun:
     warmup: int = 0
     log_dir: Path | None = None
     overhead: RuntimeOverhead | None = None
+    bandwidth_mbps: float | None = None
 
 
 class _Device:
@@ -151,6 +153,8 @@ def _commands(bundle: Path, spec: Any, ports: list[int], run: LocalRun, links: S
                     "--link", *(f"{link.bandwidth_mbps!r},{link.rtt_ms!r}" for link in hops)]
         if name in run.emulated:
             cmd.append("--emulated")
+        if run.bandwidth_mbps is not None:
+            cmd += ["--bandwidth-mbps", repr(run.bandwidth_mbps)]
         for option, faults in (("--drop", run.drop), ("--stall", run.stall)):
             if faults.get(name):  # sample ids as the feeder numbers them: after the warm-up
                 cmd += [option, ",".join(str(i + run.warmup) for i in sorted(faults[name]))]

@@ -72,6 +72,7 @@ class ServeOptions:
         drop: sample ids whose first send on the outgoing link is lost (a fault to test with).
         stall: sample ids whose first send is held back ``stall_ms`` (longer than the sender waits) and
             then delivered: the sender resends meanwhile, and the receiver must run the sample once.
+        bandwidth_mbps: the adaptive cut's bandwidth: exits and predictor use the bundle's adaptive thresholds.
     """
 
     backend: Backend = "onnx"
@@ -83,6 +84,7 @@ class ServeOptions:
     stall: frozenset[int] = field(default_factory=frozenset)
     stall_ms: int = 2000
     links: tuple[LinkSpec | None, ...] = ()
+    bandwidth_mbps: float | None = None
 
 
 def manifest_hash(bundle_dir: str | Path) -> str:
@@ -119,6 +121,9 @@ class DeviceServer:
                               field="--next")
         self.next_hops, self.token = dict(zip(fed, hops, strict=True)), manifest_hash(bundle_dir)
         self.exit_k = sum(p.exit is not None for p in parts[: self.m])  # this part's exit index, if any
+        self.lams, self.gams, point = self.bundle.operating_point(self.options.bandwidth_mbps)
+        if point is not None:  # reported: a repaired point, or one that cannot hold tau
+            log.info("adaptive thresholds at %g Mbit/s: %s", self.options.bandwidth_mbps, point.as_dict())
         self.predicted_ms = predicted_times(self.bundle.spec).device_ms[self.m]
         self.work: queue.Queue = queue.Queue(maxsize=256)
         self.out: queue.Queue = queue.Queue(maxsize=256)
@@ -232,7 +237,7 @@ class DeviceServer:
         skips = msg.header.skip
         if self.m == 0 and self.bundle.spec.predictor is not None:  # the Exit Predictor decides, once
             scores = self.bundle.exit_scores(inputs[0])
-            skips = [bool(s < g) for s, g in zip(scores[0].tolist(), self.bundle.spec.predictor.gammas, strict=True)]
+            skips = [bool(s < g) for s, g in zip(scores[0].tolist(), self.gams or [], strict=True)]
         skipped = self.part.exit is not None and skips is not None and skips[self.exit_k]
         with torch.no_grad():
             outs = (self.bundle.skip_runners if skipped else self.bundle.runners)[self.m](inputs)
@@ -252,7 +257,7 @@ class DeviceServer:
         if self.part.exit is not None and not skipped:
             logits = outs[0].numpy()
             conf = float(self.bundle.exit_confidence(self.m, outs[0]).max())  # as run_exits decides
-            if conf >= self.part.exit.threshold:
+            if conf >= self.lams[self.exit_k]:
                 return "answer", msg, {**_answered(self.device, self.exit_k), "hop": hop}, [("logits", logits)]
             best = ({"device": self.device, "exit": self.exit_k}, logits)
             outs = outs[1:]

@@ -130,3 +130,27 @@ def test_served_exit_predictor_skips_as_run_exits(tmp_path: Path) -> None:
         if sure[i]:
             assert row["exit"] == int(exit_index[i]) and row["device"] == ["d0", "d1", "d2"][int(exit_index[i])]
             np.testing.assert_allclose(report["_logits"][i][0], expected[i].numpy(), atol=1e-5)
+
+
+def test_served_adaptive_thresholds_answer_as_run_exits_at_the_told_bandwidth(tmp_path: Path) -> None:
+    """Told the bandwidth, every device takes the adaptive point: answers where ``run_exits`` at that
+    bandwidth answers, and the point is reported in the devices' logs."""
+    from exits_specs import predictor_bundle
+
+    b = predictor_bundle(tmp_path / "bundle", samples=24, adaptive=True)
+    bundle = load_bundle(b["bundle"], "onnx")
+    lams, gams, point = bundle.operating_point(50.0)
+    assert lams != bundle.operating_point(None)[0]  # the adaptive point is not the deployed one
+    expected, exit_index = bundle.run_exits(b["x"], bandwidth_mbps=50.0)
+    sure = ((b["s"] - torch.tensor(gams)).abs() > 1e-4).all(1)
+    report = serve_local(b["bundle"], [xi.numpy() for xi in b["x"]], LocalRun(**FAST, bandwidth_mbps=50.0),
+                         out=tmp_path / "runtime.json")
+    assert_gone(report["_pids"])
+    assert report["answered"] == len(b["x"]) and report["fell_back"] == 0
+    for row in report["per_sample"]:
+        i = row["sample"]
+        if sure[i]:
+            assert row["exit"] == int(exit_index[i])
+            np.testing.assert_allclose(report["_logits"][i][0], expected[i].numpy(), atol=1e-5)
+    assert "adaptive thresholds at 50 Mbit/s" in (tmp_path / "runtime_logs" / "00_d0.log").read_text()
+    assert point.feasible
