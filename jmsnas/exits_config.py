@@ -53,6 +53,18 @@ class PredictorConfig(Strict):
     lr: PositiveFloat = Field(0.1, description="SGD with cosine annealing, as paper 004")
 
 
+class AdaptiveConfig(Strict):
+    """Paper 004's bandwidth-adaptive thresholds (``jmsnas/exits/adaptive_fit.py``) on the cut after the last exit:
+    eq. (10) solved on the calibration split at ``bandwidths_mbps``, one regressor per interval, in the bundle;
+    ``serve --bandwidth-mbps`` applies them."""
+
+    tau_ms: PositiveFloat | None = Field(None, description="mean eq. (11) latency to hold (default: the deployed "
+                                         "thresholds' at the topology's bandwidth)")
+    bandwidths_mbps: list[PositiveFloat] | None = Field(
+        None, min_length=2, description="training bandwidths (default: 12 from 1/20 to 20 times the topology's)")
+    intervals: PositiveInt = Field(3, description="bandwidth intervals, one regressor each")
+
+
 class ExitsConfig(Strict):
     """Early-exit augmentation of a trained network (paper 001's flow; ``jmsnas/exits/``)."""
 
@@ -91,5 +103,7 @@ class ExitsConfig(Strict):
                                    "(used with decision: decision_unit)")
     predictor: PredictorConfig | None = Field(None, description="an Exit Predictor in front of the exits (paper 004); "
                                               "absent: every exit is computed for every sample that reaches it")
+    adaptive: AdaptiveConfig | None = Field(None, description="bandwidth-adaptive thresholds (paper 004); absent: "
+                                            "the thresholds are fixed")
     result_at: Literal["exit", "sink"] = Field(
         "exit", description="where an exited sample's answer is needed: on the exiting device, or at the last one")

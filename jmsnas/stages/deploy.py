@@ -52,12 +52,11 @@ from jmsnas.errors import ConfigError
 from jmsnas.exits import augment, plan_with_exits
 from jmsnas.exits.costs import ExitLatency
 from jmsnas.exits.export import exit_heads_by_device
-from jmsnas.exits.predictor_fit import FittedPredictor, fit_exit_predictor, plan_with_predictor
+from jmsnas.exits.predictor_fit import FittedPredictor
 from jmsnas.exits.result import ExitsResult
 from jmsnas.exits.skip import SkippingCascade
 from jmsnas.export.split import cut_tensors, split_archnet
 from jmsnas.export.writer import calibrate_plan, device_parts, export_bundle
-from jmsnas.io import write_json
 from jmsnas.latency.model import LatencyModel
 from jmsnas.plan.artifact import DeploymentPlan
 from jmsnas.plan.baselines import baselines
@@ -69,6 +68,7 @@ from jmsnas.runtime.measure import measure_parts
 from jmsnas.runtime.verify import SplitPipeline, accuracy, verify_exit_decisions, verify_parts
 from jmsnas.space.arch import ArchSpec, build_model
 from jmsnas.stages.deploy_branched import deploy_branched_choice, is_branched_choice
+from jmsnas.stages.deploy_exits import EXITS_DIR, fit_adaptive_thresholds, fit_predictor
 from jmsnas.stages.deploy_plots import write_deploy_plots
 from jmsnas.stages.deploy_record import CutRecord, DeployRecord, ExitsSummary
 from jmsnas.stages.deploy_report import deployment_markdown, exits_line, write_deployment_section
@@ -81,7 +81,6 @@ __all__ = ["BUNDLE_DIR", "DEPLOY_JSON", "EXITS_DIR", "PLAN_JSON", "check_partiti
 DEPLOY_JSON = "deploy.json"
 PLAN_JSON = "plan.json"
 BUNDLE_DIR = "bundle"
-EXITS_DIR = "exits"
 
 log = logging.getLogger("jmsnas.deploy")
 
@@ -112,6 +111,7 @@ class _Choice:
     train_x: list[torch.Tensor] = field(default_factory=list)  # loaded after the exit split (batch order)
     test: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     predictor: FittedPredictor | None = None  # exits.predictor, fitted to the chosen EENN
+    adaptive: dict | None = None  # exits.adaptive: the manifest's entry
 
     @property
     def calib(self) -> list[torch.Tensor]:
@@ -147,7 +147,8 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
     if exp.config.exits is not None:
         exits, plan, segments, model = _exits(exp, choice_dir, plan, ch.spec, ch.model, ch.dm, ch.calib, ch.seed,
                                               t_const_ms, exit_heads, ch.device)
-        ch.predictor, plan = _fit_predictor(ch, exits, plan)
+        ch.predictor, plan = fit_predictor(ch, exits, plan)
+        ch.adaptive = fit_adaptive_thresholds(ch, exits, plan)
     plan = _price_codecs(ch, plan, segments, learned)
     plan.to_json(choice_dir / PLAN_JSON)
     record = _record(ch, plan, segments, learned, model, exits)
@@ -226,7 +227,8 @@ def _export(ch: _Choice, plan: DeploymentPlan, segments: list[nn.Module], learne
     cfg, bundle, test = ch.exp.config.export, ch.dir / BUNDLE_DIR, ch.test
     heads = exit_heads_by_device(exits, plan) if exits is not None and exits.exits else None
     pred = None if ch.predictor is None else (ch.predictor.predictor, ch.predictor.gammas)
-    export_bundle(segments, plan, ch.calib[0], bundle, codecs=learned.codecs, exits=heads, predictor=pred)
+    export_bundle(segments, plan, ch.calib[0], bundle, codecs=learned.codecs, exits=heads, predictor=pred,
+                  adaptive=ch.adaptive)
     update: dict = {"bundle": BUNDLE_DIR}
     if cfg.verify:
         update["verify"] = verify_parts(bundle, model, test[:4],
@@ -237,42 +239,6 @@ def _export(ch: _Choice, plan: DeploymentPlan, segments: list[nn.Module], learne
     if cfg.measure:
         update["latency_measured"] = measure_parts(bundle, plan, test[0][0], profile_metas(ch.exp))
     return record.model_copy(update=update)
-
-
-def _fit_predictor(ch: _Choice, exits: ExitsResult,
-                   plan: DeploymentPlan) -> tuple[FittedPredictor | None, DeploymentPlan]:
-    """``exits.predictor`` fitted to the chosen EENN (``exits/predictor.json`` says what it buys) and the plan
-    with it priced (``plan_with_predictor``); (None, the plan) without one."""
-    cfg = ch.exp.config.exits
-    if cfg.predictor is None:
-        return None, plan
-    if not exits.exits:
-        log.info("exits       no exit chosen: no Exit Predictor to fit")
-        return None, plan
-    calib = ch.dm.val_set if cfg.calibration == "val" else ch.dm.train_set
-    labels = ch.dm.train_set if cfg.predictor.labels == "train" else calib
-    log.info(f"exits       Exit Predictor ({cfg.predictor.variant}) on {cfg.predictor.labels} labels, "
-             f"{cfg.predictor.epochs} epochs ...")
-    fitted = fit_exit_predictor(exits.net, labels, calib, tuple(ch.spec.input_shape), cfg.predictor, ch.seed,
-                                ch.device)
-    pricing = ExitLatency(models=ch.models, spec=ch.spec)
-    unit_ms = pricing.units(exits.graph, ch.exp.topology)
-    head_fn = pricing.heads(exits.graph, ch.exp.topology, unit_ms, exits.heads)
-    head_ms = [head_fn(e.device, loc) for e, loc in zip(plan.exits, exits.exits, strict=True)]
-    first = ch.exp.topology.device(plan.devices[0])
-    macs = fitted.info["macs"]  # priced like a head: the roofline's MAC rate, else the device's units' average rate
-    predictor_ms = (1e3 * macs / first.analytic.macs_per_s if first.analytic is not None
-                    else sum(unit_ms[first.name]) * macs / max(exits.graph.total_macs, 1))
-    priced = plan_with_predictor(plan, fitted.routing, head_ms, predictor_ms)
-    fitted.info.update(predictor_ms=predictor_ms, head_ms=head_ms, mean_latency_ms_without=plan.mean_latency_ms,
-                       mean_latency_ms_with=priced.mean_latency_ms)
-    write_json(ch.dir / EXITS_DIR / "predictor.json", fitted.info, newline=True)
-    i = fitted.info
-    log.info(f"exits       Exit Predictor: gammas {[round(g, 3) for g in fitted.gammas]}, on-device MACs "
-             f"{i['ee_macs']:,.0f} -> {i['ep_macs']:,.0f} (oracle {i['oracle_macs']:,.0f}) on calibration"
-             f", mean latency {plan.mean_latency_ms:.3f} -> {priced.mean_latency_ms:.3f} ms"
-             + ("" if i["pays_off"] else "; it does not pay off here (every exit kept costs its MACs on top)"))
-    return fitted, priced
 
 
 def _t_const(exp: Experiment, choice_dir: Path, t_const_ms: float | None) -> float:

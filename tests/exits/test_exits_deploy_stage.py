@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from exits_specs import mnist1d_dm, tiny_1d_spec, trained_tiny_1d
@@ -137,3 +138,38 @@ def test_predictor_options_are_checked(exits_experiment, write_experiment) -> No
     with pytest.raises(ConfigError) as info:
         load_experiment(write_experiment(exits_experiment))
     assert "exits.predictor.variant" in str(info.value) and "lenet" in str(info.value)
+
+
+def test_deployed_adaptive_thresholds_hold_tau_where_the_regressors_say(exits_experiment, write_experiment,
+                                                                        tmp_path: Path) -> None:
+    """``exits.adaptive`` (with a predictor): the bundle carries the regressors on the cut after the last exit;
+    at each training bandwidth the runtime's repaired point holds τ on the stored statistics whenever the
+    optimum there does, and the default τ is the deployed point's latency at the topology's bandwidth."""
+    from jmsnas.exits.adaptive import ExitStats, evaluate
+    from jmsnas.exits.skip import ExitParts
+
+    exits_experiment.update(export={"verify": False, "measure": False})
+    exits_experiment["exits"]["predictor"] = {"variant": "fcs", "epochs": 2, "labels": "calibration"}
+    exits_experiment["exits"]["adaptive"] = {"intervals": 2}
+    exp = load_experiment(write_experiment(exits_experiment))
+    choice = _choice(tmp_path)
+    deploy_choice(exp, choice, datamodule=mnist1d_dm())
+    info = json.loads((choice / "exits" / "adaptive.json").read_text())
+    manifest = json.loads((choice / "bundle" / "manifest.json").read_text())
+    entry = manifest["adaptive"]
+    plan = DeploymentPlan.from_json(choice / "plan.json")
+    assert entry["cut"] == plan.devices.index(plan.exits[-1].device) and info["planned_bandwidth_mbps"] == 1.0e4
+    assert len(info["optima"]) == 12 and len(entry["regressors"]["regressors"]) == 2
+    assert entry["payload_bits"] == 8 * plan.cuts[entry["cut"]].payload_bytes
+    s, p = entry["stats"], entry["part_ms"]
+    stats = ExitStats(np.asarray(s["confidences"]), np.asarray(s["correct"], dtype=bool), np.asarray(s["scores"]))
+    parts = ExitParts(p["segments"], p["heads"], p["predictor"])
+    deployed = evaluate(stats, parts, entry["payload_bits"], 1.0e4, entry["tau_ms"], [e.threshold for e in plan.exits],
+                        manifest["predictor"]["gammas"], "ep")
+    assert deployed.latency_ms == pytest.approx(entry["tau_ms"], rel=1e-9)
+    bundle = load_bundle(choice / "bundle")
+    for opt in info["optima"]:
+        _, _, point = bundle.operating_point(opt["bandwidth_mbps"])
+        assert point.feasible or not opt["feasible"]
+        if point.feasible:
+            assert point.latency_ms <= entry["tau_ms"] + 1e-9
