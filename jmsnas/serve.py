@@ -231,6 +231,9 @@ def _local(args: argparse.Namespace) -> int:
     if args.rate is not None and not args.rate > 0:
         raise ConfigError(f"--rate must be > 0 samples/s, got {args.rate}", field="--rate")
     spec = read_manifest(args.bundle)
+    if args.bandwidth_mbps is not None and spec.adaptive is None:
+        raise ConfigError("this bundle has no adaptive thresholds (exits.adaptive in the experiment it was deployed "
+                          "from); drop --bandwidth-mbps", field="--bandwidth-mbps")
     links, emulated = _topology(args)
     cut_links = list(plan_links(spec.plan, links))
     if args.bandwidth_mbps is not None and spec.adaptive is not None:  # the adaptive cut runs at the told bandwidth

@@ -33,6 +33,10 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor
     ([], "--device"),
     (["--local", "--timeout-ms", "0"], "--timeout-ms"),
     (["--device", "d0", "--listen", "127.0.0.1:5999", "--drop", "1,x"], "--drop"),
+    (["--local", "--bandwidth-mbps", "0"], "--bandwidth-mbps"),
+    (["--local", "--bandwidth-mbps", "5"], "no adaptive thresholds"),
+    (["--device", "d0", "--listen", "127.0.0.1:5999", "--next", "127.0.0.1:6000", "--bandwidth-mbps", "5"],
+     "no adaptive thresholds"),
 ])
 def test_bad_options_exit_2_naming_the_option(bundle, args, says, capsys) -> None:
     try:
