@@ -147,7 +147,7 @@ def deploy_choice(exp: Experiment, choice_dir: Path, *, seed: int | None = None,
     if exp.config.exits is not None:
         exits, plan, segments, model = _exits(exp, choice_dir, plan, ch.spec, ch.model, ch.dm, ch.calib, ch.seed,
                                               t_const_ms, exit_heads, ch.device)
-        ch.predictor, plan = fit_predictor(ch, exits, plan)
+        ch.predictor, plan = fit_predictor(ch, exits, plan, t_const_ms)
         ch.adaptive = fit_adaptive_thresholds(ch, exits, plan)
     plan = _price_codecs(ch, plan, segments, learned)
     plan.to_json(choice_dir / PLAN_JSON)

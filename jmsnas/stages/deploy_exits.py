@@ -48,10 +48,11 @@ def _head_and_predictor_ms(ch: _Choice, exits: ExitsResult, plan: DeploymentPlan
     return head_ms, float(predictor_ms)
 
 
-def fit_predictor(ch: _Choice, exits: ExitsResult,
-                  plan: DeploymentPlan) -> tuple[FittedPredictor | None, DeploymentPlan]:
+def fit_predictor(ch: _Choice, exits: ExitsResult, plan: DeploymentPlan,
+                  t_const_ms: float) -> tuple[FittedPredictor | None, DeploymentPlan]:
     """``exits.predictor`` fitted to the chosen EENN (``exits/predictor.json`` says what it buys) and the plan
-    with it priced (``plan_with_predictor``); (None, the plan) without one."""
+    with it priced (``plan_with_predictor``); (None, the plan) without one. The exits were chosen for
+    ``t_const_ms`` without the predictor: a worst case it pushes over that is logged as a warning."""
     cfg = ch.exp.config.exits
     if cfg.predictor is None:
         return None, plan
@@ -67,7 +68,11 @@ def fit_predictor(ch: _Choice, exits: ExitsResult,
     head_ms, predictor_ms = _head_and_predictor_ms(ch, exits, plan, fitted.info["macs"])
     priced = plan_with_predictor(plan, fitted.routing, head_ms, predictor_ms)
     fitted.info.update(predictor_ms=predictor_ms, head_ms=head_ms, mean_latency_ms_without=plan.mean_latency_ms,
-                       mean_latency_ms_with=priced.mean_latency_ms)
+                       mean_latency_ms_with=priced.mean_latency_ms, worst_latency_ms_with=priced.total_latency_ms,
+                       t_const_ms=t_const_ms, holds_t_const=priced.total_latency_ms <= t_const_ms)
+    if priced.total_latency_ms > t_const_ms:
+        log.warning(f"exits       with the Exit Predictor the worst case is {priced.total_latency_ms:.3f} ms, over "
+                    f"T_const {t_const_ms:g} ms (the exits were chosen without it)")
     write_json(ch.dir / EXITS_DIR / "predictor.json", fitted.info, newline=True)
     i = fitted.info
     log.info(f"exits       Exit Predictor: gammas {[round(g, 3) for g in fitted.gammas]}, on-device MACs "

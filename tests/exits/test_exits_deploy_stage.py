@@ -126,6 +126,8 @@ def test_deployed_exit_predictor_is_fitted_exported_and_applied(exits_experiment
     plan = DeploymentPlan.from_json(choice / "plan.json")  # priced with the predictor
     assert plan.mean_latency_ms == pytest.approx(info["mean_latency_ms_with"]) and info["predictor_ms"] > 0
     assert plan.total_latency_ms == pytest.approx(result["exits"]["worst_latency_ms"] + info["predictor_ms"])
+    assert info["worst_latency_ms_with"] == pytest.approx(plan.total_latency_ms) and info["t_const_ms"] == 50.0
+    assert info["holds_t_const"] == (plan.total_latency_ms <= 50.0)
     for backend in ("torchscript", "onnx"):
         assert result["verify"]["exits"][backend]["same_exit"] >= 0.99
     x = next(iter(mnist1d_dm().test_dataloader()))[0]
