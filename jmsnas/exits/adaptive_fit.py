@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,8 @@ from jmsnas.exits.cascade import EarlyExitNet
 from jmsnas.exits.decision import exit_score
 from jmsnas.exits.skip import ExitParts
 
-__all__ = ["adaptive_entry", "exit_stats", "fit_adaptive", "grids", "operating_point", "part_ms_of", "tau_at"]
+__all__ = ["StoredAdaptive", "adaptive_entry", "exit_stats", "fit_adaptive", "grids", "operating_point", "part_ms_of",
+           "tau_at"]
 
 #: at most this many (λ, γ) combinations in the grid search (the grids shrink with more exits)
 MAX_COMBINATIONS = 20_000
@@ -39,15 +41,17 @@ def exit_stats(net: EarlyExitNet, data: Dataset, predictor: torch.nn.Module | No
                device: DeviceLike = None) -> ExitStats:
     """Confidences [B, K], correctness [B, K + 1] and predictor scores [B, K] (or None) of ``net`` on ``data``."""
     net.eval()
+    if predictor is not None:
+        predictor.eval()
     conf, right, scores = [], [], []
-    with on_device(device, net) as dev:
+    with on_device(device, net, *([] if predictor is None else [predictor])) as dev:
         for xb, yb in DataLoader(data, batch_size=batch_size):
-            logits = [z.cpu() for z in net.all_exits(to_device(xb, dev))]
+            xb = to_device(xb, dev)
+            logits = [z.cpu() for z in net.all_exits(xb)]
             conf.append(torch.stack([exit_score(z, net.decision_units[k]) for k, z in enumerate(logits[:-1])], 1))
             right.append(torch.stack([z.argmax(1) == yb for z in logits], 1))
             if predictor is not None:
-                predictor.eval()
-                scores.append(torch.sigmoid(predictor(xb.to(next(predictor.parameters()).device))).cpu())
+                scores.append(torch.sigmoid(predictor(xb)).cpu())
     return ExitStats(torch.cat(conf).numpy(), torch.cat(right).numpy(),
                      torch.cat(scores).double().numpy() if scores else None)
 
@@ -96,17 +100,35 @@ def adaptive_entry(adaptive: AdaptiveThresholds, stats: ExitStats, part_ms: Exit
                       "scores": rows(stats.scores)}}
 
 
+@dataclass(frozen=True)
+class StoredAdaptive:
+    """A manifest's ``adaptive`` entry read back once: the regressors and what a predicted point is repaired on."""
+
+    rule: AdaptiveThresholds
+    stats: ExitStats
+    parts: ExitParts
+    payload_bits: float
+    tau_ms: float
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> StoredAdaptive:
+        s, p = entry["stats"], entry["part_ms"]
+        stats = ExitStats(np.asarray(s["confidences"], dtype=np.float64), np.asarray(s["correct"], dtype=bool),
+                          None if s["scores"] is None else np.asarray(s["scores"], dtype=np.float64))
+        return cls(AdaptiveThresholds.from_dict(entry["regressors"]), stats,
+                   ExitParts(p["segments"], p["heads"], p["predictor"]), entry["payload_bits"], entry["tau_ms"])
+
+    def point(self, bandwidth_mbps: float) -> OperatingPoint:
+        """The (λ, γ) the regressors give at ``bandwidth_mbps``, repaired on the stored statistics when it would
+        break τ there (``repaired``; not ``feasible`` when nothing tried fits)."""
+        return self.rule.repair(self.stats, self.parts, self.payload_bits, bandwidth_mbps, self.tau_ms)
+
+
 def operating_point(entry: dict[str, Any], bandwidth_mbps: float) -> OperatingPoint:
-    """The (λ, γ) the regressors give at ``bandwidth_mbps``, repaired on the stored statistics when it would
-    break τ there (``repaired``; not ``feasible`` when nothing tried fits)."""
+    """``StoredAdaptive.point`` of a manifest's ``adaptive`` entry (the bandwidth checked first)."""
     if not (bandwidth_mbps > 0 and math.isfinite(bandwidth_mbps)):
         raise ValueError(f"the bandwidth must be a positive number of Mbit/s, got {bandwidth_mbps!r}")
-    s, p = entry["stats"], entry["part_ms"]
-    stats = ExitStats(np.asarray(s["confidences"], dtype=np.float64), np.asarray(s["correct"], dtype=bool),
-                      None if s["scores"] is None else np.asarray(s["scores"], dtype=np.float64))
-    parts = ExitParts(p["segments"], p["heads"], p["predictor"])
-    rule = AdaptiveThresholds.from_dict(entry["regressors"])
-    return rule.repair(stats, parts, entry["payload_bits"], bandwidth_mbps, entry["tau_ms"])
+    return StoredAdaptive.from_entry(entry).point(bandwidth_mbps)
 
 
 def tau_at(stats: ExitStats, part_ms: ExitParts, payload_bits: float, bandwidth_mbps: float,

@@ -23,16 +23,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from jmsnas.devices import DeviceLike, on_device, to_device
+from jmsnas.devices import DeviceLike
+from jmsnas.exits.adaptive import ExitStats
+from jmsnas.exits.adaptive_fit import exit_stats
 from jmsnas.exits.cascade import EarlyExitNet
-from jmsnas.exits.decision import exit_score
-from jmsnas.exits.predictor import ExitPredictor, PredictorTraining, exit_labels, predictor_scores, train_predictor
+from jmsnas.exits.predictor import ExitPredictor, PredictorTraining, exit_labels, train_predictor
 from jmsnas.exits.skip import ExitParts, Routing, choose_gamma, route
 from jmsnas.exits_config import PredictorConfig
 from jmsnas.plan.artifact import DeploymentPlan
 from jmsnas.space.macs import count_macs
 
-__all__ = ["FittedPredictor", "exit_confidences", "fit_exit_predictor", "plan_with_predictor"]
+__all__ = ["FittedPredictor", "fit_exit_predictor", "plan_with_predictor"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class FittedPredictor:
     gammas: list[float]
     info: dict[str, Any]
     routing: Routing  # Algorithm 1 on the calibration split with these gammas
+    calibration: ExitStats  # the calibration split's confidences, correctness and predictor scores
 
 
 def plan_with_predictor(plan: DeploymentPlan, routing: Routing, head_ms: Sequence[float],
@@ -62,23 +64,6 @@ def plan_with_predictor(plan: DeploymentPlan, routing: Routing, head_ms: Sequenc
     return plan.with_exits(exits, plan.total_latency_ms + predictor_ms, float(per_sample.mean()))
 
 
-def _inputs(data: Dataset, batch_size: int) -> torch.Tensor:
-    return torch.cat([x for x, _ in DataLoader(data, batch_size=batch_size)])
-
-
-@torch.no_grad()
-def exit_confidences(net: EarlyExitNet, x: torch.Tensor, batch_size: int = 512,
-                     device: DeviceLike = None) -> np.ndarray:
-    """``c`` [B, K]: what each early exit compares with its threshold (every exit run for every sample)."""
-    net.eval()
-    out = []
-    with on_device(device, net) as dev:
-        for xb in x.split(batch_size):
-            logits = net.all_exits(to_device(xb, dev))[:-1]
-            out.append(torch.stack([exit_score(z.cpu(), net.decision_units[k]) for k, z in enumerate(logits)], 1))
-    return torch.cat(out).numpy()
-
-
 def fit_exit_predictor(net: EarlyExitNet, label_set: Dataset, calib_set: Dataset, input_shape: tuple[int, ...],
                        cfg: PredictorConfig, seed: int = 0, device: DeviceLike = None) -> FittedPredictor:
     """Train the Exit Predictor on ``net``'s eq. (9) labels over ``label_set``; γs chosen on ``calib_set``."""
@@ -87,22 +72,22 @@ def fit_exit_predictor(net: EarlyExitNet, label_set: Dataset, calib_set: Dataset
     torch.manual_seed(seed)
     predictor = ExitPredictor(input_shape, net.num_exits, cfg.variant, width=cfg.width)
     lam = [float(t) for t in net.thresholds]
-    x_label = _inputs(label_set, 512)
-    labels = exit_labels(torch.as_tensor(exit_confidences(net, x_label, device=device)), lam)
+    x_label = torch.cat([x for x, _ in DataLoader(label_set, batch_size=512)])
+    labels = exit_labels(torch.as_tensor(exit_stats(net, label_set, device=device).confidences), lam)
     training = PredictorTraining(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
     train_predictor(predictor, x_label, labels, training, device)
-    x_cal = _inputs(calib_set, 512)
-    conf, scores = exit_confidences(net, x_cal, device=device), predictor_scores(predictor, x_cal, device=device)
+    calib = exit_stats(net, calib_set, predictor, device=device)
+    conf, scores = calib.confidences, calib.scores
     macs = count_macs(predictor, tuple(input_shape))
     parts = ExitParts(net.segment_macs[:-1], net.head_macs, macs)
-    gammas, ep_macs = choose_gamma(conf, scores.numpy(), lam, parts)
+    gammas, ep_macs = choose_gamma(conf, scores, lam, parts)
     ee = float(route(conf, lam).device_cost(parts).mean())
     oracle = float(route(conf, lam, mode="oracle").device_cost(parts).mean())
-    routed = route(conf, lam, mode="ep", scores=scores.numpy(), gammas=gammas)
+    routed = route(conf, lam, mode="ep", scores=scores, gammas=gammas)
     info = {"variant": cfg.variant, "width": cfg.width, "macs": int(macs), "labels": cfg.labels,
             "label_samples": len(x_label), "label_positive_share": labels.mean(0).tolist(),
-            "calibration_samples": len(x_cal), "gammas": gammas, "ee_macs": ee, "ep_macs": float(ep_macs),
+            "calibration_samples": len(conf), "gammas": gammas, "ee_macs": ee, "ep_macs": float(ep_macs),
             "oracle_macs": oracle,
             "oracle_saving_captured": (ee - float(ep_macs)) / (ee - oracle) if ee > oracle else None,
             "skip_fraction": routed.skip_fraction().tolist(), "pays_off": float(ep_macs) < ee}
-    return FittedPredictor(predictor.eval(), gammas, info, routed)
+    return FittedPredictor(predictor.eval(), gammas, info, routed, calib)

@@ -160,21 +160,21 @@ def export_bundle(
     heads = {m: spec[0] for m, spec in exits.items()}
     bare = device_parts(plan, segments, codecs) if predictor is not None else []
     for m, part in enumerate(device_parts(plan, segments, codecs, heads)):
-        with torch.no_grad():
-            n_out = len(part(*values))
+        outputs = _run(part, values)
         in_names = ["input"] if m == 0 else wire_names(plan, m - 1, len(values))
         last = m == len(segments) - 1
+        n_out = len(outputs)
         out_names = [f"output{j}" for j in range(n_out)] if last else wire_names(plan, m, n_out - (m in exits))
         out_names = [f"e{m}.logits", *out_names] if m in exits else out_names
         stem = out / f"{m:02d}_{plan.segments[m].device}"
-        entry, outputs = _export_part(part, values, (in_names, out_names), stem, plan, m)
+        entry = _export_part(part, (values, outputs), (in_names, out_names), stem, plan, m)
         entry |= {"decoder": None if m == 0 else codec_entry(plan, m - 1),
                   "encoder": None if last else codec_entry(plan, m)}
         if m in exits:
             entry["exit"] = _exit_entry(m, exits[m])
             if predictor is not None:  # the part without its head, for the samples that skip the exit
-                skip, _ = _export_part(bare[m], values, (in_names, out_names[1:]), stem.with_name(f"{stem.name}_skip"),
-                                       plan, m)
+                skip = _export_part(bare[m], (values, outputs[1:]), (in_names, out_names[1:]),  # the same wire
+                                    stem.with_name(f"{stem.name}_skip"), plan, m)
                 entry["exit"]["skip_files"] = skip["files"]
                 entry["onnx_max_abs_diff"] = max(entry["onnx_max_abs_diff"], skip["onnx_max_abs_diff"])
         entries.append(entry)
@@ -193,17 +193,21 @@ def _check_exits(exits: Mapping[int, tuple], predictor: tuple | None, devices: i
         raise ValueError(f"need one gamma per exit ({len(exits)}), got {len(predictor[1])}")
 
 
-def _export_part(part: nn.Module, values: tuple[torch.Tensor, ...], names: tuple[list[str], list[str]],
-                 stem: Path, plan: DeploymentPlan, m: int) -> tuple[dict, tuple[torch.Tensor, ...]]:
-    """Write ``stem``.pt and .onnx for ``part`` on ``values``; its ``part_files`` entry with the ONNX check, and
-    its outputs."""
+def _run(part: nn.Module, values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     with torch.no_grad():
         got = part(*values)
-    outputs = tuple(got) if isinstance(got, (tuple, list)) else (got,)
+    return tuple(got) if isinstance(got, (tuple, list)) else (got,)
+
+
+def _export_part(part: nn.Module, io: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]],
+                 names: tuple[list[str], list[str]], stem: Path, plan: DeploymentPlan, m: int) -> dict:
+    """Write ``stem``.pt and .onnx for ``part``, given its example inputs and the outputs it gives on them
+    (``io``); its ``part_files`` entry with the ONNX check."""
+    values, outputs = io
     save_torchscript(part, values, stem.with_suffix(".pt"))
     save_onnx(part, values, names[0], names[1], stem.with_suffix(".onnx"))
     entry = part_files(stem.parent, stem.name, plan.segments[m].device, (names[0], values), (names[1], outputs))
-    return entry | {"onnx_max_abs_diff": onnx_max_abs_diff(stem.with_suffix(".onnx"), values, outputs)}, outputs
+    return entry | {"onnx_max_abs_diff": onnx_max_abs_diff(stem.with_suffix(".onnx"), values, outputs)}
 
 
 class _OneInput(nn.Module):
@@ -221,7 +225,8 @@ def _predictor_entry(out: Path, plan: DeploymentPlan, example_input: torch.Tenso
                      gammas: Sequence[float]) -> dict:
     predictor = predictor.eval()
     device = plan.segments[0].device
-    entry, _ = _export_part(_OneInput(predictor), (example_input,), (["input"], ["predictor.logits"]),
+    part = _OneInput(predictor)
+    entry = _export_part(part, ((example_input,), _run(part, (example_input,))), (["input"], ["predictor.logits"]),
                          out / f"predictor_{device}", plan, 0)
     macs = count_macs(predictor, tuple(example_input.shape[1:]))
     return entry | {"gammas": [float(g) for g in gammas], "macs": int(macs)}

@@ -117,6 +117,13 @@ class Bundle:
         """``[B, K]``: the Exit Predictor's sigmoid scores on network input ``x`` (None without a predictor)."""
         return None if self.predictor is None else torch.sigmoid(self.predictor((x,))[0].float())
 
+    @cached_property
+    def adaptive(self) -> Any:
+        """The manifest's adaptive thresholds read back once (``exits.adaptive_fit.StoredAdaptive``), or None."""
+        from jmsnas.exits.adaptive_fit import StoredAdaptive  # noqa: PLC0415  (jmsnas.exits imports jmsnas.export)
+
+        return None if self.spec.adaptive is None else StoredAdaptive.from_entry(self.spec.adaptive.model_dump())
+
     def operating_point(self, bandwidth_mbps: float | None) -> tuple[list[float], list[float] | None, Any]:
         """The exits' thresholds and the predictor's γs to use: the manifest's, or with ``bandwidth_mbps`` (Mbit/s on
         the adaptive cut) the adaptive thresholds' repaired prediction, returned third (an ``OperatingPoint``).
@@ -128,12 +135,10 @@ class Bundle:
         gams = None if self.spec.predictor is None else list(self.spec.predictor.gammas)
         if bandwidth_mbps is None:
             return lams, gams, None
-        if self.spec.adaptive is None:
+        if self.adaptive is None:
             raise BundleError("this bundle has no adaptive thresholds (exits.adaptive); serve it without a "
                               "bandwidth", field="adaptive")
-        from jmsnas.exits.adaptive_fit import operating_point  # noqa: PLC0415  (jmsnas.exits imports jmsnas.export)
-
-        point = operating_point(self.spec.adaptive.model_dump(), bandwidth_mbps)
+        point = self.adaptive.point(bandwidth_mbps)
         return point.thresholds, point.gammas if point.gammas is not None else gams, point
 
     def run_exits(self, x: torch.Tensor, computed: torch.Tensor | None = None,

@@ -91,14 +91,15 @@ def fit_adaptive_thresholds(ch: _Choice, exits: ExitsResult, plan: DeploymentPla
     if not exits.exits:
         log.info("exits       no exit chosen: no adaptive thresholds to fit")
         return None
-    fitted = ch.predictor
-    head_ms, predictor_ms = _head_and_predictor_ms(ch, exits, plan, 0 if fitted is None else fitted.info["macs"])
+    fitted = ch.predictor  # its calibration statistics and part times are reused, not computed again
+    head_ms, predictor_ms = ((fitted.info["head_ms"], fitted.info["predictor_ms"]) if fitted is not None
+                             else (_head_and_predictor_ms(ch, exits, plan, 0)[0], 0.0))
     lat = [float(e.latency_ms) for e in plan.exits]  # type: ignore[arg-type]  (plan_with_exits prices them)
-    parts = part_ms_of(lat, head_ms, predictor_ms if fitted is not None else 0.0)
+    parts = part_ms_of(lat, head_ms, predictor_ms)
     cut = plan.devices.index(plan.exits[-1].device)  # the link after the last exit
     link = ch.exp.topology.link(plan.cuts[cut].src, plan.cuts[cut].dst)
     bits = 8.0 * plan.cuts[cut].payload_bytes
-    stats = exit_stats(exits.net, _calib(ch), None if fitted is None else fitted.predictor, device=ch.device)
+    stats = fitted.calibration if fitted is not None else exit_stats(exits.net, _calib(ch), device=ch.device)
     gammas = None if fitted is None else fitted.gammas
     tau = cfg.adaptive.tau_ms or tau_at(stats, parts, bits, link.bandwidth_mbps, exits.thresholds, gammas)
     bws = cfg.adaptive.bandwidths_mbps or np.geomspace(link.bandwidth_mbps / 20, link.bandwidth_mbps * 20, 12).tolist()
