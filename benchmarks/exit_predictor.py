@@ -23,7 +23,11 @@ device), but run it alone all the same, it keeps both cores busy. Per seed:
    spanning D / (r T_all) from 6.5 to 0.0065, the paper's dimensionless regime (spec C.2). Three
    regressors fitted to the eq. (10) optima (validation) at 5 bandwidths each; 30 held-out
    bandwidths; methods Backbone, EE (Static), EE+EP (Static), EE (Adaptive), EE+EP (Adaptive),
-   EE+Oracle (Adaptive); accuracy, mean latency and τ violations on test.
+   EE+Oracle (Adaptive); accuracy, mean latency and τ violations on test. The same again at a binding
+   τ (``--tight-tau`` x the all-exits time), where the static methods run out of time at low bandwidth.
+6. **What limits the predictor** (``--pool``): scorers trained at λ 0.99 on the eq. (9) labels of fresh,
+   unlabeled MNIST-1D inputs (the EP at two widths, and a raw-input copy of l1 + exit 1), and a synthetic
+   predictor (true label plus Gaussian noise, at the EP's MAC cost) that shows the AUC needed to pay off.
 
 Usage::
 
@@ -66,6 +70,8 @@ from jmsnas.space.macs import count_macs  # noqa: E402
 LAMBDAS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 MACS_PER_S = 75.0e6  # experiments/quickstart.yaml's m4f (analytic)
 WIRE_BITS = 8
+LIMIT_LAMBDAS = (0.9, 0.99)
+NOISE_SIGMAS = (0.5, 0.7, 1.0, 1.5, 2.0)
 
 
 def _cbr(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
@@ -174,11 +180,15 @@ def _sweep_point(net, data, stats, lam, source: str, args, seed: int, parts_fn) 
 
 
 def _compare(net, ep, data, stats, lam, parts_fn) -> dict[str, Any]:
-    """EE, EE+EP (γ on validation) and the oracle at ``lam``, on test; and how well the EP's scores rank the
-    validation samples by whether each exit is confident on them (AUC)."""
+    """EE, EE+EP (γ on validation) and the oracle at ``lam``, on test (`_compare_scores` with ``ep``'s scores)."""
     s_val, s_test = (predictor_scores(ep, data[k][0]).numpy() for k in ("val", "test"))
+    return _compare_scores(s_val, s_test, stats, lam, parts_fn(ep))
+
+
+def _compare_scores(s_val, s_test, stats, lam, parts: ExitParts) -> dict[str, Any]:
+    """EE, EE+EP with predictor scores ``s_val`` / ``s_test`` (γ on validation) and the oracle at ``lam``, on test;
+    and how well the scores rank the validation samples by whether each exit is confident on them (AUC)."""
     val_auc = [_auc(stats["val"][0][:, k] >= lam[k], s_val[:, k]) for k in range(len(lam))]
-    parts = parts_fn(ep)
     gam, _ = choose_gamma(stats["val"][0], s_val, lam, parts)
     c, correct = stats["test"]
     ee, epr, orc = (route(c, lam), route(c, lam, mode="ep", scores=s_test, gammas=gam), route(c, lam, mode="oracle"))
@@ -214,12 +224,12 @@ def _executed_macs(net, ep, gam, x, lam) -> dict[str, Any]:
             "same_exits": bool((r.exit_index == idx.numpy()).all())}
 
 
-def _adaptive(net, ep, data, stats, lam_star, gam_star, args) -> dict[str, Any]:
+def _adaptive(net, ep, data, stats, lam_star, gam_star, args, tau_factor: float = 1.2) -> dict[str, Any]:
     ms = ExitParts([m / MACS_PER_S * 1e3 for m in net.segment_macs[:2]],
                    [m / MACS_PER_S * 1e3 for m in net.head_macs], count_macs(ep, (1, 40)) / MACS_PER_S * 1e3)
     payload = 4 * 20 * 32 * WIRE_BITS  # the [128, 20] partition feature at 8 bits (width 32)
     t_all = sum(ms.segments) + sum(ms.heads)
-    tau = 1.2 * t_all
+    tau = tau_factor * t_all
     r_lo = payload / (6.5 * t_all * 1e3)  # Mbit/s where D / (r T_all) = 6.5
     groups = [[r_lo * 10 ** i * f for f in (1, 3, 5, 7, 10)] for i in range(3)]
     held_out = np.geomspace(r_lo * 1.13, r_lo * 1000 / 1.13, args.bandwidths).tolist()
@@ -252,6 +262,54 @@ def _adaptive(net, ep, data, stats, lam_star, gam_star, args) -> dict[str, Any]:
             "rows": rows, "regressors": {m: r.to_dict() for m, r in rules.items()}}
 
 
+class _RawModel(nn.Sequential):
+    """A raw-input scorer with the architecture of the network's front and exit 1 (l1 + e1, 1.15 M MACs): how
+    learnable the eq. (9) labels are from the input at all, at a cost no predictor could pay."""
+
+    num_exits = 2
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__(*_cbr(1, width, 5), *_cbr(width, 2 * width, 5, 2), *_cbr(2 * width, 4 * width, 5),
+                         *_cbr(4 * width, width, 3, 2), nn.Flatten(), nn.Linear(width * 10, 2))
+
+
+def _noise_curve(stats, lam, parts: ExitParts, seed: int) -> list[dict[str, Any]]:
+    """A synthetic predictor at the real EP's MAC cost whose logit is +1 / -1 (the true eq. (9) label) plus
+    N(0, σ²) noise: the oracle saving captured against its AUC, i.e. how good a predictor must be to pay off."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for sigma in NOISE_SIGMAS:
+        s = {}
+        for k in ("val", "test"):
+            u = (stats[k][0] >= np.asarray(lam)).astype(float)
+            s[k] = 1.0 / (1.0 + np.exp(-(2.0 * u - 1.0 + rng.normal(0.0, sigma, u.shape))))
+        rows.append({"sigma": sigma, **_compare_scores(s["val"], s["test"], stats, lam, parts)})
+    return rows
+
+
+def _limits(net, data, stats, args, seed: int, parts_fn) -> dict[str, Any]:
+    """What limits the EP here. (1) `_noise_curve` at each λ of LIMIT_LAMBDAS. (2) At λ 0.99, scorers trained on
+    eq. (9) labels of ``args.pool`` fresh, unlabeled MNIST-1D inputs (the same generator, another seed; the frozen
+    network labels them, so it never saw them): the EP at two widths and `_RawModel`."""
+    from esai import _data as esai_splits
+
+    fresh = esai_splits(args.pool, 1000 + seed, corr_noise_scale=args.corr_noise, iid_noise_scale=args.iid_noise)
+    x_pool = torch.cat([fresh[k][0] for k in ("train", "val", "test")])
+    conf, _ = exit_stats(net, x_pool, torch.zeros(len(x_pool), dtype=torch.long))
+    ours = parts_fn(ExitPredictor((1, 40), 2, "ours", width=args.ep_width))
+    noise = {str(lam): _noise_curve(stats, [lam, lam], ours, seed) for lam in LIMIT_LAMBDAS}
+    labels = exit_labels(torch.from_numpy(conf), [0.99, 0.99])
+    learned = {}
+    for name, make in ((f"ours (width {args.ep_width:g})", lambda: ExitPredictor((1, 40), 2, "ours",
+                                                                                  width=args.ep_width)),
+                       ("ours (width 2)", lambda: ExitPredictor((1, 40), 2, "ours", width=2.0)),
+                       ("raw l1 + e1 copy", _RawModel)):
+        torch.manual_seed(seed)
+        model = train_predictor(make(), x_pool, labels, PredictorTraining(epochs=args.ep_epochs, seed=seed))
+        learned[name] = _compare(net, model, data, stats, [0.99, 0.99], parts_fn)
+    return {"pool_samples": len(x_pool), "noise": noise, "learned": learned}
+
+
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     data = _data(args.samples, seed, corr_noise_scale=args.corr_noise, iid_noise_scale=args.iid_noise)
@@ -271,13 +329,53 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     ours = ablation["ours"]
     executed = _executed_macs(net, eps["ours"], ours["gamma"], data["test"][0], lam_star)
     adaptive = _adaptive(net, eps["ours"], data, stats, lam_star, ours["gamma"], args)
+    tight = _adaptive(net, eps["ours"], data, stats, lam_star, ours["gamma"], args, args.tight_tau)
+    limits = _limits(net, data, stats, args, seed, parts_fn) if args.pool else None
     return {"seed": seed, "final_acc": float(stats["test"][1][:, 2].mean()), "lambda_star": lam_star,
             "segment_macs": net.segment_macs, "head_macs": net.head_macs, "sweep": sweep, "ablation": ablation,
-            "executed": executed, "adaptive": adaptive, "wall_s": time.perf_counter() - start}
+            "executed": executed, "adaptive": adaptive, "adaptive_tight": tight, "limits": limits,
+            "wall_s": time.perf_counter() - start}
 
 
 def _ms(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "sd": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+
+METHODS = ("backbone", "ee_static", "ep_static", "ee_adaptive", "ep_adaptive", "oracle_adaptive")
+
+
+def _adaptive_summary(rows: list[dict], key: str) -> dict[str, Any]:
+    """Per method: τ violations per seed, and the seeds' mean accuracy and latency per held-out bandwidth; the
+    mean accuracy over the lowest third of the bandwidths."""
+    n_bw = len(rows[0][key]["rows"])
+    out = {"bandwidth_mbps": [b["bandwidth_mbps"] for b in rows[0][key]["rows"]],
+           "tau_ms": [r[key]["tau_ms"] for r in rows],
+           "violations": {m: [sum(b[m]["violates"] for b in r[key]["rows"]) for r in rows] for m in METHODS},
+           "accuracy": {m: [statistics.fmean(r[key]["rows"][i][m]["accuracy"] for r in rows) for i in range(n_bw)]
+                        for m in METHODS},
+           "latency_ms": {m: [statistics.fmean(r[key]["rows"][i][m]["latency_ms"] for r in rows)
+                              for i in range(n_bw)] for m in METHODS}}
+    third = max(1, n_bw // 3)
+    out["low_bandwidth_accuracy"] = {m: statistics.fmean(out["accuracy"][m][:third]) for m in METHODS}
+    return out
+
+
+def _limits_summary(rows: list[dict]) -> dict[str, Any] | None:
+    """Mean ± sd over seeds of the limits study: per synthetic σ and λ, and per learned scorer."""
+    if rows[0]["limits"] is None:
+        return None
+
+    def agg(items: list[dict]) -> dict[str, Any]:
+        return {"val_auc": [_ms([i["ep_val_auc"][k] for i in items if i["ep_val_auc"][k] is not None] or
+                                [float("nan")]) for k in range(2)],
+                **{k: _ms([i[k] for i in items if i[k] is not None] or [float("nan")])
+                   for k in ("oracle_saving_captured", "ee_acc", "ep_acc", "predictor_macs")}}
+
+    lim = [r["limits"] for r in rows]
+    noise = {lam: [{"sigma": row["sigma"], **agg([x["noise"][lam][j] for x in lim])}
+                   for j, row in enumerate(lim[0]["noise"][lam])] for lam in lim[0]["noise"]}
+    learned = {name: agg([x["learned"][name] for x in lim]) for name in lim[0]["learned"]}
+    return {"pool_samples": lim[0]["pool_samples"], "noise": noise, "learned": learned}
 
 
 def summarise(rows: list[dict], args: argparse.Namespace) -> dict[str, Any]:
@@ -292,18 +390,8 @@ def summarise(rows: list[dict], args: argparse.Namespace) -> dict[str, Any]:
                                      for k in range(2)] for i in range(len(args.lambdas))]
     ablation = {v: {k: _ms([r["ablation"][v][k] for r in rows if r["ablation"][v][k] is not None] or [0.0])
                     for k in (*keys, "predictor_macs")} for v in VARIANTS}
-    methods = ("backbone", "ee_static", "ep_static", "ee_adaptive", "ep_adaptive", "oracle_adaptive")
-    n_bw = len(rows[0]["adaptive"]["rows"])
-    adaptive = {"bandwidth_mbps": [b["bandwidth_mbps"] for b in rows[0]["adaptive"]["rows"]],
-                "tau_ms": [r["adaptive"]["tau_ms"] for r in rows],
-                "violations": {m: [sum(b[m]["violates"] for b in r["adaptive"]["rows"]) for r in rows]
-                               for m in methods},
-                "accuracy": {m: [statistics.fmean(r["adaptive"]["rows"][i][m]["accuracy"] for r in rows)
-                                 for i in range(n_bw)] for m in methods},
-                "latency_ms": {m: [statistics.fmean(r["adaptive"]["rows"][i][m]["latency_ms"] for r in rows)
-                                   for i in range(n_bw)] for m in methods}}
-    third = max(1, n_bw // 3)
-    low = {m: statistics.fmean(adaptive["accuracy"][m][:third]) for m in methods}
+    adaptive, tight = _adaptive_summary(rows, "adaptive"), _adaptive_summary(rows, "adaptive_tight")
+    low = adaptive["low_bandwidth_accuracy"]
     high = per_lambda["train"]
     hi = [i for i, lam in enumerate(args.lambdas) if lam >= 0.9]
     goals = {"ep_captures_half_of_oracle_at_high_lambda": all(high["oracle_saving_captured"][i]["mean"] >= 0.5
@@ -314,7 +402,7 @@ def summarise(rows: list[dict], args: argparse.Namespace) -> dict[str, Any]:
                                            for v in adaptive["violations"][m]),
              "ep_adaptive_ge_ee_adaptive_low_bandwidth": low["ep_adaptive"] >= low["ee_adaptive"]}
     return {"lambdas": list(args.lambdas), "per_lambda": per_lambda, "ablation": ablation, "adaptive": adaptive,
-            "low_bandwidth_accuracy": low, "goals": goals,
+            "low_bandwidth_accuracy": low, "adaptive_tight": tight, "limits": _limits_summary(rows), "goals": goals,
             "executed_macs_match": all(r["executed"]["match"] and r["executed"]["same_exits"] for r in rows)}
 
 
@@ -324,7 +412,7 @@ def plot(path: Path, result: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, (a, b, c, d) = plt.subplots(1, 4, figsize=(21, 4.5))
     pl = result["per_lambda"]["train"]
     for key, label in (("ee", "EE"), ("ep", "EE+EP"), ("oracle", "EE+Oracle")):
         a.plot([m["mean"] / 1e6 for m in pl[f"{key}_macs"]], [100 * v["mean"] for v in pl[f"{key}_acc"]], "o-",
@@ -336,9 +424,14 @@ def plot(path: Path, result: dict) -> None:
     names = {"backbone": "Backbone", "ee_static": "EE (Static)", "ep_static": "EE+EP (Static)",
              "ee_adaptive": "EE (Adaptive)", "ep_adaptive": "EE+EP (Adaptive)",
              "oracle_adaptive": "EE+Oracle (Adaptive)"}
+    tight = result["adaptive_tight"]
     for m, label in names.items():
         b.semilogx(ad["bandwidth_mbps"], [100 * v for v in ad["accuracy"][m]], label=label)
         c.loglog(ad["bandwidth_mbps"], ad["latency_ms"][m], label=label)
+        d.semilogx(tight["bandwidth_mbps"], [100 * v for v in tight["accuracy"][m]], label=label)
+    d.set(xlabel="bandwidth (Mbit/s, held out)", ylabel="test accuracy (%)",
+          title=f"accuracy at a binding τ ({result['tight_tau']:g} x all-exits time)")
+    d.legend(fontsize=7)
     c.axhline(statistics.fmean(ad["tau_ms"]), color="k", ls="--", label="τ")
     b.set(xlabel="bandwidth (Mbit/s, held out)", ylabel="test accuracy (%)", title="Fig. 10 analogue: accuracy")
     c.set(xlabel="bandwidth (Mbit/s, held out)", ylabel="mean latency, eq. (11) (ms)", title="latency against τ")
@@ -354,6 +447,41 @@ def _auc_text(s: dict) -> str:
 
 def _pm(s: dict, scale: float = 100.0, digits: int = 2) -> str:
     return f"{scale * s['mean']:.{digits}f} ± {scale * s['sd']:.{digits}f}"
+
+
+def _adaptive_lines(ad: dict, title: str) -> list[str]:
+    lines = ["", f"## Bandwidth-adaptive thresholds ({len(ad['bandwidth_mbps'])} held-out bandwidths, "
+             f"{ad['bandwidth_mbps'][0]:.3g}-{ad['bandwidth_mbps'][-1]:.3g} Mbit/s; τ "
+             f"{statistics.fmean(ad['tau_ms']):.1f} ms{title})", "",
+             "| method | τ violations per seed | mean test acc. % (low third) | mean test acc. % (all) |",
+             "| --- | --- | --- | --- |"]
+    for m, v in ad["violations"].items():
+        lines.append(f"| {m} | {v} | {100 * ad['low_bandwidth_accuracy'][m]:.2f} | "
+                     f"{100 * statistics.fmean(ad['accuracy'][m]):.2f} |")
+    return lines
+
+
+def _limits_lines(lim: dict | None) -> list[str]:
+    if lim is None:
+        return []
+    lines = ["", "## What limits the predictor here", "",
+             f"Scorers trained at λ 0.99 on eq. (9) labels of {lim['pool_samples']} fresh, unlabeled MNIST-1D inputs "
+             "(the same generator, another seed; labelled by the frozen network, which never saw them):", "",
+             "| scorer | MACs | AUC on val (exit 1 / 2) | oracle saving captured | EE → EE+EP acc. % |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, a in lim["learned"].items():
+        lines.append(f"| {name} | {a['predictor_macs']['mean']:.0f} | "
+                     f"{' / '.join(_auc_text(v) for v in a['val_auc'])} | "
+                     f"{_pm(a['oracle_saving_captured'], 100, 0)} % | {_pm(a['ee_acc'])} → {_pm(a['ep_acc'])} |")
+    lines += ["", "A synthetic predictor at the EP's MAC cost whose logit is ±1 (the true label) plus N(0, σ²) noise "
+              "(γ chosen on validation the same way): the AUC a predictor needs before it pays off.", "",
+              "| λ | σ | AUC on val (exit 1 / 2) | oracle saving captured | EE → EE+EP acc. % |",
+              "| --- | --- | --- | --- | --- |"]
+    for lam, curve in lim["noise"].items():
+        for a in curve:
+            lines.append(f"| {lam} | {a['sigma']:g} | {' / '.join(_auc_text(v) for v in a['val_auc'])} | "
+                         f"{_pm(a['oracle_saving_captured'], 100, 0)} % | {_pm(a['ee_acc'])} → {_pm(a['ep_acc'])} |")
+    return lines
 
 
 def markdown(result: dict) -> str:
@@ -383,15 +511,10 @@ def markdown(result: dict) -> str:
     for v, a in result["ablation"].items():
         lines.append(f"| {v} | {a['predictor_macs']['mean']:.0f} | {_pm(a['ep_acc'])} | {_pm(a['ep_macs'], 1e-6, 3)} | "
                      f"{_pm(a['oracle_saving_captured'], 100, 0)} % |")
-    ad = result["adaptive"]
-    lines += ["", f"## Bandwidth-adaptive thresholds ({len(ad['bandwidth_mbps'])} held-out bandwidths, "
-              f"{ad['bandwidth_mbps'][0]:.3g}-{ad['bandwidth_mbps'][-1]:.3g} Mbit/s; τ "
-              f"{statistics.fmean(ad['tau_ms']):.1f} ms)", "",
-              "| method | τ violations per seed | mean test acc. % (low third) | mean test acc. % (all) |",
-              "| --- | --- | --- | --- |"]
-    for m, v in ad["violations"].items():
-        lines.append(f"| {m} | {v} | {100 * result['low_bandwidth_accuracy'][m]:.2f} | "
-                     f"{100 * statistics.fmean(ad['accuracy'][m]):.2f} |")
+    lines += _adaptive_lines(result["adaptive"], "")
+    lines += _adaptive_lines(result["adaptive_tight"], f", a binding τ = {result['tight_tau']:g} x the all-exits "
+                             "on-device time (not the spec's regime: there no method is short of time)")
+    lines += _limits_lines(result["limits"])
     lines += ["", f"Executed MACs of Algorithm 1 (SkippingCascade on test) equal eq. (4): "
               f"{result['executed_macs_match']}.", "", "## Goals (issue 17)", ""]
     lines += [f"- {k}: {'met' if ok else '**NOT met**'}" for k, ok in result["goals"].items()]
@@ -420,11 +543,15 @@ def main() -> None:
     parser.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS))
     parser.add_argument("--bandwidths", type=int, default=30, help="held-out bandwidths")
     parser.add_argument("--gamma-grid", type=int, default=10, help="γ values per exit in the eq. (10) search")
+    parser.add_argument("--tight-tau", type=float, default=0.6,
+                        help="a second, binding τ as a multiple of the all-exits on-device time")
+    parser.add_argument("--pool", type=int, default=10_000,
+                        help="fresh unlabeled inputs for the limits study (0: skip it)")
     parser.add_argument("--smoke", action="store_true", help="tiny run, nothing written")
     args = parser.parse_args()
     if args.smoke:
         args.seeds, args.samples, args.ee_epochs, args.ep_epochs, args.lambdas = 1, 2000, 2, 2, [0.8, 0.99]
-        args.bandwidths, args.gamma_grid = 6, 4
+        args.bandwidths, args.gamma_grid, args.pool = 6, 4, 1000
     torch.set_num_threads(2)
     from jmsnas.machine import processor_name
 
@@ -439,6 +566,7 @@ def main() -> None:
     result = {"command": "python benchmarks/exit_predictor.py " + " ".join(sys.argv[1:]),
               "hardware": f"{processor_name()}, 2 threads", "seeds": list(range(args.seeds)),
               "samples": args.samples, "corr_noise": args.corr_noise, "iid_noise": args.iid_noise,
+              "tight_tau": args.tight_tau,
               "final_acc": _ms([r["final_acc"] for r in rows]), **summary,
               **{k: [v["mean"] for v in pl[k]] for k in ("ee_macs", "ep_macs", "oracle_macs", "ee_acc", "ep_acc",
                                                          "oracle_saving_captured", "predictor_overhead")},
