@@ -14,6 +14,9 @@
     agree within ±10 % is ``retest.within_10pct``. A run whose noise floor is below 95 % is marked
     ``valid: false``: the machine could not support a fidelity figure then (something else ran).
     Every timing runs under the contention guard (`jmsnas.latency.guard`).
+(d) Spread networks (``spread`` per space): as many again, drawn from each space's smallest to its
+    largest (`jmsnas.space.sampling.spread_specs`), each timed twice too. Uniform choices average out to
+    networks of nearly one size, so their Spearman ρ is capped by the timing noise alone.
 
 Usage (the profiles must exist, measured on this machine)::
 
@@ -50,6 +53,7 @@ from jmsnas.latency.profiler import (  # noqa: E402
 )
 from jmsnas.space.arch import ArchSpec  # noqa: E402
 from jmsnas.space.macs import arch_descriptors  # noqa: E402
+from jmsnas.space.sampling import spread_specs  # noqa: E402
 from jmsnas.space.spec import load_search_space  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,12 +125,21 @@ def bench_device(name: str, n_nets: int, seed: int, profiles_dir: Path = DEFAULT
         meas, parts = measure_nets(specs, meta, guard)
         again, _ = measure_nets(specs, meta, guard)  # the same networks re-timed: the noise floor of the measure
         n_layers = np.array([len(s.blocks) + 2 for s in specs])
+        spread = spread_specs(space, n_nets, seed, 10)  # from the smallest to the largest: the ranking a search needs
+        spread_pred = np.array([model.predict(arch_descriptors(s)).sum() for s in spread])
+        spread_meas, _ = measure_nets(spread, meta, guard)
+        spread_again, _ = measure_nets(spread, meta, guard)
         scale, overhead = model.calibration_for(space.dims)
         out["spaces"][space_name] = {"n_nets": len(specs), **_errors(pred, meas),
                                      "uncalibrated": _errors(reg, meas), "calibrated": _errors(cal, meas),
                                      "additivity_same_time": _errors(scale * parts + overhead * n_layers, meas),
                                      "additivity_same_time_uncalibrated": _errors(parts, meas),
                                      "retest": _errors(again, meas),
+                                     "spread": {**_errors(spread_pred, spread_meas),
+                                                "retest": _errors(spread_again, spread_meas),
+                                                "measured_ms_range": [float(spread_meas.min()),
+                                                                      float(spread_meas.max())]},
+                                     "measured_ms_range": [float(meas.min()), float(meas.max())],
                                      "measured_ms_median": float(np.median(meas))}
         all_pred.append(pred)
         all_meas.append(meas)
@@ -204,6 +217,19 @@ def to_markdown(results: list[dict], env: dict, command: str) -> str:
               "±10 % / within ±5 % / Spearman ρ (what the machine itself supports for each target): "
               + "; ".join(f"{r['device']} {sp}: {s['retest']['within_10pct']:.0%} / {s['retest']['within_5pct']:.0%} / "
                           f"{s['retest']['spearman']:.3f}" for r in results for sp, s in r["spaces"].items())]
+    lines += ["", "Spread networks (`jmsnas.space.sampling.spread_specs`: from each space's smallest networks to "
+              "its largest, the range a search picks from; uniform choices average out to nearly one size): "
+              "within ±10 % / within ±5 % / Spearman ρ against the prediction, then the same networks re-timed "
+              "(their noise floor), and the measured range:", "",
+              "| device | space | nets within ±10 % | within ±5 % | Spearman ρ | noise floor ±10 % / ±5 % / ρ | "
+              "measured ms (spread) | measured ms (uniform) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        for space, s in r["spaces"].items():
+            sp, rt = s["spread"], s["spread"]["retest"]
+            lines.append(f"| {r['device']} | {space} | {sp['within_10pct']:.1%} | {sp['within_5pct']:.1%} | "
+                         f"{sp['spearman']:.3f} | {rt['within_10pct']:.0%} / {rt['within_5pct']:.0%} / "
+                         f"{rt['spearman']:.3f} | {sp['measured_ms_range'][0]:.3f}-{sp['measured_ms_range'][1]:.3f} | "
+                         f"{s['measured_ms_range'][0]:.3f}-{s['measured_ms_range'][1]:.3f} |")
     results = [r for r in results if "refused" not in r]
     lines += ["", "Contention guard (reference workload timed with every block; see `jmsnas.latency.guard`): "
               + "; ".join(f"{r['device']}: speed index (networks) {r['speed_index_ms']:.4f} ms, "
