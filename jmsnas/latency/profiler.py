@@ -50,6 +50,7 @@ from jmsnas.latency.timing import time_interleaved
 from jmsnas.machine import processor_name
 from jmsnas.space.arch import ArchSpec, build_model
 from jmsnas.space.macs import OpDescriptor
+from jmsnas.space.sampling import spread_specs
 from jmsnas.space.spec import SearchSpace
 
 CSV_COLUMNS = (
@@ -265,10 +266,13 @@ def networks_path(csv_path: Path) -> Path:
 
 
 def calibration_specs(space: SearchSpace, n: int, seed: int = CALIBRATION_SEED) -> list[ArchSpec]:
-    """Random networks of a space (seeded apart from any benchmark's) for the additivity calibration."""
+    """Networks of a space (seeded apart from any benchmark's) for the additivity calibration: half drawn uniformly,
+    half spread from the space's smallest to its largest (`jmsnas.space.sampling.spread_specs`), so that the
+    fit's two terms (scale of the op sum, overhead per op) are not fitted on networks of one size."""
     rng = random.Random(f"{space.config.name}-{seed}")
-    return [ArchSpec.from_choices(space, [rng.choice(s.candidates) for s in space.layers()], PROFILE_NUM_CLASSES)
-            for _ in range(n)]
+    uniform = [ArchSpec.from_choices(space, [rng.choice(s.candidates) for s in space.layers()], PROFILE_NUM_CLASSES)
+               for _ in range(n - n // 2)]
+    return uniform + spread_specs(space, n // 2, rng.randrange(2**31), PROFILE_NUM_CLASSES) if n >= 2 else uniform
 
 
 def time_network_and_parts(specs: Sequence[ArchSpec], timing: dict,

@@ -58,3 +58,18 @@ def test_spread_specs_without_jitter_are_the_rank_quantiles() -> None:
         assert spec.blocks == expected.blocks
     with pytest.raises(ValueError, match="n >= 1"):
         spread_specs(space, 0, seed=0, num_classes=10)
+
+
+def test_profiler_calibration_networks_are_half_uniform_half_spread() -> None:
+    from jmsnas.latency.profiler import calibration_specs
+
+    space = load_search_space(SPACE)
+    specs = calibration_specs(space, 20)
+    assert len(specs) == 20 and [s.blocks for s in calibration_specs(space, 20)] == [s.blocks for s in specs]
+    ranked = ranked_candidates(space)
+    smallest = _total(space, [names[0] for names in ranked])
+    largest = _total(space, [names[-1] for names in ranked])
+    spread = [sum(arch_macs(s)) for s in specs[10:]]
+    # the spread half reaches both ends of the space's range (uniform draws stay near its middle)
+    assert min(spread) <= smallest + 0.3 * (largest - smallest) and max(spread) >= largest - 0.3 * (largest - smallest)
+    assert len(calibration_specs(space, 1)) == 1 and calibration_specs(space, 0) == []
