@@ -272,7 +272,8 @@ def calibration_specs(space: SearchSpace, n: int, seed: int = CALIBRATION_SEED) 
     rng = random.Random(f"{space.config.name}-{seed}")
     uniform = [ArchSpec.from_choices(space, [rng.choice(s.candidates) for s in space.layers()], PROFILE_NUM_CLASSES)
                for _ in range(n - n // 2)]
-    return uniform + spread_specs(space, n // 2, rng.randrange(2**31), PROFILE_NUM_CLASSES) if n >= 2 else uniform
+    spread = spread_specs(space, n // 2, rng.randrange(2**31), PROFILE_NUM_CLASSES) if n // 2 else []
+    return uniform + spread
 
 
 def time_network_and_parts(specs: Sequence[ArchSpec], timing: dict,
