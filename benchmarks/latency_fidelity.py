@@ -49,8 +49,8 @@ from jmsnas.latency.profiler import (  # noqa: E402
     measurement_conditions,
     read_rows,
     time_network_and_parts,
-    verify_profile,
 )
+from jmsnas.latency.verify import verify_profile  # noqa: E402
 from jmsnas.space.arch import ArchSpec  # noqa: E402
 from jmsnas.space.macs import arch_descriptors  # noqa: E402
 from jmsnas.space.sampling import spread_specs  # noqa: E402
@@ -93,7 +93,7 @@ def sample_specs(space, n: int, seed: int) -> list[ArchSpec]:
 
 def measure_nets(specs: list[ArchSpec], meta: dict, guard: ContentionGuard,
                  chunk: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Whole-network times, and the sums of their layers' times measured together with them (guarded)."""
+    """Whole-network times, and the sums of their ops (built alone) timed together with them (guarded)."""
     pairs = [p for i in range(0, len(specs), chunk) for p in time_network_and_parts(specs[i:i + chunk], meta, guard)]
     return np.array([w for w, _ in pairs]), np.array([p for _, p in pairs])
 
@@ -204,8 +204,8 @@ def to_markdown(results: list[dict], env: dict, command: str) -> str:
                          f"{s['p95_abs_rel_err']:.1%} | {s['mean_signed_rel_err']:+.1%} | "
                          f"{s['uncalibrated']['within_10pct']:.1%} / {s['uncalibrated']['mean_signed_rel_err']:+.1%} | "
                          f"{s['measured_ms_median']:.3f} |")
-    lines += ["", "Additivity measured at one time (each network timed together with its own layers, so drift "
-              "cancels): share of networks whose calibrated sum of layer times is within ±10 % of the whole, and "
+    lines += ["", "Additivity measured at one time (each network timed together with its ops built alone, so drift "
+              "cancels): share of networks whose calibrated sum of those op times is within ±10 % of the whole, and "
               "the same for the plain sum:", "", "| device | space | calibrated sum within ±10 % | plain sum within "
               "±10 % / mean signed err. |", "| --- | --- | --- | --- |"]
     for r in results:

@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m jmsnas.pro
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from jmsnas.latency.profiler import verify_profile
+    from jmsnas.latency.verify import verify_profile
 
     if args.verify_ops < 1:
         raise JmsnasError(f"--verify-ops must be >= 1, got {args.verify_ops}")

@@ -12,7 +12,12 @@ forward adds its own calls). The profile therefore also times random whole netwo
 (``NAME.networks.csv``), and the model fits ``network ≈ scale · Σ predicted op + overhead · #ops``
 to them by non-negative least squares, where the predicted ops are this model's own uncalibrated
 predictions; a calibrated op prediction is then ``scale · op + overhead``, so per-layer latencies
-stay additive (as the split planner and the search need).
+stay additive (as the split planner and the search need). Each calibration network is timed together
+with its ops built alone (``ops_ms``); its whole time is brought to the op rows' speed by
+``Σ predicted op / ops_ms`` before the fit. Without that the fit learns the machine's drift between the
+op rows and the networks: in a 2026-12-04 profile on an AMD EPYC VM the same-time ops ran 0.95x the op
+rows early in the network phase and 1.03-1.45x later, and the fitted 1-D scale was 1.12 where the
+same-time ratio was 1.07.
 
 The calibration is fitted **per dimensionality** (1-D and 2-D networks each get their own scale and
 overhead; an op of a dimensionality without calibration networks gets the pooled fit) and **applied by
@@ -105,14 +110,17 @@ class ProfiledLatencyModel:
         rows: rows of the profile CSV (strings, as `csv.DictReader` gives them).
         meta: the profile's JSON metadata (how it was measured).
         seed: seed of the regressor's subsampling, for repeatable fits.
-        networks: per calibration network ``(its ops, whole network ms measured)``.
+        networks: per calibration network ``(its ops, whole network ms measured)``, or ``(its ops, whole ms, sum
+            of its ops' ms timed alone at the same moment)``: then the whole is first brought to the op rows'
+            speed (times ``Σ predicted op / that sum``), so the fit does not learn the machine's drift.
         apply_calibration: whether `predict` applies the whole-network calibration by default.
     """
 
     kind: Literal["measured"] = "measured"
 
     def __init__(self, name: str, rows: Sequence[dict[str, str]], meta: dict | None = None, seed: int = 0,
-                 networks: Sequence[tuple[Sequence[OpDescriptor], float]] | None = None,
+                 networks: Sequence[tuple[Sequence[OpDescriptor], float]
+                                    | tuple[Sequence[OpDescriptor], float, float]] | None = None,
                  apply_calibration: bool = True) -> None:
         from sklearn.ensemble import GradientBoostingRegressor
 
@@ -130,8 +138,12 @@ class ProfiledLatencyModel:
                                                    subsample=0.8, random_state=seed)
         self.regressor.fit(_feature_matrix(feats, self.feature_names), y)
         self.apply_calibration = apply_calibration
-        sums = [(_network_dims(ops), (float(self.predict(ops, calibrated=False).sum()), len(ops), whole))
-                for ops, whole in networks or []]
+        sums = []
+        for ops, whole, *same_time in networks or []:
+            predicted = float(self.predict(ops, calibrated=False).sum())
+            if same_time and same_time[0] > 0:  # the whole at the op rows' speed
+                whole = whole * predicted / same_time[0]
+            sums.append((_network_dims(ops), (predicted, len(ops), whole)))
         #: pooled over every calibration network (reported; used for ops of a dimensionality without its own)
         self.scale, self.overhead_ms = self._calibrate([s for _, s in sums])
         #: ``dims -> (scale, overhead ms)``, one calibration per dimensionality (1-D, 2-D) of the networks
@@ -230,7 +242,8 @@ def _load_cached(path: Path, mtime_ns: int) -> ProfiledLatencyModel:
     from jmsnas.space.arch import ArchSpec
     from jmsnas.space.macs import arch_descriptors
 
-    networks = [(arch_descriptors(ArchSpec.from_dict(json.loads(r["arch"]))), float(r["latency_ms"]))
+    networks = [(arch_descriptors(ArchSpec.from_dict(json.loads(r["arch"]))), float(r["latency_ms"]),
+                 *([float(r["ops_ms"])] if r.get("ops_ms") else []))  # an older profile has no ops_ms
                 for r in read_rows(networks_path(path), NETWORK_COLUMNS)]
     return ProfiledLatencyModel(path.stem, read_rows(path), meta, networks=networks)
 

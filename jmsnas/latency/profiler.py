@@ -3,9 +3,10 @@
 The CSV has one row per op and input shape (features, ``latency_ms``, ``spread_ms``, ``repeats``);
 ops are timed round-robin in chunks with `jmsnas.latency.timing.time_interleaved` (the median of
 block minima, robust to the bursts of interference of shared machines). ``NAME.networks.csv`` holds
-random whole networks of each space, each timed together with its own layers (``latency_ms`` and
-``layers_ms``, the sum of its layers' times): the latency model uses them to calibrate how per-op
-times add up to a network's (see `jmsnas.latency.model`). The JSON says how it was measured (torch
+random whole networks of each space, each timed together with its ops built alone, as the op rows are
+(``latency_ms`` and ``ops_ms``, the sum of those ops' times at the same moment): the latency model uses
+them to calibrate how per-op times add up to a network's, free of the machine's drift between the op
+rows and the networks (see `jmsnas.latency.model`). The JSON says how it was measured (torch
 version, threads, processor or GPU, date, search spaces). Rows are appended and flushed chunk by
 chunk, so an interrupted run resumes where it stopped: rows already in the CSV are not measured
 again. A run that would mix measurement conditions (other threads, device, torch) into an existing
@@ -29,15 +30,14 @@ import os
 import platform
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from jmsnas.errors import JmsnasError
 from jmsnas.io import write_json
-from jmsnas.latency.guard import DEFAULT_PHASE, DEFAULT_TOLERANCE, ContentionGuard, machine_load
+from jmsnas.latency.guard import DEFAULT_PHASE, ContentionGuard, machine_load
 from jmsnas.latency.ops import (
     PROFILE_NUM_CLASSES,
     build_module,
@@ -49,7 +49,7 @@ from jmsnas.latency.ops import (
 from jmsnas.latency.timing import time_interleaved
 from jmsnas.machine import processor_name
 from jmsnas.space.arch import ArchSpec, build_model
-from jmsnas.space.macs import OpDescriptor
+from jmsnas.space.macs import OpDescriptor, arch_descriptors
 from jmsnas.space.sampling import spread_specs
 from jmsnas.space.spec import SearchSpace
 
@@ -58,7 +58,7 @@ CSV_COLUMNS = (
     "shortcut", "stride", "in_size", "out_size", "macs", "params", "input_numel", "output_numel", "batch_size",
     "exact", "latency_ms", "spread_ms", "repeats",
 )
-NETWORK_COLUMNS = ("key", "space", "arch", "latency_ms", "layers_ms", "repeats")
+NETWORK_COLUMNS = ("key", "space", "arch", "latency_ms", "ops_ms", "repeats")
 #: Calibration networks timed together (each with its layers).
 NETWORK_CHUNK = 4
 #: Ops timed together round-robin: their blocks interleave over a few seconds.
@@ -220,18 +220,18 @@ def profile_search_spaces(spaces: Sequence[SearchSpace], device_name: str, out_d
     return csv_path
 
 
-def _progress(progress: bool):
+def progress_bar(progress: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     return Progress(*columns, disable=not progress)
 
 
-def _chunks(items: list, size: int) -> list[list]:
+def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _time(modules: list, inputs: list, timing: dict, guard: ContentionGuard | None = None,
+def time_guarded(modules: list, inputs: list, timing: dict, guard: ContentionGuard | None = None,
           what: str = "a block", phase: str = DEFAULT_PHASE) -> list[tuple[float, float]]:
     """Time ``modules`` round-robin; with a guard, its reference workload is timed with them (see `guard`)."""
     kw = {k: timing[k] for k in ("blocks", "block_size", "warmup", "threads")}
@@ -248,13 +248,13 @@ def _time(modules: list, inputs: list, timing: dict, guard: ContentionGuard | No
 def _measure(todo: list[tuple[OpDescriptor, int, bool]], csv_path: Path, timing: dict, progress: bool,
              skipped: int, guard: ContentionGuard | None = None) -> None:
     repeats = timing["blocks"] * timing["block_size"]
-    with csv_path.open("a", newline="") as fh, _progress(progress) as bar:
+    with csv_path.open("a", newline="") as fh, progress_bar(progress) as bar:
         task = bar.add_task(f"profiling ops ({csv_path.stem})", total=len(todo) + skipped, completed=skipped)
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-        for chunk in _chunks(todo, CHUNK):
+        for chunk in chunks(todo, CHUNK):
             modules = [build_module(d).to(timing["device"]) for d, _, _ in chunk]
             inputs = [example_input(d, bs, timing["device"]) for d, bs, _ in chunk]
-            times = _time(modules, inputs, timing, guard, f"ops {chunk[0][0].op}...")
+            times = time_guarded(modules, inputs, timing, guard, f"ops {chunk[0][0].op}...")
             for (desc, bs, exact), (median, spread) in zip(chunk, times, strict=True):
                 writer.writerow(_row(desc, bs, exact, median, spread, repeats))
             fh.flush()
@@ -278,25 +278,23 @@ def calibration_specs(space: SearchSpace, n: int, seed: int = CALIBRATION_SEED) 
 
 def time_network_and_parts(specs: Sequence[ArchSpec], timing: dict,
                            guard: ContentionGuard | None = None) -> list[tuple[float, float]]:
-    """Per network: its whole-forward time and the sum of its layers' times, all timed together.
+    """Per network: its whole-forward time and the sum of its ops' times, all timed together.
 
-    The layers (the network's own modules, on their real inputs) and the networks run round-robin
-    in one `time_interleaved` call, so the ratio of the two is free of the machine's drift.
+    Each op is built alone and fed a random input of its shape (`build_module`, `example_input`), exactly as
+    a profile row is measured, and runs round-robin with the networks in one `time_interleaved` call: the
+    ratio of the two is free of the machine's drift, and the sum is what the op rows would say at that moment.
     """
-    nets = [build_model(spec).to(timing["device"]).eval() for spec in specs]
+    device = timing["device"]
     modules, inputs, owners = [], [], []
-    for i, (net, spec) in enumerate(zip(nets, specs, strict=True)):
-        x = torch.randn(1, *spec.input_shape, device=timing["device"])
-        modules.append(net)
-        inputs.append(x)
+    for i, spec in enumerate(specs):
+        modules.append(build_model(spec).to(device).eval())
+        inputs.append(torch.randn(1, *spec.input_shape, device=device))
         owners.append(-1)
-        with torch.inference_mode():
-            for layer in net.layers():
-                modules.append(layer)
-                inputs.append(x)
-                owners.append(i)
-                x = layer(x)
-    times = [t for t, _ in _time(modules, inputs, timing, guard, "whole networks", "networks")]
+        for desc in arch_descriptors(spec):
+            modules.append(build_module(desc).to(device))
+            inputs.append(example_input(desc, 1, device))
+            owners.append(i)
+    times = [t for t, _ in time_guarded(modules, inputs, timing, guard, "whole networks", "networks")]
     whole = [t for t, o in zip(times, owners, strict=True) if o == -1]
     parts = [sum(t for t, o in zip(times, owners, strict=True) if o == i) for i in range(len(specs))]
     return list(zip(whole, parts, strict=True))
@@ -305,89 +303,32 @@ def time_network_and_parts(specs: Sequence[ArchSpec], timing: dict,
 def measure_networks(spaces: Sequence[SearchSpace], n: int, path: Path, timing: dict, progress: bool,
                      guard: ContentionGuard | None = None) -> None:
     """Time ``n`` random whole networks per space, and their layers with them, into ``path`` (resumable)."""
+    _drop_old_networks(path)
     done = {r["key"] for r in read_rows(path, NETWORK_COLUMNS)}
     specs = [(s.config.name, spec) for s in spaces for spec in calibration_specs(s, n)]
     todo = [(name, spec) for name, spec in specs if f"{name}|{spec.compact()}" not in done]
     new = not path.is_file()
-    with path.open("a", newline="") as fh, _progress(progress) as bar:
+    with path.open("a", newline="") as fh, progress_bar(progress) as bar:
         writer = csv.DictWriter(fh, fieldnames=NETWORK_COLUMNS)
         if new:
             writer.writeheader()
         task = bar.add_task(f"profiling networks ({path.stem})", total=len(specs), completed=len(specs) - len(todo))
-        for chunk in _chunks(todo, NETWORK_CHUNK):
+        for chunk in chunks(todo, NETWORK_CHUNK):
             pairs = time_network_and_parts([s for _, s in chunk], timing, guard)
             for (name, spec), (whole, parts) in zip(chunk, pairs, strict=True):
                 writer.writerow({"key": f"{name}|{spec.compact()}", "space": name, "arch": json.dumps(spec.to_dict()),
-                                 "latency_ms": f"{whole:.6g}", "layers_ms": f"{parts:.6g}",
+                                 "latency_ms": f"{whole:.6g}", "ops_ms": f"{parts:.6g}",
                                  "repeats": timing["blocks"] * timing["block_size"]})
             fh.flush()
             bar.advance(task, len(chunk))
 
 
-@dataclass(frozen=True)
-class DriftReport:
-    """How a profile's rows compare with the same ops re-timed now (ratio now / profile)."""
-
-    n_ops: int
-    median_ratio: float
-    within_10pct: float
-    holds: bool
-    speed_index_profile_ms: float | None = None
-    speed_index_now_ms: float | None = None
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-def drift_report(rows: Sequence[dict[str, str]], now_ms: Sequence[float], *, tolerance: float = 0.10,
-                 min_within: float = 0.8, speed_index_profile_ms: float | None = None,
-                 speed_index_now_ms: float | None = None) -> DriftReport:
-    """Compare profile rows with their re-timed latencies.
-
-    The profile *holds* when the median ratio is within ``tolerance`` of 1 and at least ``min_within``
-    of the rows are within ``tolerance`` each (a quiet machine of the profile's kind re-times ~98 % of
-    rows within ±10 %).
-    """
-    if not rows or len(rows) != len(now_ms):
-        raise ValueError(f"need as many re-timed values as rows, at least one; got {len(now_ms)} for {len(rows)}")
-    ratio = np.asarray(now_ms, dtype=float) / np.array([float(r["latency_ms"]) for r in rows])
-    median = float(np.median(ratio))
-    within = float(np.mean(np.abs(ratio - 1.0) <= tolerance))
-    return DriftReport(len(rows), median, within, abs(median - 1.0) <= tolerance and within >= min_within,
-                       speed_index_profile_ms, speed_index_now_ms)
-
-
-def verify_profile(csv_path: Path, n_ops: int = 64, seed: int = 0, tolerance: float | None = DEFAULT_TOLERANCE,
-                   progress: bool = True) -> DriftReport:
-    """Re-time a random sample of a profile's rows here, under its thread count and timing; report the drift.
-
-    Raises:
-        JmsnasError: the profile is missing or was measured on another device kind.
-    """
-    from jmsnas.latency.model import row_descriptor
-
-    rows = [r for r in read_rows(csv_path) if r["batch_size"] == "1"]
-    json_path = csv_path.with_suffix(".json")
-    if not rows or not json_path.is_file():
-        raise JmsnasError("no profile to verify (need NAME.csv with rows and NAME.json)", file=csv_path)
-    meta = json.loads(json_path.read_text())
-    if meta.get("device", "cpu") != "cpu" and not torch.cuda.is_available():
-        raise JmsnasError(f"the profile was measured on {meta['device']!r}, which this machine lacks", file=json_path)
-    sample = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), min(n_ops, len(rows))))]
-    timing = {"device": meta.get("device", "cpu"), "threads": int(meta.get("threads", 1)),
-              "warmup": int(meta.get("warmup", 5)), "blocks": int(meta.get("blocks", 10)),
-              "block_size": int(meta.get("block_size", 10))}
-    # a fresh guard: its speed index is the machine's *now*, which the report compares with the profile's
-    guard = ContentionGuard(tolerance=tolerance) if tolerance is not None else None
-    now: list[float] = []
-    with _progress(progress) as bar:
-        task = bar.add_task(f"re-timing {csv_path.stem}", total=len(sample))
-        for chunk in _chunks(sample, CHUNK):
-            descs = [row_descriptor(r) for r in chunk]
-            modules = [build_module(d).to(timing["device"]) for d in descs]
-            inputs = [example_input(d, 1, timing["device"]) for d in descs]
-            now += [t for t, _ in _time(modules, inputs, timing, guard, "re-timed rows")]
-            bar.advance(task, len(chunk))
-    stored = meta.get("speed_index_ms")
-    return drift_report(sample, now, speed_index_profile_ms=float(stored) if stored else None,
-                        speed_index_now_ms=guard.speed_index_ms if guard is not None else None)
+def _drop_old_networks(path: Path) -> None:
+    """Remove a networks file of an older layout (no ``ops_ms``): its networks are measured again."""
+    if path.is_file():
+        with path.open(newline="") as fh:
+            header = next(csv.reader(fh), [])
+        if tuple(header) != NETWORK_COLUMNS:
+            log.warning("%s has an older layout (columns %s); its calibration networks are measured again",
+                        path, ", ".join(header))
+            path.unlink()

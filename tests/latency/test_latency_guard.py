@@ -9,6 +9,7 @@ import pytest
 
 import jmsnas.latency.guard as guard_module
 import jmsnas.latency.profiler as profiler
+import jmsnas.latency.verify as verify
 from jmsnas.errors import ConfigError
 from jmsnas.latency.guard import ContentionError, ContentionGuard, machine_load
 from jmsnas.latency.model import ProfiledLatencyModel
@@ -108,13 +109,13 @@ def test_resume_holds_new_rows_to_the_stored_speed_index(tmp_path: Path, monkeyp
 
 def test_drift_report_from_given_rows() -> None:
     rows = [{"latency_ms": v} for v in ("1.0", "2.0", "4.0", "1.0", "0.5")]
-    report = profiler.drift_report(rows, [0.5, 1.0, 2.2, 0.45, 0.26])  # ratios 0.5 0.5 0.55 0.45 0.52
+    report = verify.drift_report(rows, [0.5, 1.0, 2.2, 0.45, 0.26])  # ratios 0.5 0.5 0.55 0.45 0.52
     assert report.n_ops == 5 and report.median_ratio == pytest.approx(0.5)
     assert report.within_10pct == 0.0 and not report.holds
-    ok = profiler.drift_report(rows, [1.05, 1.9, 4.0, 1.3, 0.5])  # ratios 1.05 0.95 1 1.3 1
+    ok = verify.drift_report(rows, [1.05, 1.9, 4.0, 1.3, 0.5])  # ratios 1.05 0.95 1 1.3 1
     assert ok.median_ratio == pytest.approx(1.0) and ok.within_10pct == pytest.approx(0.8) and ok.holds
     with pytest.raises(ValueError):
-        profiler.drift_report(rows, [1.0])
+        verify.drift_report(rows, [1.0])
 
 
 def test_machine_load_reads_proc(tmp_path: Path, monkeypatch) -> None:

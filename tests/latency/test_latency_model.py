@@ -129,3 +129,29 @@ def test_calibration_is_fitted_per_dimensionality() -> None:
     pooled_err = [model.scale * model.predict(ops, calibrated=False).sum() + model.overhead_ms * len(ops) - whole
                   for ops, whole in nets]
     assert max(abs(e) / whole for e, (_, whole) in zip(pooled_err, nets, strict=True)) > 0.05
+
+
+def test_calibration_is_not_fitted_to_the_machines_drift() -> None:
+    """Networks timed while the machine ran 1.4 x slower than when the op rows were measured (the whole and its
+    same-time ops both slowed) still give back the true additivity, 1.1 x; without the same-time ops the fit
+    learns the drift too (1.1 x 1.4)."""
+    from jmsnas.space.arch import ArchSpec
+    from jmsnas.space.macs import arch_descriptors
+
+    space = load_search_space(REPO / "search_spaces" / "tiny_1d.yaml")
+    rows = [_row(d, 1, False, _known_latency_ms(d), 0.0, 10) for d in grid_descriptors(space_descriptors(space))]
+    rng = np.random.default_rng(3)
+    nets = []
+    for i in range(12):
+        spec = ArchSpec.from_choices(space, [s.candidates[rng.integers(len(s.candidates))] for s in space.layers()], 10)
+        ops = arch_descriptors(spec)
+        slow = 1.4 if i % 2 else 1.0  # half the networks measured in a slow spell
+        same_time = slow * sum(_known_latency_ms(o) for o in ops)
+        nets.append((ops, 1.1 * same_time, same_time))
+    drift_free = ProfiledLatencyModel("drift-free", rows, networks=nets)
+    assert drift_free.calibration[1] == pytest.approx((1.1, 0.0), abs=0.01)
+    drifting = ProfiledLatencyModel("drifting", rows, networks=[(ops, whole) for ops, whole, _ in nets])
+    for model, worst in ((drift_free, 0.01), (drifting, None)):  # against the networks at the op rows' speed
+        errors = [abs(model.predict(ops).sum() / (1.1 * same / (1.4 if i % 2 else 1.0)) - 1)
+                  for i, (ops, _, same) in enumerate(nets)]
+        assert max(errors) < worst if worst else max(errors) > 0.1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def test_tiny_profile_writes_rows_and_resumes(tmp_path: Path, monkeypatch) -> No
     assert {r["key"] for r in rows} == expected and all(float(r["latency_ms"]) > 0 for r in rows)
     assert all(r["exact"] == "1" and r["repeats"] == "3" for r in rows)
     nets = profiler.read_rows(profiler.networks_path(csv_path), profiler.NETWORK_COLUMNS)
-    assert len(nets) == 3 and all(float(r["latency_ms"]) > 0 for r in nets)
+    assert len(nets) == 3 and all(float(r["latency_ms"]) > 0 and float(r["ops_ms"]) > 0 for r in nets)
     meta = json.loads((tmp_path / "tiny.json").read_text())
     assert meta["complete"] and meta["threads"] == 1 and meta["rows"] == len(expected)
     assert meta["search_spaces"] == ["tiny_1d"] and meta["torch"]
@@ -78,3 +79,17 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, capsys) -> None:
     assert "none.yaml" in capsys.readouterr().err
     assert main(["--search-space", str(TINY), "--device-name", "a/b", "--out-dir", str(tmp_path)]) == 2
     assert main(["--search-space", str(TINY), "--device-name", "x", "--threads", "0"]) == 2
+
+
+def test_calibration_networks_of_an_older_layout_are_measured_again(tmp_path: Path) -> None:
+    """A networks file without ``ops_ms`` (the layout before the drift-free calibration) is re-measured, not mixed."""
+    args = ["--search-space", str(TINY), "--device-name", "tiny", "--no-grid", "--no-guard", "--blocks", "2",
+            "--block-size", "1", "--warmup", "0", "--calibration-nets", "2", "--out-dir", str(tmp_path)]
+    assert main(args) == 0
+    path = profiler.networks_path(tmp_path / "tiny.csv")
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0].replace("ops_ms", "layers_ms"), *lines[1:]]) + "\n")
+    assert main(args) == 0
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == profiler.NETWORK_COLUMNS and len(rows) == 2 and all(float(r["ops_ms"]) > 0 for r in rows)
