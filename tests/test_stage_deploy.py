@@ -159,7 +159,7 @@ def test_deploy_json_puts_measured_beside_predicted_for_a_measured_device(tiny_e
     topology["links"] = topology["links"][:1]
     tiny_experiment.update(partition={"compressors": []}, export={"verify": False}, profiles_dir=str(profiles))
     # the suite shares its cores with other work: the guard must not turn this test into a timing test
-    monkeypatch.setattr(measure, "ContentionGuard", lambda: ContentionGuard(tolerance=100.0))
+    monkeypatch.setattr(measure, "ContentionGuard", lambda: ContentionGuard(tolerance=100.0, warm_up_s=0))
     exp = load_experiment(write_experiment(tiny_experiment))
     choice = make_choice(exp)
     result = deploy_choice(exp, choice).to_dict()

@@ -120,10 +120,14 @@ class ContentionGuard:
         speed_index_ms: a known speed index of the default phase (the profile's, when resuming); default: the
             first block's reference.
         sleep: how to wait (seconds).
+        warm_up_s: seconds the reference runs before the first block sets a speed index: an idle VM runs slow
+            for a while (on 2026-12-04 a profile started after minutes of idling set its index at 0.165 ms, the
+            machine then ran the reference at 0.12 ms, and the run was refused for running 26 % *fast*).
     """
 
     def __init__(self, *, tolerance: float = DEFAULT_TOLERANCE, retries: int = 8, wait_s: float = 2.0,
-                 speed_index_ms: float | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 speed_index_ms: float | None = None, sleep: Callable[[float], None] = time.sleep,
+                 warm_up_s: float = 3.0) -> None:
         if tolerance <= 0 or retries < 1 or wait_s < 0:
             raise ValueError(f"need tolerance > 0, retries >= 1, wait_s >= 0; got {tolerance}, {retries}, {wait_s}")
         self.tolerance = tolerance
@@ -131,6 +135,7 @@ class ContentionGuard:
         self.wait_s = wait_s
         self.speed_index: dict[str, float] = {} if speed_index_ms is None else {DEFAULT_PHASE: speed_index_ms}
         self.sleep = sleep
+        self.warm_up_s = warm_up_s
         self.reference = reference_workload()
         self.stats = GuardStats()
 
@@ -154,6 +159,9 @@ class ContentionGuard:
     def _first(self, block: Block[T], phase: str) -> T:
         """The first block of a phase, measured three times: the median reference is the phase's speed index
         (one disturbed measurement at the start cannot set it), and the measurement closest to it is kept."""
+        end = time.perf_counter() + self.warm_up_s
+        while time.perf_counter() < end:  # wake the CPU up first
+            self.reference()
         runs = [block(self.reference) for _ in range(3)]
         index = self.speed_index[phase] = statistics.median(ref for _, ref in runs)
         for _, ref in runs:

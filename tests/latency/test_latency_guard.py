@@ -37,7 +37,7 @@ class FakeClock:
 
 def test_block_is_remeasured_when_the_fake_clock_reports_the_reference_slowed() -> None:
     clock, waits = FakeClock(), []
-    guard = ContentionGuard(tolerance=0.1, wait_s=0.25, sleep=waits.append)
+    guard = ContentionGuard(tolerance=0.1, wait_s=0.25, sleep=waits.append, warm_up_s=0)
     # reference per block: the first block is measured three times (their median is the speed index), then
     # a block at +30 % (disturbed, measured again) and one at +5 %
     steps = iter([1_400_000, 1_000_000, 900_000, 1_300_000, 1_050_000])
@@ -70,7 +70,7 @@ def _fake_machine(monkeypatch, reference_ms: list[float]) -> list[int]:
 
 def test_no_quiet_window_refuses_to_write_a_profile(tmp_path: Path, monkeypatch) -> None:
     calls = _fake_machine(monkeypatch, [1.0, 1.0, 1.0, 2.0])  # after the first chunk it stays twice as slow
-    guard = ContentionGuard(retries=3, sleep=lambda s: None)
+    guard = ContentionGuard(retries=3, sleep=lambda s: None, warm_up_s=0)
     space = load_search_space(TINY)
     with pytest.raises(ContentionError, match=r"no quiet window.*\+100 % off.*3 tries"):
         profiler.profile_search_spaces([space], "busy", tmp_path, guard=guard, **FAST)
@@ -93,16 +93,17 @@ def test_cli_exits_3_without_a_quiet_window(tmp_path: Path, monkeypatch, capsys)
 def test_resume_holds_new_rows_to_the_stored_speed_index(tmp_path: Path, monkeypatch) -> None:
     space = load_search_space(TINY)
     _fake_machine(monkeypatch, [2.0])
-    profiler.profile_search_spaces([space], "p", tmp_path, guard=ContentionGuard(), **FAST)
+    profiler.profile_search_spaces([space], "p", tmp_path, guard=ContentionGuard(warm_up_s=0), **FAST)
     assert json.loads((tmp_path / "p.json").read_text())["speed_index_ms"] == 2.0
     csv_path = tmp_path / "p.csv"
     lines = csv_path.read_text().splitlines(keepends=True)
     csv_path.write_text("".join(lines[:-3]))  # an interrupted run
     _fake_machine(monkeypatch, [1.0])  # the machine now runs twice as fast: the stored rows were measured slow
     with pytest.raises(ContentionError, match="-50 % off the speed index 2.0000"):
-        profiler.profile_search_spaces([space], "p", tmp_path, guard=ContentionGuard(sleep=lambda s: None), **FAST)
+        profiler.profile_search_spaces([space], "p", tmp_path, guard=ContentionGuard(sleep=lambda s: None, warm_up_s=0),
+                                       **FAST)
     _fake_machine(monkeypatch, [2.1])  # +5 %: the same machine; the resumed run completes the profile
-    guard = ContentionGuard()
+    guard = ContentionGuard(warm_up_s=0)
     profiler.profile_search_spaces([space], "p", tmp_path, guard=guard, **FAST)
     assert guard.speed_index_ms == 2.0 and json.loads((tmp_path / "p.json").read_text())["complete"] is True
 
@@ -128,3 +129,24 @@ def test_machine_load_reads_proc(tmp_path: Path, monkeypatch) -> None:
     assert load is not None and load.load_1min == 1.5 and load.busy_fraction == pytest.approx(0.6)
     assert "busy" in (load.warning() or "")
     assert machine_load(0.0, proc=tmp_path / "missing") is None
+
+
+def test_the_reference_runs_before_the_first_block_sets_the_speed_index() -> None:
+    """An idle CPU is woken up first: the reference runs for ``warm_up_s`` before the first block is measured."""
+    guard = ContentionGuard(warm_up_s=0.2)
+    calls: list[int] = []
+    real = guard.reference
+
+    def counted() -> object:
+        calls.append(1)
+        return real()
+
+    guard.reference = counted
+    seen: list[int] = []
+
+    def block(reference):
+        seen.append(len(calls))
+        return None, 1.0
+
+    guard.measure(block)
+    assert seen[0] > 10 and guard.speed_index_ms == 1.0  # ~0.1 ms a call: hundreds of calls in 0.2 s
