@@ -111,6 +111,7 @@ def bench_device(name: str, n_nets: int, seed: int, profiles_dir: Path = DEFAULT
     meta = json.loads(csv_path.with_suffix(".json").read_text())
     rows = read_rows(csv_path)
     model = ProfiledLatencyModel.from_csv(csv_path)
+    drift_start = drift(csv_path, 64, seed)  # and again at the end: did the machine change speed during the run?
     guard = ContentionGuard()
     out: dict = {"device": name, "threads": meta["threads"], "profile_rows": len(rows), "profile": str(csv_path),
                  "profile_date": meta.get("date"),
@@ -156,7 +157,7 @@ def bench_device(name: str, n_nets: int, seed: int, profiles_dir: Path = DEFAULT
                 "calibration": {"scale": model.scale, "overhead_ms_per_op": model.overhead_ms,
                                 "by_dims": {str(d): {"scale": sc, "overhead_ms_per_op": ov}
                                             for d, (sc, ov) in model.calibration.items()}},
-                "drift": drift(csv_path, 64, seed)})
+                "drift_start": drift_start, "drift": drift(csv_path, 64, seed)})
     return out
 
 
@@ -236,9 +237,12 @@ def to_markdown(results: list[dict], env: dict, command: str) -> str:
                           f"{r['guard']['checks']} checks, "
                           f"{r['guard']['remeasured_blocks']} blocks re-measured, worst reference ratio "
                           f"{r['guard']['worst_reference_ratio']:.3f}" for r in results)]
-    lines += ["", "Drift: a sample of the profile's op rows re-timed during this run (ratio now / profile): "
-              + "; ".join(f"{r['device']}: median ratio {r['drift']['median_ratio_now_vs_profile']:.2f}, "
-                          f"{r['drift']['within_10pct']:.0%} within ±10 %" for r in results)]
+    lines += ["", "Drift: a sample of the profile's op rows re-timed at the start and at the end of this run (median "
+              "ratio now / profile, share within ±10 %): "
+              + "; ".join(f"{r['device']}: start {r['drift_start']['median_ratio_now_vs_profile']:.2f} "
+                          f"({r['drift_start']['within_10pct']:.0%}), "
+                          f"end {r['drift']['median_ratio_now_vs_profile']:.2f} ({r['drift']['within_10pct']:.0%})"
+                          for r in results)]
     lines += ["", "Calibration (network ≈ scale · Σ op + overhead · #ops, fitted per dimensionality on the profile's "
               "random networks): "
               + "; ".join(f"{r['device']}: " + ", ".join(

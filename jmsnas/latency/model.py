@@ -15,9 +15,9 @@ predictions; a calibrated op prediction is then ``scale · op + overhead``, so p
 stay additive (as the split planner and the search need). Each calibration network is timed together
 with its ops built alone (``ops_ms``); its whole time is brought to the op rows' speed by
 ``Σ predicted op / ops_ms`` before the fit. Without that the fit learns the machine's drift between the
-op rows and the networks: in a 2026-12-04 profile on an AMD EPYC VM the same-time ops ran 0.95x the op
-rows early in the network phase and 1.03-1.45x later, and the fitted 1-D scale was 1.12 where the
-same-time ratio was 1.07.
+op rows and the networks: in a 2026-12-04 profile on an AMD EPYC VM (networks timed with their own
+layers then) those layers ran 0.95x the op rows early in the network phase and 1.03-1.45x later, and the
+fitted 1-D scale was 1.12 where uniform networks ran 1.07x their layers timed with them.
 
 The calibration is fitted **per dimensionality** (1-D and 2-D networks each get their own scale and
 overhead; an op of a dimensionality without calibration networks gets the pooled fit) and **applied by
