@@ -60,7 +60,7 @@ from jmsnas.topology import Device, Link, build_topology  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
-#: the quickstart's choice at T_const 18 ms (benchmarks/results/quickstart.json)
+#: a quickstart choice at T_const 18 ms from an earlier run (fixed here; later quickstart runs chose others)
 MNIST1D_CHOICES = ["mb_k7_e3", "mb_k5_e3", "mb_k5_e3_sc", "mb_k5_e3", "identity", "mb_k7_e3"]
 MOBILE_MACS_PER_S, EDGE_MACS_PER_S = 0.5e9, 50e9
 RATES_MBPS = [float(v) for v in np.geomspace(0.1, 200, 25)]
