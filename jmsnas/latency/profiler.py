@@ -232,7 +232,7 @@ def chunks(items: list, size: int) -> list[list]:
 
 
 def time_guarded(modules: list, inputs: list, timing: dict, guard: ContentionGuard | None = None,
-          what: str = "a block", phase: str = DEFAULT_PHASE) -> list[tuple[float, float]]:
+                 what: str = "a block", phase: str = DEFAULT_PHASE) -> list[tuple[float, float]]:
     """Time ``modules`` round-robin; with a guard, its reference workload is timed with them (see `guard`)."""
     kw = {k: timing[k] for k in ("blocks", "block_size", "warmup", "threads")}
     if guard is None:
@@ -302,7 +302,7 @@ def time_network_and_parts(specs: Sequence[ArchSpec], timing: dict,
 
 def measure_networks(spaces: Sequence[SearchSpace], n: int, path: Path, timing: dict, progress: bool,
                      guard: ContentionGuard | None = None) -> None:
-    """Time ``n`` random whole networks per space, and their layers with them, into ``path`` (resumable)."""
+    """Time ``n`` random whole networks per space, and their ops with them, into ``path`` (resumable)."""
     _drop_old_networks(path)
     done = {r["key"] for r in read_rows(path, NETWORK_COLUMNS)}
     specs = [(s.config.name, spec) for s in spaces for spec in calibration_specs(s, n)]
