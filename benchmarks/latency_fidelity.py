@@ -91,10 +91,10 @@ def sample_specs(space, n: int, seed: int) -> list[ArchSpec]:
     return [ArchSpec.from_choices(space, [rng.choice(s.candidates) for s in space.layers()], 10) for _ in range(n)]
 
 
-def measure_nets(specs: list[ArchSpec], meta: dict, guard: ContentionGuard,
-                 chunk: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Whole-network times, and the sums of their ops (built alone) timed together with them (guarded)."""
-    pairs = [p for i in range(0, len(specs), chunk) for p in time_network_and_parts(specs[i:i + chunk], meta, guard)]
+def measure_nets(specs: list[ArchSpec], meta: dict, guard: ContentionGuard) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-network times, and the sums of their ops (built alone) timed together with them (guarded), in the
+    profile's rounds (all chunks once, then all again; each network keeps its fastest round)."""
+    pairs = time_network_and_parts(specs, meta, guard)
     return np.array([w for w, _ in pairs]), np.array([p for _, p in pairs])
 
 

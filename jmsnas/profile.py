@@ -68,6 +68,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--blocks", type=int, default=10,
                         help="timing blocks per op, interleaved with other ops; the median of block minima is kept")
     parser.add_argument("--block-size", type=int, default=10, help="timed runs per block")
+    parser.add_argument("--rounds", type=int,
+                        help="measurements of each chunk of ops, seconds apart; each op keeps its fastest, which "
+                             "survives the slow spells of shared VMs (default 3; --verify: the profile's own)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs before timing each op")
     parser.add_argument("--calibration-nets", type=int, default=60,
                         help="random whole networks per space timed to calibrate how op times add up (0: none)")
@@ -95,17 +98,20 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m jmsnas.pro
             raise JmsnasError(f"--tolerance must be > 0 (percent), got {args.tolerance}")
         if args.threads < 1 or args.blocks < 1 or args.block_size < 1 or args.warmup < 0 or args.calibration_nets < 0:
             raise JmsnasError("--threads, --blocks and --block-size must be >= 1; --warmup and --calibration-nets >= 0")
+        if args.rounds is not None and args.rounds < 1:
+            raise JmsnasError(f"--rounds must be >= 1, got {args.rounds}")
         if not args.device_name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise JmsnasError(f"--device-name {args.device_name!r} may hold only letters, digits, '-', '_' and '.'")
         from jmsnas.latency.guard import ContentionGuard
-        from jmsnas.latency.profiler import profile_search_spaces
+        from jmsnas.latency.profiler import DEFAULT_ROUNDS, profile_search_spaces
         from jmsnas.space.spec import load_search_space
 
         spaces = [load_search_space(p) for p in args.search_space]
         csv_path = profile_search_spaces(spaces, args.device_name, args.out_dir, threads=args.threads,
                                          device=args.device, batch_sizes=args.batch_size or [1], warmup=args.warmup,
                                          blocks=args.blocks, block_size=args.block_size,
-                                         calibration_nets=args.calibration_nets, grid=not args.no_grid,
+                                         rounds=args.rounds or DEFAULT_ROUNDS, calibration_nets=args.calibration_nets,
+                                         grid=not args.no_grid,
                                          overwrite=args.overwrite, progress=True, guard=None if args.no_guard else
                                          ContentionGuard(tolerance=args.tolerance / 100))
     except ContentionError as exc:
@@ -126,11 +132,13 @@ def _verify(args: argparse.Namespace) -> int:
 
     if args.verify_ops < 1:
         raise JmsnasError(f"--verify-ops must be >= 1, got {args.verify_ops}")
+    if args.rounds is not None and args.rounds < 1:
+        raise JmsnasError(f"--rounds must be >= 1, got {args.rounds}")
     name = args.verify
     csv_path = args.out_dir / f"{name}.csv"
     if not csv_path.is_file() and (DEFAULT_PROFILES_DIR / f"{name}.csv").is_file():
         csv_path = DEFAULT_PROFILES_DIR / f"{name}.csv"  # a shipped profile
-    report = verify_profile(csv_path, n_ops=args.verify_ops,
+    report = verify_profile(csv_path, n_ops=args.verify_ops, rounds=args.rounds,
                             tolerance=None if args.no_guard else args.tolerance / 100)
     speed = ""
     if report.speed_index_profile_ms and report.speed_index_now_ms:

@@ -31,6 +31,7 @@ import platform
 import random
 from collections.abc import Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -46,7 +47,7 @@ from jmsnas.latency.ops import (
     grid_descriptors,
     space_descriptors,
 )
-from jmsnas.latency.timing import time_interleaved
+from jmsnas.latency.timing import best_of_rounds, time_interleaved
 from jmsnas.machine import processor_name
 from jmsnas.space.arch import ArchSpec, build_model
 from jmsnas.space.macs import OpDescriptor, arch_descriptors
@@ -63,6 +64,11 @@ NETWORK_COLUMNS = ("key", "space", "arch", "latency_ms", "ops_ms", "repeats")
 NETWORK_CHUNK = 4
 #: Ops timed together round-robin: their blocks interleave over a few seconds.
 CHUNK = 16
+#: Chunks measured in rounds together (`jmsnas.latency.timing.best_of_rounds`): one chunk's rounds lie this many
+#: chunks apart (seconds), longer than most of this VM's slow spells.
+ROUND_GROUP = 4
+#: Rounds per measurement by default (the fastest is kept); see `jmsnas.latency.timing`.
+DEFAULT_ROUNDS = 3
 #: Seed of the calibration networks (benchmarks sample theirs with other seeds).
 CALIBRATION_SEED = 12345
 #: Conditions that must match for rows to share one profile.
@@ -169,7 +175,8 @@ def _close_profile(csv_path: Path, json_path: Path, timing: dict, guard: Content
 
 def profile_search_spaces(spaces: Sequence[SearchSpace], device_name: str, out_dir: Path, *, threads: int = 1,
                           device: str = "cpu", batch_sizes: Sequence[int] = (1,), warmup: int = 5, blocks: int = 10,
-                          block_size: int = 10, calibration_nets: int = 20, grid: bool = True,
+                          block_size: int = 10, rounds: int = DEFAULT_ROUNDS, calibration_nets: int = 20,
+                          grid: bool = True,
                           overwrite: bool = False, progress: bool = True,
                           guard: ContentionGuard | None = None) -> Path:
     """Time every op of ``spaces`` (exact shapes, plus the grid) and write ``out_dir/device_name.csv``.
@@ -184,6 +191,7 @@ def profile_search_spaces(spaces: Sequence[SearchSpace], device_name: str, out_d
         warmup: untimed runs before timing each op.
         blocks: timing blocks per op; the median of the block minima is stored, with their IQR.
         block_size: timed runs per block.
+        rounds: measurements of each chunk, spread over the run; each op keeps its fastest (`best_of_rounds`).
         calibration_nets: random whole networks per space timed for the additivity calibration.
         grid: also time scaled variants around each exact shape.
         overwrite: start the profile afresh instead of resuming it.
@@ -206,7 +214,8 @@ def profile_search_spaces(spaces: Sequence[SearchSpace], device_name: str, out_d
     opened = _open_profile(csv_path, json_path, conditions, [s.config.name for s in spaces], guard)
     done = {r["key"] for r in opened}
     todo = _pending(spaces, batch_sizes, grid, done)
-    timing = {"device": device, "threads": threads, "warmup": warmup, "blocks": blocks, "block_size": block_size}
+    timing = {"device": device, "threads": threads, "warmup": warmup, "blocks": blocks, "block_size": block_size,
+              "rounds": rounds}
     complete = False
     try:
         _measure(todo, csv_path, timing, progress, skipped=len(done), guard=guard)
@@ -247,18 +256,22 @@ def time_guarded(modules: list, inputs: list, timing: dict, guard: ContentionGua
 
 def _measure(todo: list[tuple[OpDescriptor, int, bool]], csv_path: Path, timing: dict, progress: bool,
              skipped: int, guard: ContentionGuard | None = None) -> None:
-    repeats = timing["blocks"] * timing["block_size"]
+    rounds = timing.get("rounds", 1)
+    repeats = timing["blocks"] * timing["block_size"] * rounds
     with csv_path.open("a", newline="") as fh, progress_bar(progress) as bar:
         task = bar.add_task(f"profiling ops ({csv_path.stem})", total=len(todo) + skipped, completed=skipped)
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-        for chunk in chunks(todo, CHUNK):
-            modules = [build_module(d).to(timing["device"]) for d, _, _ in chunk]
-            inputs = [example_input(d, bs, timing["device"]) for d, bs, _ in chunk]
-            times = time_guarded(modules, inputs, timing, guard, f"ops {chunk[0][0].op}...")
-            for (desc, bs, exact), (median, spread) in zip(chunk, times, strict=True):
+        for group in chunks(todo, CHUNK * (ROUND_GROUP if rounds > 1 else 1)):  # written group by group
+            measures = []
+            for chunk in chunks(group, CHUNK):
+                modules = [build_module(d).to(timing["device"]) for d, _, _ in chunk]
+                inputs = [example_input(d, bs, timing["device"]) for d, bs, _ in chunk]
+                measures.append(partial(time_guarded, modules, inputs, timing, guard, f"ops {chunk[0][0].op}..."))
+            times = [t for chunk_times in best_of_rounds(measures, rounds) for t in chunk_times]
+            for (desc, bs, exact), (median, spread) in zip(group, times, strict=True):
                 writer.writerow(_row(desc, bs, exact, median, spread, repeats))
             fh.flush()
-            bar.advance(task, len(chunk))
+            bar.advance(task, len(group))
 
 
 def networks_path(csv_path: Path) -> Path:
@@ -281,23 +294,33 @@ def time_network_and_parts(specs: Sequence[ArchSpec], timing: dict,
     """Per network: its whole-forward time and the sum of its ops' times, all timed together.
 
     Each op is built alone and fed a random input of its shape (`build_module`, `example_input`), exactly as
-    a profile row is measured, and runs round-robin with the networks in one `time_interleaved` call: the
-    ratio of the two is free of the machine's drift, and the sum is what the op rows would say at that moment.
+    a profile row is measured, and runs round-robin with its network (`NETWORK_CHUNK` networks and their ops in
+    one `time_interleaved` call): the ratio of the two is free of the machine's drift, and the sum is what the
+    op rows would say at that moment. The chunks are measured in ``timing["rounds"]`` rounds (`best_of_rounds`).
     """
     device = timing["device"]
-    modules, inputs, owners = [], [], []
-    for i, spec in enumerate(specs):
-        modules.append(build_model(spec).to(device).eval())
-        inputs.append(torch.randn(1, *spec.input_shape, device=device))
-        owners.append(-1)
-        for desc in arch_descriptors(spec):
-            modules.append(build_module(desc).to(device))
-            inputs.append(example_input(desc, 1, device))
-            owners.append(i)
-    times = [t for t, _ in time_guarded(modules, inputs, timing, guard, "whole networks", "networks")]
-    whole = [t for t, o in zip(times, owners, strict=True) if o == -1]
-    parts = [sum(t for t, o in zip(times, owners, strict=True) if o == i) for i in range(len(specs))]
-    return list(zip(whole, parts, strict=True))
+    measures, owners = [], []
+    for start in range(0, len(specs), NETWORK_CHUNK):
+        modules, inputs, owned = [], [], []
+        for i, spec in enumerate(specs[start:start + NETWORK_CHUNK], start):
+            modules.append(build_model(spec).to(device).eval())
+            inputs.append(torch.randn(1, *spec.input_shape, device=device))
+            owned.append(-1)
+            for desc in arch_descriptors(spec):
+                modules.append(build_module(desc).to(device))
+                inputs.append(example_input(desc, 1, device))
+                owned.append(i)
+        measures.append(partial(time_guarded, modules, inputs, timing, guard, "whole networks", "networks"))
+        owners.append(owned)
+    whole: list[float] = []
+    parts: dict[int, float] = {}
+    for owned, times in zip(owners, best_of_rounds(measures, timing.get("rounds", 1)), strict=True):
+        for owner, (t, _) in zip(owned, times, strict=True):
+            if owner == -1:
+                whole.append(t)
+            else:
+                parts[owner] = parts.get(owner, 0.0) + t
+    return [(w, parts.get(i, 0.0)) for i, w in enumerate(whole)]
 
 
 def measure_networks(spaces: Sequence[SearchSpace], n: int, path: Path, timing: dict, progress: bool,
@@ -313,12 +336,12 @@ def measure_networks(spaces: Sequence[SearchSpace], n: int, path: Path, timing: 
         if new:
             writer.writeheader()
         task = bar.add_task(f"profiling networks ({path.stem})", total=len(specs), completed=len(specs) - len(todo))
-        for chunk in chunks(todo, NETWORK_CHUNK):
+        for chunk in chunks(todo, NETWORK_CHUNK * (ROUND_GROUP if timing.get("rounds", 1) > 1 else 1)):
             pairs = time_network_and_parts([s for _, s in chunk], timing, guard)
             for (name, spec), (whole, parts) in zip(chunk, pairs, strict=True):
                 writer.writerow({"key": f"{name}|{spec.compact()}", "space": name, "arch": json.dumps(spec.to_dict()),
                                  "latency_ms": f"{whole:.6g}", "ops_ms": f"{parts:.6g}",
-                                 "repeats": timing["blocks"] * timing["block_size"]})
+                                 "repeats": timing["blocks"] * timing["block_size"] * timing.get("rounds", 1)})
             fh.flush()
             bar.advance(task, len(chunk))
 

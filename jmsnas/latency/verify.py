@@ -6,6 +6,7 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from jmsnas.errors import JmsnasError
 from jmsnas.latency.guard import DEFAULT_TOLERANCE, ContentionGuard
 from jmsnas.latency.ops import build_module, example_input
 from jmsnas.latency.profiler import CHUNK, chunks, progress_bar, read_rows, time_guarded
+from jmsnas.latency.timing import best_of_rounds
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,11 @@ def drift_report(rows: Sequence[dict[str, str]], now_ms: Sequence[float], *, tol
 
 
 def verify_profile(csv_path: Path, n_ops: int = 64, seed: int = 0, tolerance: float | None = DEFAULT_TOLERANCE,
-                   progress: bool = True) -> DriftReport:
+                   progress: bool = True, rounds: int | None = None) -> DriftReport:
     """Re-time a random sample of a profile's rows here, under its thread count and timing; report the drift.
+
+    ``rounds``: measurements of each chunk, the fastest kept (`best_of_rounds`); default: the profile's own (1 for
+    profiles measured before rounds existed).
 
     Raises:
         JmsnasError: the profile is missing or was measured on another device kind.
@@ -70,17 +75,27 @@ def verify_profile(csv_path: Path, n_ops: int = 64, seed: int = 0, tolerance: fl
     timing = {"device": meta.get("device", "cpu"), "threads": int(meta.get("threads", 1)),
               "warmup": int(meta.get("warmup", 5)), "blocks": int(meta.get("blocks", 10)),
               "block_size": int(meta.get("block_size", 10))}
+    rounds = int(meta.get("rounds", 1)) if rounds is None else rounds
     # a fresh guard: its speed index is the machine's *now*, which the report compares with the profile's
     guard = ContentionGuard(tolerance=tolerance) if tolerance is not None else None
-    now: list[float] = []
+    measures = []
+    for chunk in chunks(sample, CHUNK):
+        descs = [row_descriptor(r) for r in chunk]
+        modules = [build_module(d).to(timing["device"]) for d in descs]
+        inputs = [example_input(d, 1, timing["device"]) for d in descs]
+        measures.append(partial(time_guarded, modules, inputs, timing, guard, "re-timed rows"))
     with progress_bar(progress) as bar:
-        task = bar.add_task(f"re-timing {csv_path.stem}", total=len(sample))
-        for chunk in chunks(sample, CHUNK):
-            descs = [row_descriptor(r) for r in chunk]
-            modules = [build_module(d).to(timing["device"]) for d in descs]
-            inputs = [example_input(d, 1, timing["device"]) for d in descs]
-            now += [t for t, _ in time_guarded(modules, inputs, timing, guard, "re-timed rows")]
-            bar.advance(task, len(chunk))
+        task = bar.add_task(f"re-timing {csv_path.stem}", total=len(measures) * rounds)
+
+        def advancing(measure):
+            def run():
+                result = measure()
+                bar.advance(task)
+                return result
+            return run
+
+        best = best_of_rounds([advancing(m) for m in measures], rounds)
+    now = [t for chunk_times in best for t, _ in chunk_times]
     stored = meta.get("speed_index_ms")
     return drift_report(sample, now, speed_index_profile_ms=float(stored) if stored else None,
                         speed_index_now_ms=guard.speed_index_ms if guard is not None else None)

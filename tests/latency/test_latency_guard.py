@@ -18,7 +18,7 @@ from jmsnas.profile import main
 from jmsnas.space.spec import load_search_space
 
 TINY = Path(__file__).resolve().parents[2] / "search_spaces" / "tiny_1d.yaml"
-FAST = {"grid": False, "blocks": 1, "block_size": 1, "warmup": 0, "calibration_nets": 0, "progress": False}
+FAST = {"grid": False, "blocks": 1, "block_size": 1, "warmup": 0, "rounds": 1, "calibration_nets": 0, "progress": False}
 
 
 class FakeClock:
