@@ -106,14 +106,17 @@ def drift(csv_path: Path, n: int, seed: int) -> dict[str, float]:
             "speed_index_profile_ms": report.speed_index_profile_ms, "speed_index_now_ms": report.speed_index_now_ms}
 
 
-def bench_device(name: str, n_nets: int, seed: int, profiles_dir: Path = DEFAULT_PROFILES_DIR) -> dict:
+def bench_device(name: str, n_nets: int, seed: int, profiles_dir: Path = DEFAULT_PROFILES_DIR,
+                 rounds: int | None = None) -> dict:
     csv_path = profiles_dir / f"{name}.csv"
     meta = json.loads(csv_path.with_suffix(".json").read_text())
+    meta["rounds"] = int(meta.get("rounds", 1)) if rounds is None else rounds  # how the networks here are timed
     rows = read_rows(csv_path)
     model = ProfiledLatencyModel.from_csv(csv_path)
     drift_start = drift(csv_path, 64, seed)  # and again at the end: did the machine change speed during the run?
     guard = ContentionGuard()
-    out: dict = {"device": name, "threads": meta["threads"], "profile_rows": len(rows), "profile": str(csv_path),
+    out: dict = {"device": name, "threads": meta["threads"], "rounds": meta["rounds"], "profile_rows": len(rows),
+                 "profile": str(csv_path),
                  "profile_date": meta.get("date"),
                  "ops": held_out_ops(rows, name, seed), "spaces": {}}
     all_pred, all_meas, all_reg = [], [], []
@@ -161,10 +164,11 @@ def bench_device(name: str, n_nets: int, seed: int, profiles_dir: Path = DEFAULT
     return out
 
 
-def bench_device_or_refusal(name: str, n_nets: int, seed: int, profiles_dir: Path = DEFAULT_PROFILES_DIR) -> dict:
+def bench_device_or_refusal(name: str, n_nets: int, seed: int, profiles_dir: Path = DEFAULT_PROFILES_DIR,
+                            rounds: int | None = None) -> dict:
     """`bench_device`, or, when the contention guard found no quiet window, an invalid entry saying so."""
     try:
-        return bench_device(name, n_nets, seed, profiles_dir)
+        return bench_device(name, n_nets, seed, profiles_dir, rounds)
     except ContentionError as exc:
         # None, not NaN: the JSON stays valid for strict parsers
         return {"device": name, "valid": False, "refused": exc.message, "retest": {"within_10pct": None},
@@ -181,7 +185,8 @@ def to_markdown(results: list[dict], env: dict, command: str) -> str:
              f"Run **{'valid' if valid else 'INVALID'}**: the noise floor (the same networks timed twice, share "
              f"within ±10 % of each other) is {floor} "
              f"(needs ≥ {NOISE_FLOOR_MIN:.0%}).", "",
-             "Profiles: " + "; ".join(f"{r['device']}: `{r['profile']}`, measured {r['profile_date']}"
+             "Profiles: " + "; ".join(f"{r['device']}: `{r['profile']}`, measured {r['profile_date']}; networks "
+                                      f"timed in {r['rounds']} rounds, the fastest kept"
                                       for r in results if "refused" not in r) + ".", "",
              "| device | ops within ±10 % (held-out rows) | nets within ±10 % | within ±5 % | Spearman ρ | "
              "median abs. rel. err. | p95 abs. rel. err. | nets |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -259,11 +264,15 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="3 nets per space: check the script runs")
     parser.add_argument("--profiles-dir", type=Path, default=DEFAULT_PROFILES_DIR,
                         help="where NAME.csv is read (default: the shipped latency_profiles/)")
+    parser.add_argument("--rounds", type=int,
+                        help="rounds each network is timed in, the fastest kept (default: the profile's own)")
     parser.add_argument("--out", default="latency_fidelity",
                         help="results name: benchmarks/results/OUT.{json,md} (default latency_fidelity)")
     args = parser.parse_args()
     if args.smoke:
         args.n_nets = 3
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     start = time.time()
     from jmsnas.latency.watch import ContentionWatch
 
@@ -273,7 +282,7 @@ def main() -> int:
         print(load.warning(), file=sys.stderr)
     results = []
     for name in args.device_name:
-        results.append(bench_device_or_refusal(name, args.n_nets, args.seed, args.profiles_dir))
+        results.append(bench_device_or_refusal(name, args.n_nets, args.seed, args.profiles_dir, args.rounds))
         watch.checkpoint(name)
     env = {**measurement_conditions(1, "cpu"), "date": time.strftime("%Y-%m-%d")}
     command = "python benchmarks/latency_fidelity.py " + " ".join(sys.argv[1:])
