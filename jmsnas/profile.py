@@ -70,7 +70,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--block-size", type=int, default=10, help="timed runs per block")
     parser.add_argument("--rounds", type=int,
                         help="measurements of each chunk of ops, seconds apart; each op keeps its fastest, which "
-                             "survives the slow spells of shared VMs (default 3; --verify: the profile's own)")
+                             "survives the slow spells of shared VMs (default 3; --verify: the profile's own, "
+                             "at least 5)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs before timing each op")
     parser.add_argument("--calibration-nets", type=int, default=60,
                         help="random whole networks per space timed to calibrate how op times add up (0: none)")

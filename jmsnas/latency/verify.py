@@ -18,6 +18,9 @@ from jmsnas.latency.ops import build_module, example_input
 from jmsnas.latency.profiler import CHUNK, chunks, progress_bar, read_rows, time_guarded
 from jmsnas.latency.timing import best_of_rounds
 
+#: The fewest rounds ``--verify`` re-times in by default.
+VERIFY_ROUNDS = 5
+
 
 @dataclass(frozen=True)
 class DriftReport:
@@ -56,8 +59,10 @@ def verify_profile(csv_path: Path, n_ops: int = 64, seed: int = 0, tolerance: fl
                    progress: bool = True, rounds: int | None = None) -> DriftReport:
     """Re-time a random sample of a profile's rows here, under its thread count and timing; report the drift.
 
-    ``rounds``: measurements of each chunk, the fastest kept (`best_of_rounds`); default: the profile's own (1 for
-    profiles measured before rounds existed).
+    ``rounds``: measurements of each chunk, the fastest kept (`best_of_rounds`); default: the profile's own, at least
+    `VERIFY_ROUNDS`. The sample's four chunks make rounds only ~1.5 s apart, shorter than a slow spell: on
+    2026-12-04 a 3-round check at the start of a fidelity run re-timed a profile's rows at 1.54x (0 % within ±10 %),
+    while 5-round checks before and after gave 1.00-1.03x.
 
     Raises:
         JmsnasError: the profile is missing or was measured on another device kind.
@@ -75,7 +80,7 @@ def verify_profile(csv_path: Path, n_ops: int = 64, seed: int = 0, tolerance: fl
     timing = {"device": meta.get("device", "cpu"), "threads": int(meta.get("threads", 1)),
               "warmup": int(meta.get("warmup", 5)), "blocks": int(meta.get("blocks", 10)),
               "block_size": int(meta.get("block_size", 10))}
-    rounds = int(meta.get("rounds", 1)) if rounds is None else rounds
+    rounds = max(int(meta.get("rounds", 1)), VERIFY_ROUNDS) if rounds is None else rounds
     # a fresh guard: its speed index is the machine's *now*, which the report compares with the profile's
     guard = ContentionGuard(tolerance=tolerance) if tolerance is not None else None
     measures = []

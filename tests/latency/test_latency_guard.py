@@ -150,3 +150,23 @@ def test_the_reference_runs_before_the_first_block_sets_the_speed_index() -> Non
 
     guard.measure(block)
     assert seen[0] > 10 and guard.speed_index_ms == 1.0  # ~0.1 ms a call: hundreds of calls in 0.2 s
+
+
+def test_verify_re_times_in_at_least_five_rounds_and_keeps_the_fastest(tmp_path: Path, monkeypatch) -> None:
+    """A machine slow (1.6x) in all but the last of five rounds: the default check holds, a two-round one does not."""
+    space = load_search_space(TINY)
+    _fake_machine(monkeypatch, [1.0])
+    profiler.profile_search_spaces([space], "v", tmp_path, guard=ContentionGuard(warm_up_s=0), **FAST)  # 1 round
+    seen: dict[int, int] = {}
+
+    def fake(modules, inputs, extra=(), **kw):
+        seen[id(modules)] = seen.get(id(modules), 0) + 1
+        now = 1.02 if seen[id(modules)] == 5 else 1.6
+        return [(now, 0.0)] * len(modules) + [(1.0, 0.0)] * len(extra)
+
+    monkeypatch.setattr(profiler, "time_interleaved", fake)
+    report = verify.verify_profile(tmp_path / "v.csv", n_ops=8, tolerance=None, progress=False)
+    assert report.holds and report.median_ratio == pytest.approx(1.02) and set(seen.values()) == {5}
+    seen.clear()
+    report = verify.verify_profile(tmp_path / "v.csv", n_ops=8, tolerance=None, progress=False, rounds=2)
+    assert not report.holds and report.median_ratio == pytest.approx(1.6) and set(seen.values()) == {2}
